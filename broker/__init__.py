@@ -1,0 +1,1 @@
+"""MQTT transport: wire format, codecs, chunking, client, embedded broker, Mosquitto config, discovery."""

@@ -1,0 +1,1 @@
+"""Board side: device profiles, energy and resource meters, and the onnxruntime-only runtime."""

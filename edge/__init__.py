@@ -1,0 +1,1 @@
+"""parse-edge learning side: config, data, models, strategies, rounds, agent, trial, CLI."""

@@ -1,0 +1,66 @@
+"""The `parse-edge` command: one module per subcommand, each with `add_parser` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from edge.errors import UserError
+
+# Subcommand name -> module under edge.cli. Modules are imported lazily so that `--help` and
+# light commands never pay for torch.
+COMMANDS: dict[str, str] = {
+    "config": "config_cmd",
+    "simulate": "simulate",
+    "trial": "trial",
+    "agent": "agent",
+    "broker": "broker",
+    "export": "export",
+    "infer": "infer",
+    "bundle": "bundle",
+    "flash": "flash",
+    "devices": "devices",
+}
+
+
+def software_version() -> str:
+    """The installed distribution's version, or 'unknown' when run from a bare source tree."""
+    try:
+        return version("parse-edge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="parse-edge",
+        description="PARSE decentralized multimodal federated learning on edge boards.",
+    )
+    parser.add_argument("--version", action="version", version=f"parse-edge {software_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"edge.cli.{module_name}")
+        module.add_parser(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""`parse-edge simulate`: run the fleet in one process with no network (not available yet)"""
+
+from __future__ import annotations
+
+import argparse
+
+from edge.cli.pending import not_available
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    """Register the `simulate` subcommand."""
+    help_text = "run the fleet in one process with no network (not available yet)"
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments (not available yet)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Not available yet."""
+    not_available("simulate")
+    return 3

@@ -1,0 +1,1 @@
+"""torch -> ONNX export of encoders and slice heads, quantization and the export manifest."""

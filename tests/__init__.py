@@ -1,0 +1,1 @@
+"""parse-edge test suite."""
