@@ -1,0 +1,321 @@
+"""Update codecs: pure numpy functions from a float32 vector to bytes and back, plus error feedback.
+
+Error bounds (x the input, x̂ = decode(encode(x)), all float32):
+- `fp32`: exact.
+- `fp16`: |x - x̂| <= max(2**-11 * |x|, 2**-25) for |x| <= 65504; larger magnitudes are clipped to ±65504.
+- `int8`: per block of `block_size` elements, scale = max|x_block| / 127 and
+  |x - x̂| <= scale / 2 (+ float32 rounding, ~1e-7 relative).
+- `topk`: the k = ceil(k_fraction * n) largest-magnitude entries are kept (int8 with one scale per
+  `block_size` kept values, same bound as `int8` over the kept values); every other entry decodes to 0,
+  and its magnitude is <= the smallest kept magnitude. Indices are delta-coded as LEB128 varints.
+  Error feedback (`ErrorFeedback`) carries what was not sent into the next message, so the sum of
+  decoded messages tracks the sum of inputs with an error equal to the current residual.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, replace
+from enum import IntEnum
+
+import numpy as np
+
+FP16_MAX = 65504.0
+DEFAULT_BLOCK = 256
+DEFAULT_K_FRACTION = 0.01
+_U32 = struct.Struct(">I")
+_U32X2 = struct.Struct(">II")
+
+
+class CodecId(IntEnum):
+    """Codec identifiers as carried in the wire header."""
+
+    FP32 = 1
+    FP16 = 2
+    INT8 = 3
+    TOPK = 4
+
+
+class CodecError(ValueError):
+    """A codec payload that cannot be decoded into the announced number of elements."""
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How a sender encodes one branch.
+
+    `difference` turns on CHOCO-style difference coding (send codec(x - x̂) against the copy x̂ the
+    receivers hold); `topk` always implies it, since a sparse absolute parameter vector is useless.
+    Keyframes (full updates) use `keyframe_codec`.
+    """
+
+    codec: CodecId = CodecId.FP32
+    k_fraction: float = DEFAULT_K_FRACTION
+    block_size: int = DEFAULT_BLOCK
+    difference: bool = False
+    keyframe_codec: CodecId = CodecId.FP32
+
+    def __str__(self) -> str:
+        text = self.codec.name.lower()
+        if self.codec is CodecId.TOPK:
+            text += f":{self.k_fraction:g}"
+        elif self.codec is CodecId.INT8 and self.block_size != DEFAULT_BLOCK:
+            text += f":{self.block_size}"
+        if self.difference and self.codec is not CodecId.TOPK:
+            text = "choco+" + text
+        if self.keyframe_codec is not _default_keyframe(self.codec):
+            text += f"/{self.keyframe_codec.name.lower()}"
+        return text
+
+
+def _default_keyframe(codec: CodecId) -> CodecId:
+    return CodecId.FP32 if codec is CodecId.TOPK else codec
+
+
+def _codec_name(text: str, field: str) -> CodecId:
+    try:
+        return CodecId[text.strip().upper()]
+    except KeyError:
+        names = ", ".join(c.name.lower() for c in CodecId)
+        raise ValueError(f"{field}: unknown codec {text!r}; expected one of {names}") from None
+
+
+def parse_codec_spec(text: str) -> CodecSpec:
+    """Parse `[choco+]NAME[:PARAM][/KEYFRAME]`, e.g. `fp16`, `int8:128`, `topk:0.01`, `choco+int8`,
+    `topk:0.02/fp16`. PARAM is the kept fraction for topk and the block size for int8."""
+    spec_text = text.strip().lower()
+    difference = spec_text.startswith("choco+")
+    if difference:
+        spec_text = spec_text[len("choco+"):]
+    spec_text, _, keyframe_text = spec_text.partition("/")
+    name, _, param = spec_text.partition(":")
+    codec = _codec_name(name, "codec")
+    spec = CodecSpec(codec=codec, difference=difference or codec is CodecId.TOPK,
+                     keyframe_codec=_default_keyframe(codec))
+    if keyframe_text:
+        keyframe = _codec_name(keyframe_text, "codec keyframe")
+        if keyframe is CodecId.TOPK:
+            raise ValueError(f"codec {text!r}: keyframes must be dense (fp32, fp16 or int8)")
+        spec = replace(spec, keyframe_codec=keyframe)
+    if param:
+        try:
+            value = float(param)
+        except ValueError:
+            raise ValueError(f"codec {text!r}: parameter {param!r} is not a number") from None
+        if codec is CodecId.TOPK:
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"codec {text!r}: topk fraction must be in (0, 1], got {param}")
+            spec = replace(spec, k_fraction=value)
+        elif codec is CodecId.INT8:
+            if value != int(value) or not 1 <= value <= 1 << 20:
+                raise ValueError(f"codec {text!r}: int8 block size must be an integer >= 1")
+            spec = replace(spec, block_size=int(value))
+        else:
+            raise ValueError(f"codec {text!r}: {name} takes no parameter")
+    return spec
+
+
+# --- dense codecs -------------------------------------------------------------------------------
+
+def _as_vector(vector: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+    if not np.isfinite(flat).all():
+        raise ValueError("vector: holds NaN or inf; refusing to encode a non-finite update")
+    return flat
+
+
+def encode_fp32(vector: np.ndarray) -> bytes:
+    """Little-endian float32, exact."""
+    return _as_vector(vector).astype("<f4", copy=False).tobytes()
+
+
+def decode_fp32(payload: bytes, n_elements: int) -> np.ndarray:
+    if len(payload) != 4 * n_elements:
+        raise CodecError(f"fp32: {len(payload)} bytes for {n_elements} elements")
+    return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+
+
+def encode_fp16(vector: np.ndarray) -> bytes:
+    """Little-endian float16, clipped to ±65504."""
+    flat = _as_vector(vector)
+    return np.clip(flat, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
+
+
+def decode_fp16(payload: bytes, n_elements: int) -> np.ndarray:
+    if len(payload) != 2 * n_elements:
+        raise CodecError(f"fp16: {len(payload)} bytes for {n_elements} elements")
+    return np.frombuffer(payload, dtype="<f2").astype(np.float32)
+
+
+def _quantize_blocks(values: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block symmetric int8: (scales float32 per block, int8 values)."""
+    n = values.size
+    n_blocks = -(-n // block_size)
+    padded = np.zeros(n_blocks * block_size, dtype=np.float32)
+    padded[:n] = values
+    blocks = padded.reshape(n_blocks, block_size)
+    scales = (np.abs(blocks).max(axis=1) / 127.0).astype(np.float32)
+    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    q = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8)
+    return scales, q.reshape(-1)[:n]
+
+
+def _dequantize_blocks(scales: np.ndarray, q: np.ndarray, block_size: int) -> np.ndarray:
+    n = q.size
+    n_blocks = scales.size
+    padded = np.zeros(n_blocks * block_size, dtype=np.float32)
+    padded[:n] = q
+    return (padded.reshape(n_blocks, block_size) * scales[:, None]).reshape(-1)[:n]
+
+
+def encode_int8(vector: np.ndarray, block_size: int = DEFAULT_BLOCK) -> bytes:
+    """u32 block size, float32 scale per block, int8 values."""
+    if block_size < 1:
+        raise ValueError(f"block_size: expected >= 1, got {block_size}")
+    flat = _as_vector(vector)
+    scales, q = _quantize_blocks(flat, block_size)
+    return _U32.pack(block_size) + scales.astype("<f4").tobytes() + q.tobytes()
+
+
+def decode_int8(payload: bytes, n_elements: int) -> np.ndarray:
+    if len(payload) < 4:
+        raise CodecError("int8: payload shorter than its block size field")
+    (block_size,) = _U32.unpack_from(payload)
+    if block_size < 1:
+        raise CodecError("int8: block size 0")
+    n_blocks = -(-n_elements // block_size)
+    if len(payload) != 4 + 4 * n_blocks + n_elements:
+        raise CodecError(f"int8: {len(payload)} bytes for {n_elements} elements, block {block_size}")
+    scales = np.frombuffer(payload, dtype="<f4", count=n_blocks, offset=4).astype(np.float32)
+    q = np.frombuffer(payload, dtype=np.int8, count=n_elements, offset=4 + 4 * n_blocks)
+    return _dequantize_blocks(scales, q, block_size)
+
+
+# --- top-k ----------------------------------------------------------------------------------------
+
+def varint_encode(values: np.ndarray) -> bytes:
+    """LEB128 of non-negative integers < 2**35, vectorized."""
+    v = np.asarray(values, dtype=np.uint64).reshape(-1)
+    if v.size == 0:
+        return b""
+    shifts = np.arange(5, dtype=np.uint64) * np.uint64(7)
+    groups = ((v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
+    n_bytes = 1 + (v[:, None] >= (np.uint64(1) << (shifts[1:]))).sum(axis=1)
+    position = np.arange(5)[None, :]
+    groups |= np.where(position < (n_bytes[:, None] - 1), 0x80, 0).astype(np.uint8)
+    return groups[position < n_bytes[:, None]].tobytes()
+
+
+def varint_decode(data: bytes, count: int) -> np.ndarray:
+    """Inverse of `varint_encode`; raises CodecError unless `data` holds exactly `count` values."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if count == 0:
+        if raw.size:
+            raise CodecError("varint: trailing bytes")
+        return np.zeros(0, dtype=np.uint64)
+    ends = np.flatnonzero((raw & 0x80) == 0)
+    if ends.size != count or ends[-1] != raw.size - 1:
+        raise CodecError(f"varint: expected {count} values in {raw.size} bytes, found {ends.size}")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if (ends - starts).max() >= 5:
+        raise CodecError("varint: value longer than 5 bytes")
+    group_of_byte = np.repeat(np.arange(count), ends - starts + 1)
+    shift = (np.arange(raw.size) - starts[group_of_byte]).astype(np.uint64) * np.uint64(7)
+    contributions = (raw & 0x7F).astype(np.uint64) << shift
+    return np.add.reduceat(contributions, starts)
+
+
+def topk_count(n_elements: int, k_fraction: float) -> int:
+    """How many entries topk keeps."""
+    return min(n_elements, max(1, math.ceil(k_fraction * n_elements))) if n_elements else 0
+
+
+def encode_topk(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION,
+                block_size: int = DEFAULT_BLOCK) -> bytes:
+    """u32 k, u32 block size, float32 scale per block of kept values, int8 kept values,
+    varint index gaps (first gap is the first index)."""
+    flat = _as_vector(vector)
+    k = topk_count(flat.size, k_fraction)
+    if k == flat.size:
+        indices = np.arange(k, dtype=np.int64)
+    else:
+        indices = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:])
+    scales, q = _quantize_blocks(flat[indices], block_size)
+    gaps = np.diff(indices, prepend=0)
+    return (_U32X2.pack(k, block_size) + scales.astype("<f4").tobytes() + q.tobytes()
+            + varint_encode(gaps))
+
+
+def decode_topk(payload: bytes, n_elements: int) -> np.ndarray:
+    if len(payload) < 8:
+        raise CodecError("topk: payload shorter than its k/block fields")
+    k, block_size = _U32X2.unpack_from(payload)
+    if k > n_elements or block_size < 1:
+        raise CodecError(f"topk: k={k} block={block_size} for {n_elements} elements")
+    n_blocks = -(-k // block_size)
+    values_end = 8 + 4 * n_blocks + k
+    if len(payload) < values_end + k:
+        raise CodecError(f"topk: {len(payload)} bytes too short for k={k}")
+    scales = np.frombuffer(payload, dtype="<f4", count=n_blocks, offset=8).astype(np.float32)
+    q = np.frombuffer(payload, dtype=np.int8, count=k, offset=8 + 4 * n_blocks)
+    indices = np.cumsum(varint_decode(payload[values_end:], k))
+    if k and (indices[-1] >= n_elements or (k > 1 and (np.diff(indices) == 0).any())):
+        raise CodecError("topk: indices out of range or repeated")
+    out = np.zeros(n_elements, dtype=np.float32)
+    out[indices.astype(np.int64)] = _dequantize_blocks(scales, q, block_size)
+    return out
+
+
+# --- one interface ----------------------------------------------------------------------------------
+
+def encode(codec: CodecId, vector: np.ndarray, spec: CodecSpec | None = None) -> bytes:
+    """Encode `vector` with `codec`, taking parameters (k fraction, block size) from `spec`."""
+    spec = spec or CodecSpec()
+    if codec is CodecId.FP32:
+        return encode_fp32(vector)
+    if codec is CodecId.FP16:
+        return encode_fp16(vector)
+    if codec is CodecId.INT8:
+        return encode_int8(vector, spec.block_size)
+    if codec is CodecId.TOPK:
+        return encode_topk(vector, spec.k_fraction, spec.block_size)
+    raise ValueError(f"codec: unknown {codec!r}")
+
+
+def decode(codec: CodecId, payload: bytes, n_elements: int) -> np.ndarray:
+    """Decode a payload into `n_elements` float32 values; raises CodecError on malformed payloads."""
+    if codec is CodecId.FP32:
+        return decode_fp32(payload, n_elements)
+    if codec is CodecId.FP16:
+        return decode_fp16(payload, n_elements)
+    if codec is CodecId.INT8:
+        return decode_int8(payload, n_elements)
+    if codec is CodecId.TOPK:
+        return decode_topk(payload, n_elements)
+    raise CodecError(f"codec: unknown {codec!r}")
+
+
+class ErrorFeedback:
+    """Sender-side error feedback: compress v + residual, keep what the compression lost."""
+
+    def __init__(self, codec: CodecId, spec: CodecSpec | None = None) -> None:
+        self.codec = codec
+        self.spec = spec or CodecSpec(codec=codec)
+        self.residual: np.ndarray | None = None
+
+    def compress(self, vector: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """Return (payload, what the receiver will decode) and update the residual."""
+        corrected = np.asarray(vector, dtype=np.float32).reshape(-1).copy()
+        if self.residual is not None:
+            if self.residual.size != corrected.size:
+                raise ValueError(f"vector: {corrected.size} elements, residual has {self.residual.size}")
+            corrected += self.residual
+        payload = encode(self.codec, corrected, self.spec)
+        decoded = decode(self.codec, payload, corrected.size)
+        self.residual = corrected - decoded
+        return payload, decoded
+
+    def reset(self) -> None:
+        """Forget the residual (after a keyframe re-synchronises sender and receivers)."""
+        self.residual = None

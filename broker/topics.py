@@ -1,0 +1,102 @@
+"""The MQTT topic scheme of DESIGN.md §3: builders, filters and a parser."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+ROOT = "parse"
+# '+' is an MQTT wildcard and may not appear in a published topic; branch keys such as
+# `fuse/accel+gyro` use it, so topic levels carry ',' instead. The wire header holds the true key.
+_PLUS_STAND_IN = ","
+_FORBIDDEN = ("#", "+", "/", "\x00")
+
+
+class TopicInfo(NamedTuple):
+    """A parsed parse-edge topic."""
+
+    fleet: str
+    kind: str  # "status" | "update" | "metrics" | "control"
+    agent: str | None
+    branch_key: str | None
+
+
+def check_name(field: str, value: str) -> str:
+    """Return `value` if it can be one topic level (fleet or agent id); else raise ValueError."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field}: expected a non-empty string, got {value!r}")
+    bad = [c for c in _FORBIDDEN if c in value]
+    if bad or _PLUS_STAND_IN in value or value.startswith("$"):
+        raise ValueError(
+            f"{field}: {value!r} may not contain '#', '+', '/', ',' or a leading '$' (MQTT topic level)"
+        )
+    return value
+
+
+def branch_to_levels(branch_key: str) -> str:
+    """Topic suffix for a branch key: '/' keeps its levels, '+' becomes ','."""
+    if not branch_key or "#" in branch_key or _PLUS_STAND_IN in branch_key or "\x00" in branch_key:
+        raise ValueError(f"branch_key: {branch_key!r} must be non-empty without '#', ',' or NUL")
+    if any(level == "" for level in branch_key.split("/")):
+        raise ValueError(f"branch_key: {branch_key!r} has an empty level")
+    return branch_key.replace("+", _PLUS_STAND_IN)
+
+
+def levels_to_branch(levels: str) -> str:
+    """Inverse of `branch_to_levels`."""
+    return levels.replace(_PLUS_STAND_IN, "+")
+
+
+def status_topic(fleet: str, agent: str) -> str:
+    """Retained presence/status of one agent."""
+    return f"{ROOT}/{check_name('fleet', fleet)}/agents/{check_name('agent', agent)}/status"
+
+
+def update_topic(fleet: str, agent: str, branch_key: str) -> str:
+    """Where `agent` publishes its updates of `branch_key`."""
+    return (
+        f"{ROOT}/{check_name('fleet', fleet)}/updates/{check_name('agent', agent)}/"
+        f"{branch_to_levels(branch_key)}"
+    )
+
+
+def metrics_topic(fleet: str, agent: str) -> str:
+    """Per-round JSON metrics of one agent."""
+    return f"{ROOT}/{check_name('fleet', fleet)}/metrics/{check_name('agent', agent)}"
+
+
+def control_topic(fleet: str) -> str:
+    """Fleet-wide control hints (trial start/stop, deadlines, keyframe requests)."""
+    return f"{ROOT}/{check_name('fleet', fleet)}/control"
+
+
+def status_filter(fleet: str) -> str:
+    """Subscription filter for every agent's status."""
+    return f"{ROOT}/{check_name('fleet', fleet)}/agents/+/status"
+
+
+def updates_filter(fleet: str, agent: str | None = None) -> str:
+    """Subscription filter for the updates of one agent, or of every agent."""
+    who = "+" if agent is None else check_name("agent", agent)
+    return f"{ROOT}/{check_name('fleet', fleet)}/updates/{who}/#"
+
+
+def metrics_filter(fleet: str) -> str:
+    """Subscription filter for every agent's metrics."""
+    return f"{ROOT}/{check_name('fleet', fleet)}/metrics/+"
+
+
+def parse_topic(topic: str) -> TopicInfo | None:
+    """Parse a parse-edge topic; None for anything outside the scheme."""
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != ROOT or not parts[1]:
+        return None
+    fleet, kind = parts[1], parts[2]
+    if kind == "agents" and len(parts) == 5 and parts[4] == "status" and parts[3]:
+        return TopicInfo(fleet, "status", parts[3], None)
+    if kind == "updates" and len(parts) >= 5 and parts[3] and all(parts[4:]):
+        return TopicInfo(fleet, "update", parts[3], levels_to_branch("/".join(parts[4:])))
+    if kind == "metrics" and len(parts) == 4 and parts[3]:
+        return TopicInfo(fleet, "metrics", parts[3], None)
+    if kind == "control" and len(parts) == 3:
+        return TopicInfo(fleet, "control", None, None)
+    return None
