@@ -1,0 +1,173 @@
+"""The on-board inference runtime: an exported bundle served with onnxruntime and numpy (no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from exporters.manifest import (
+    GraphEntry,
+    Manifest,
+    ManifestError,
+    load_manifest,
+    verify_bundle,
+    verify_graph_file,
+)
+from exporters.norm import apply_norm
+
+
+class InputError(ValueError):
+    """An input does not match what the bundle expects; the message names it, in one line."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The runtime's answer for one batch."""
+
+    labels: list[str]  # predicted label per sample
+    label_indices: np.ndarray  # (batch,) int64
+    probabilities: np.ndarray  # (batch, n_labels) float32, rows sum to 1
+    modalities: tuple[str, ...]  # modalities the serving graph consumed
+    missing: tuple[str, ...]  # the agent's modalities absent from the input
+    graph: str  # name of the fused graph that served the batch
+
+    def to_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
+        """JSON-ready form with per-class probabilities."""
+        return {
+            "graph": self.graph,
+            "modalities": list(self.modalities),
+            "missing": list(self.missing),
+            "predictions": [
+                {"label": label, "probabilities": dict(zip(class_names, map(float, row),
+                                                           strict=True))}
+                for label, row in zip(self.labels, self.probabilities, strict=True)
+            ],
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / np.sum(exp, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def load_npz_inputs(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file keyed by modality name."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: expected an .npz file with one array per modality ({exc})") from None
+
+
+class Predictor:
+    """Serve an exported bundle: verify it, pick the fused graph for the modalities present,
+    normalise the inputs, run onnxruntime and return labels with probabilities."""
+
+    def __init__(self, bundle_dir: str | Path, *, precision: str | None = None,
+                 threads: int = 1, verify: bool = True) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = load_manifest(self.bundle_dir)
+        self.precision = precision or self.manifest.default_precision
+        if not any(self.precision in by_p for by_p in self.manifest.serves.values()):
+            raise ManifestError(str(self.bundle_dir), f"precision {self.precision!r}",
+                                "no graph of that precision; export with --quantize int8 for int8")
+        if verify:
+            verify_bundle(self.bundle_dir, self.manifest)
+        self.threads = threads
+        self._sessions: dict[str, ort.InferenceSession] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names, in logit order."""
+        return self.manifest.labels
+
+    @property
+    def modalities(self) -> list[str]:
+        """Every modality the exported agent holds."""
+        return self.manifest.modalities
+
+    def graph_for(self, modalities: Iterable[str]) -> GraphEntry:
+        """The fused graph serving `modalities`: the exact subset if exported, else the largest
+        exported subset of it."""
+        present = set(modalities)
+        candidates = []
+        for key, by_precision in self.manifest.serves.items():
+            members = set(key.split("+"))
+            if members <= present and self.precision in by_precision:
+                candidates.append((len(members), key))
+        if not candidates:
+            raise InputError(f"no exported graph serves modalities {sorted(present)}; "
+                             f"served: {', '.join(self.manifest.serves)}")
+        _, key = max(candidates)
+        return self.manifest.graph(self.manifest.serves[key][self.precision])
+
+    def _session(self, entry: GraphEntry) -> ort.InferenceSession:
+        if entry.name not in self._sessions:
+            path = verify_graph_file(self.bundle_dir, entry)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._sessions[entry.name] = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"])
+        return self._sessions[entry.name]
+
+    def _checked(self, name: str, value: Any) -> np.ndarray:
+        spec = self.manifest.inputs[name]
+        arr = np.asarray(value)
+        if not (np.issubdtype(arr.dtype, np.floating)):
+            raise InputError(f"input {name!r}: dtype {arr.dtype}, expected {spec.dtype}")
+        sample = spec.sample_shape
+        if arr.shape == sample:
+            arr = arr[None]
+        if arr.shape[1:] != sample or arr.shape[0] == 0:
+            raise InputError(f"input {name!r}: shape {arr.shape}, expected (batch, "
+                             f"{', '.join(map(str, sample))}) with batch >= 1")
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"input {name!r}: contains NaN or infinite values, expected finite "
+                             "numbers")
+        return arr
+
+    def predict(self, inputs: Mapping[str, Any],
+                modalities: Sequence[str] | None = None) -> Prediction:
+        """Predict from `inputs` ({modality: array (batch, *shape) or one sample}); a missing
+        modality is served by the graph of the remaining ones. `modalities` restricts which
+        of the inputs are used."""
+        known = self.manifest.modalities
+        for name in list(inputs) + list(modalities or []):
+            if name not in known:
+                raise InputError(f"input {name!r}: unknown modality, expected one of "
+                                 f"{', '.join(known)}")
+        wanted = list(modalities) if modalities is not None else list(inputs)
+        absent = [m for m in wanted if m not in inputs]
+        if absent:
+            raise InputError(f"input {absent[0]!r}: requested but not provided")
+        if not wanted:
+            raise InputError(f"no input given, expected at least one of {', '.join(known)}")
+        entry = self.graph_for(wanted)
+        feed = {}
+        for m in entry.modalities:
+            feed[m] = apply_norm(self._checked(m, inputs[m]), self.manifest.norm[m])
+        batches = {m: len(x) for m, x in feed.items()}
+        if len(set(batches.values())) > 1:
+            raise InputError(f"inputs disagree on batch size: {batches}")
+        names = [t.name for t in entry.outputs]
+        logits_name = "logits" if "logits" in names else names[0]
+        (logits,) = self._session(entry).run([logits_name], feed)
+        probabilities = softmax(logits.astype(np.float32))
+        idx = np.argmax(probabilities, axis=-1).astype(np.int64)
+        order = {m: i for i, m in enumerate(known)}
+        used = tuple(sorted(entry.modalities, key=order.__getitem__))
+        return Prediction(
+            labels=[self.labels[i] for i in idx], label_indices=idx,
+            probabilities=probabilities, modalities=used,
+            missing=tuple(m for m in known if m not in used), graph=entry.name,
+        )
+

@@ -1,0 +1,46 @@
+"""Input normalisation as stored in the manifest: the one place both exporter and runtime apply it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def norm_entry(mean: Any, std: Any, sample_shape: Sequence[int], *, source: str = "norm") -> dict:
+    """Manifest form of (mean, std) for inputs of `sample_shape`.
+
+    Accepts a scalar, one value per channel (first axis of a sample) or one value per feature
+    (the whole sample, flat or shaped); returns flat lists plus the broadcast `shape`.
+    """
+    mean_arr = np.asarray(mean, dtype=np.float64)
+    std_arr = np.asarray(std, dtype=np.float64)
+    if mean_arr.shape != std_arr.shape:
+        raise ValueError(f"{source}: mean has shape {mean_arr.shape} but std has {std_arr.shape}")
+    if not (np.all(np.isfinite(mean_arr)) and np.all(np.isfinite(std_arr))):
+        raise ValueError(f"{source}: expected finite mean and std")
+    if np.any(std_arr <= 0):
+        raise ValueError(f"{source}: std: expected strictly positive values (the divisor used "
+                         "in training, epsilon included)")
+    sample = tuple(int(d) for d in sample_shape)
+    size = mean_arr.size
+    if size == 1:
+        shape = [1] * len(sample)
+    elif size == math.prod(sample):
+        shape = list(sample)
+    elif mean_arr.ndim == 1 and len(sample) >= 1 and size == sample[0]:
+        shape = [sample[0]] + [1] * (len(sample) - 1)
+    else:
+        raise ValueError(f"{source}: {size} statistics fit neither one per channel ({sample[0]}) "
+                         f"nor one per feature ({math.prod(sample)}) of samples shaped {sample}")
+    return {"mean": mean_arr.ravel().tolist(), "std": std_arr.ravel().tolist(), "shape": shape}
+
+
+def apply_norm(x: np.ndarray, entry: dict) -> np.ndarray:
+    """(x - mean) / std over a batch `x` of shape (batch, *sample_shape), as float32."""
+    shape = tuple(entry["shape"])
+    mean = np.asarray(entry["mean"], dtype=np.float32).reshape(shape)
+    std = np.asarray(entry["std"], dtype=np.float32).reshape(shape)
+    return ((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32, copy=False)

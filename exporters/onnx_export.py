@@ -1,0 +1,286 @@
+"""torch -> ONNX export of encoders, slice heads and fused graphs into a verified bundle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from exporters.manifest import (
+    BATCH_DIM,
+    MANIFEST_NAME,
+    ROLES,
+    GraphEntry,
+    Manifest,
+    ManifestError,
+    TensorSpec,
+    sha256_file,
+    subset_key,
+)
+from exporters.norm import norm_entry
+from exporters.parity import FP32_TOLERANCE, ParityError, check_parity
+from exporters.quantize import compare_int8, quantize_int8
+
+QUANTIZE_MODES = ("int8",)
+# Rows of the example inputs used for tracing: >= 2 so torch.export keeps the batch axis symbolic.
+TRACE_ROWS = 4
+
+
+class ExportError(ValueError):
+    """The export cannot produce a bundle that serves what the model computes; one line."""
+
+
+@dataclass
+class GraphSpec:
+    """One graph to export, as the model describes it."""
+
+    name: str  # file stem: "encoder-accel", "head-R", "head-U-accel", "fused-accel+gyro"
+    role: str  # "encoder" | "head" | "fused"
+    module: torch.nn.Module  # forward(*inputs) -> tensor or tuple of tensors
+    input_names: list[str]
+    output_names: list[str]
+    modalities: tuple[str, ...]  # what the graph consumes (fused: the subset it serves)
+    example_inputs: dict[str, np.ndarray]  # real normalised inputs, float32, batch >= 1
+
+
+def software_version() -> str:
+    """The installed parse-edge version, or 'unknown' from a bare source tree."""
+    try:
+        return version("parse-edge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    # The dynamo exporter logs optional-dependency notices and deprecations that are noise here.
+    logger = logging.getLogger("torch.onnx")
+    old_level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(old_level)
+
+
+def _trace_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
+    rows = []
+    for n in spec.input_names:
+        x = np.asarray(spec.example_inputs[n], dtype=np.float32)[:TRACE_ROWS]
+        if len(x) < 2:
+            x = np.concatenate([x, x])
+        rows.append(torch.from_numpy(np.ascontiguousarray(x)))
+    return tuple(rows)
+
+
+def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> str:
+    """Write `spec` to a single-file ONNX at `path` with a dynamic batch axis; returns the
+    exporter used ("dynamo", or "torchscript" when dynamo cannot handle the module)."""
+    module = spec.module.eval()
+    args = _trace_inputs(spec)
+    with _quiet_exporter():
+        try:
+            batch = torch.export.Dim(BATCH_DIM, min=1)
+            program = torch.onnx.export(
+                module, args, input_names=spec.input_names, output_names=spec.output_names,
+                opset_version=opset, dynamo=True, external_data=False, verbose=False,
+                dynamic_shapes=tuple({0: batch} for _ in args),
+            )
+            program.save(str(path), external_data=False)
+            return "dynamo"
+        except Exception as exc:  # any dynamo failure: fall back and say so in the manifest
+            logging.getLogger(__name__).info("dynamo export of %s failed (%s); using TorchScript",
+                                             spec.name, exc)
+        names = [*spec.input_names, *spec.output_names]
+        torch.onnx.export(
+            module, args, str(path), input_names=spec.input_names,
+            output_names=spec.output_names, opset_version=opset or 17, dynamo=False,
+            dynamic_axes={n: {0: BATCH_DIM} for n in names},
+        )
+        return "torchscript"
+
+
+def _check_onnx(spec: GraphSpec, path: Path) -> int:
+    """onnx.checker plus the contract the runtime relies on; returns the default-domain opset."""
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    if any(init.HasField("data_location") and init.data_location == onnx.TensorProto.EXTERNAL
+           for init in model.graph.initializer):
+        raise ExportError(f"graph {spec.name!r}: weights were written as external data")
+    graph_inputs = [i.name for i in model.graph.input]
+    if graph_inputs != list(spec.input_names):
+        raise ExportError(f"graph {spec.name!r}: ONNX inputs {graph_inputs}, "
+                          f"expected {spec.input_names}")
+    for value in model.graph.input:
+        first = value.type.tensor_type.shape.dim[0]
+        if not first.dim_param:
+            raise ExportError(f"graph {spec.name!r}: input {value.name!r} has a fixed batch axis")
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _validate_specs(graphs: Sequence[GraphSpec], modalities: Sequence[str]) -> None:
+    names = [g.name for g in graphs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ExportError(f"graph names must be unique; repeated: {', '.join(dupes)}")
+    for g in graphs:
+        if g.role not in ROLES:
+            raise ExportError(f"graph {g.name!r}: role {g.role!r}, expected one of {ROLES}")
+        if not g.name or any(c in g.name for c in "/\\") or g.name.startswith("."):
+            raise ExportError(f"graph {g.name!r}: expected a plain file stem")
+        missing = [n for n in g.input_names if n not in g.example_inputs]
+        if missing:
+            raise ExportError(f"graph {g.name!r}: no example inputs for {', '.join(missing)}")
+        unknown = [m for m in g.modalities if m not in modalities]
+        if unknown:
+            raise ExportError(f"graph {g.name!r}: modalities {unknown} not in {list(modalities)}")
+        if g.role == "fused" and set(g.input_names) != set(g.modalities):
+            raise ExportError(f"graph {g.name!r}: a fused graph's inputs must be its modalities "
+                              f"{list(g.modalities)}, got {g.input_names}")
+    if not any(g.role == "fused" for g in graphs):
+        raise ExportError("no fused graph: the runtime needs at least one to serve predictions")
+
+
+def _tensor_specs(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[TensorSpec]:
+    return [TensorSpec(n, [BATCH_DIM, *map(int, a.shape[1:])], "float32")
+            for n, a in zip(names, arrays, strict=True)]
+
+
+def export_graphs(
+    graphs: Sequence[GraphSpec],
+    out_dir: str | Path,
+    *,
+    labels: Sequence[str],
+    norm: Mapping[str, Mapping[str, Any]],
+    input_shapes: Mapping[str, Sequence[int]],
+    opset: int | None = None,
+    quantize: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    source_checkpoint: Mapping[str, Any] | None = None,
+    tolerance: float = FP32_TOLERANCE,
+) -> Manifest:
+    """Export every graph, check parity, optionally add int8 copies, and write the manifest.
+
+    `input_shapes` orders the modalities and gives each one's per-sample shape; `norm` holds the
+    statistics the runtime applies (graphs take normalised inputs). The bundle is staged in a
+    temporary directory and moved into `out_dir` only when every check passed.
+    """
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ExportError(f"quantize: {quantize!r}, expected one of {QUANTIZE_MODES}")
+    modalities = list(input_shapes)
+    _validate_specs(graphs, modalities)
+    missing_norm = [m for m in modalities if m not in norm]
+    if missing_norm:
+        raise ExportError(f"norm: no statistics for {', '.join(missing_norm)}")
+    try:
+        norm_entries = {m: norm_entry(norm[m]["mean"], norm[m]["std"], input_shapes[m],
+                                      source=f"norm.{m}") for m in modalities}
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        manifest = _export_into(stage, graphs, modalities, labels, norm_entries, input_shapes,
+                                opset, quantize, tolerance)
+        manifest.meta = dict(meta or {})
+        manifest.source_checkpoint = dict(source_checkpoint) if source_checkpoint else None
+        manifest.write(stage)
+        _replace_bundle(stage, out_dir, manifest)
+    except (ParityError, ManifestError) as exc:
+        raise ExportError(str(exc)) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return manifest
+
+
+def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str],
+                 labels: Sequence[str], norm_entries: dict[str, dict], input_shapes: Mapping,
+                 opset: int | None, quantize: str | None, tolerance: float) -> Manifest:
+    entries: list[GraphEntry] = []
+    serves: dict[str, dict[str, str]] = {}
+    slice_dims: dict[str, dict[str, int]] = {}
+    opsets: set[int] = set()
+    quant: dict[str, Any] = {"mode": "dynamic", "weight_type": "int8", "graphs": {}}
+    for spec in graphs:
+        path = stage / f"{spec.name}.onnx"
+        exporter = export_onnx(spec, path, opset)
+        opsets.add(_check_onnx(spec, path))
+        diff, expected = check_parity(spec.name, spec.module, path, spec.example_inputs,
+                                      spec.input_names, tolerance)
+        example_arrays = [np.asarray(spec.example_inputs[n]) for n in spec.input_names]
+        inputs = _tensor_specs(spec.input_names, example_arrays)
+        outputs = _tensor_specs(spec.output_names, expected)
+        if spec.role == "fused" and outputs[0].shape[1:] != [len(labels)]:
+            raise ExportError(f"graph {spec.name!r}: first output shaped {outputs[0].shape}, "
+                              f"expected logits over {len(labels)} labels")
+        if spec.role == "encoder" and len(spec.modalities) == 1:
+            slice_dims[spec.modalities[0]] = {o.name: o.shape[-1] for o in outputs}
+        common = dict(role=spec.role, modalities=list(spec.modalities), inputs=inputs,
+                      outputs=outputs, exporter=exporter)
+        entries.append(GraphEntry(name=spec.name, precision="fp32", file=path.name,
+                                  sha256=sha256_file(path), size_bytes=path.stat().st_size,
+                                  max_abs_diff=diff, **common))
+        key = subset_key(spec.modalities, modalities)
+        if spec.role == "fused":
+            serves.setdefault(key, {})["fp32"] = spec.name
+        if quantize == "int8":
+            q_path = stage / f"{spec.name}.int8.onnx"
+            quantize_int8(path, q_path)
+            feed = {n: np.asarray(spec.example_inputs[n], dtype=np.float32)
+                    for n in spec.input_names}
+            report = compare_int8(path, q_path, feed,
+                                  expected[0] if spec.role == "fused" else None)
+            entries.append(GraphEntry(
+                name=f"{spec.name}.int8", precision="int8", file=q_path.name,
+                sha256=sha256_file(q_path), size_bytes=q_path.stat().st_size,
+                max_abs_diff=report.max_abs_diff, argmax_agreement=report.argmax_agreement,
+                **common))
+            quant["graphs"][spec.name] = vars(report)
+            if spec.role == "fused":
+                serves[key]["int8"] = f"{spec.name}.int8"
+    if quantize == "int8":
+        quant["fp32_bytes"] = sum(e.size_bytes for e in entries if e.precision == "fp32")
+        quant["int8_bytes"] = sum(e.size_bytes for e in entries if e.precision == "int8")
+    return Manifest(
+        labels=[str(x) for x in labels], modalities=modalities,
+        inputs={m: TensorSpec(m, [BATCH_DIM, *map(int, input_shapes[m])]) for m in modalities},
+        norm=norm_entries, slice_dims=slice_dims, opset=max(opsets), graphs=entries,
+        serves=serves, default_precision="int8" if quantize == "int8" else "fp32",
+        software_version=software_version(),
+        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        quantization=quant if quantize == "int8" else None,
+    )
+
+
+def _replace_bundle(stage: Path, out_dir: Path, manifest: Manifest) -> None:
+    """Move the staged files into `out_dir`, removing the files of a bundle exported there before."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old_manifest = out_dir / MANIFEST_NAME
+    stale_files: list[str] = []
+    if old_manifest.exists():
+        with contextlib.suppress(ValueError, OSError, AttributeError, TypeError):
+            stale_files = [g["file"] for g in json.loads(old_manifest.read_text())["graphs"]]
+        old_manifest.unlink()  # first, so a half-replaced bundle never looks valid
+    for name in stale_files:
+        if "/" not in name and "\\" not in name:
+            (out_dir / name).unlink(missing_ok=True)
+    for entry in manifest.graphs:
+        (stage / entry.file).replace(out_dir / entry.file)
+    (stage / MANIFEST_NAME).replace(old_manifest)
