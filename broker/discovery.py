@@ -1,0 +1,139 @@
+"""Presence and discovery: the retained status payload, and live neighbour sets per branch.
+
+Each agent publishes a retained JSON status on `parse/<fleet>/agents/<id>/status`; its MQTT last
+will replaces it with `{"agent": id, "online": false}`. `NeighbourTable` folds those messages into
+"which of my configured neighbours are online and hold this branch with the same signature".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from broker import topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """What one agent announces about itself."""
+
+    agent: str
+    online: bool = True
+    modalities: tuple[str, ...] = ()
+    branches: dict[str, str] = field(default_factory=dict)  # branch key -> signature
+    device_profile: str = ""
+    software_version: str = ""
+
+
+def encode_status(status: AgentStatus) -> bytes:
+    """The retained status payload (JSON)."""
+    return json.dumps({
+        "agent": status.agent, "online": status.online, "modalities": list(status.modalities),
+        "branches": dict(status.branches), "device_profile": status.device_profile,
+        "software_version": status.software_version,
+    }, sort_keys=True).encode()
+
+
+def offline_status(agent: str) -> bytes:
+    """The last-will payload: the agent is gone."""
+    return encode_status(AgentStatus(agent=agent, online=False))
+
+
+def parse_status(payload: bytes, agent: str | None = None) -> AgentStatus:
+    """Parse a status payload; `agent` (from the topic) must match. Raises ValueError."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"status: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("status: expected a JSON object")
+    name = doc.get("agent", agent)
+    if not isinstance(name, str) or not name or (agent is not None and name != agent):
+        raise ValueError(f"status: agent {name!r} does not match topic agent {agent!r}")
+    online = doc.get("online", True)
+    modalities = doc.get("modalities", [])
+    branches = doc.get("branches", {})
+    if not isinstance(online, bool):
+        raise ValueError("status: online must be true or false")
+    if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
+        raise ValueError("status: modalities must be a list of strings")
+    if not isinstance(branches, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in branches.items()):
+        raise ValueError("status: branches must map branch keys to signature strings")
+    profile = doc.get("device_profile", "")
+    version = doc.get("software_version", "")
+    if not isinstance(profile, str) or not isinstance(version, str):
+        raise ValueError("status: device_profile and software_version must be strings")
+    return AgentStatus(name, online, tuple(modalities), dict(branches), profile, version)
+
+
+class NeighbourTable:
+    """Live neighbour sets per branch, from retained status messages (thread-safe)."""
+
+    def __init__(self, fleet: str, topology: Mapping[str, Iterable[str]]) -> None:
+        self.fleet = topics.check_name("fleet", fleet)
+        self.bad_payloads = 0
+        self._lock = threading.Lock()
+        self._statuses: dict[str, AgentStatus] = {}
+        self._topology: dict[str, frozenset[str]] = {}
+        self.set_topology(topology)
+
+    def set_topology(self, topology: Mapping[str, Iterable[str]]) -> None:
+        """Replace the configured graph (made symmetric: an edge is usable both ways)."""
+        graph: dict[str, set[str]] = {}
+        for agent, neighbours in topology.items():
+            for other in neighbours:
+                if other != agent:
+                    graph.setdefault(agent, set()).add(other)
+                    graph.setdefault(other, set()).add(agent)
+        with self._lock:
+            self._topology = {a: frozenset(n) for a, n in graph.items()}
+
+    def observe(self, topic: str, payload: bytes) -> bool:
+        """Fold one message in; True when it was a status message of this fleet that parsed."""
+        info = topics.parse_topic(topic)
+        if info is None or info.kind != "status" or info.fleet != self.fleet or info.agent is None:
+            return False
+        if not payload:  # a cleared retained status: forget the agent
+            with self._lock:
+                self._statuses.pop(info.agent, None)
+            return True
+        try:
+            status = parse_status(payload, info.agent)
+        except ValueError as exc:
+            self.bad_payloads += 1
+            log.warning("ignoring status on %s: %s", topic, exc)
+            return False
+        with self._lock:
+            self._statuses[info.agent] = status
+        return True
+
+    def status(self, agent: str) -> AgentStatus | None:
+        with self._lock:
+            return self._statuses.get(agent)
+
+    def online_agents(self) -> set[str]:
+        with self._lock:
+            return {a for a, s in self._statuses.items() if s.online}
+
+    def configured_neighbours(self, agent: str) -> frozenset[str]:
+        with self._lock:
+            return self._topology.get(agent, frozenset())
+
+    def live_neighbours(self, agent: str, branch_key: str, signature: str) -> set[str]:
+        """Configured neighbours of `agent` that are online and hold `branch_key` at `signature`."""
+        with self._lock:
+            return {
+                other for other in self._topology.get(agent, frozenset())
+                if (s := self._statuses.get(other)) is not None and s.online
+                and s.branches.get(branch_key) == signature
+            }
+
+    def live_neighbours_by_branch(self, agent: str, branches: Mapping[str, str]) -> dict[str, set[str]]:
+        """`live_neighbours` for each of `agent`'s own branches (key -> signature)."""
+        return {key: self.live_neighbours(agent, key, sig) for key, sig in branches.items()}
