@@ -1,0 +1,114 @@
+"""Resource meters: CPU seconds, wall seconds and peak resident memory of a process."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """What a process used over a metered interval (peak RSS is the process lifetime peak)."""
+
+    wall_s: float
+    cpu_user_s: float
+    cpu_sys_s: float
+    peak_rss_mb: float
+
+    @property
+    def cpu_s(self) -> float:
+        """User plus system CPU seconds."""
+        return self.cpu_user_s + self.cpu_sys_s
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready form, `cpu_s` included."""
+        return {**asdict(self), "cpu_s": self.cpu_s}
+
+
+def kernel_peak_rss_mb(pid: int, proc_root: str | Path = "/proc") -> float | None:
+    """The kernel's high-water mark of resident memory (VmHWM) for `pid`, or None where the
+    kernel does not expose it."""
+    try:
+        for line in (Path(proc_root) / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / MB  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def self_peak_rss_mb() -> float:
+    """This process's lifetime peak RSS via getrusage (kB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MB if sys.platform == "darwin" else peak * 1024 / MB
+
+
+class ResourceMeter:
+    """Meter one process (default: this one) from `start()`; `sample()` is cheap (a /proc read)
+    and only needed for the RSS peak where the kernel does not keep one."""
+
+    def __init__(self, pid: int | None = None, *, include_children: bool = False) -> None:
+        self.pid = pid if pid is not None else os.getpid()
+        self.include_children = include_children
+        self._proc = psutil.Process(self.pid)
+        self._t0 = 0.0
+        self._cpu0 = (0.0, 0.0)
+        self._sampled_peak_mb = 0.0
+        self._last: ResourceUsage | None = None
+
+    def _cpu(self) -> tuple[float, float]:
+        t = self._proc.cpu_times()
+        if self.include_children:
+            return t.user + t.children_user, t.system + t.children_system
+        return t.user, t.system
+
+    def start(self) -> ResourceMeter:
+        """Begin the interval now."""
+        self._t0 = time.perf_counter()
+        self._cpu0 = self._cpu()
+        self._sampled_peak_mb = self._proc.memory_info().rss / MB
+        return self
+
+    def sample(self) -> ResourceUsage:
+        """Usage so far; the last successful sample survives the process exiting."""
+        try:
+            user, system = self._cpu()
+            rss_mb = self._proc.memory_info().rss / MB
+        except psutil.NoSuchProcess:
+            if self._last is None:
+                raise
+            return self._last
+        self._sampled_peak_mb = max(self._sampled_peak_mb, rss_mb)
+        peak = kernel_peak_rss_mb(self.pid)
+        if peak is None and self.pid == os.getpid():
+            peak = self_peak_rss_mb()
+        self._last = ResourceUsage(
+            wall_s=time.perf_counter() - self._t0,
+            cpu_user_s=max(0.0, user - self._cpu0[0]),
+            cpu_sys_s=max(0.0, system - self._cpu0[1]),
+            peak_rss_mb=max(peak or 0.0, self._sampled_peak_mb),
+        )
+        return self._last
+
+    def stop(self) -> ResourceUsage:
+        """Usage over the whole interval."""
+        return self.sample()
+
+    def __enter__(self) -> ResourceMeter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def usage(self) -> ResourceUsage | None:
+        """The last sample taken (after the `with` block: the whole interval)."""
+        return self._last
