@@ -72,6 +72,7 @@ class _SenderBranch:
     signature: str
     n_elements: int
     reference: np.ndarray | None = None
+    previous: np.ndarray | None = None  # last true vector, used only without error feedback
     reference_round: int = -1
     deltas_since_keyframe: int = 0
     keyframe_requested: bool = False
@@ -132,7 +133,11 @@ class UpdateSender:
         if delta_allowed:
             assert state.reference is not None
             codec = self.spec.codec
-            payload = codecs.encode(codec, flat - state.reference, self.spec)
+            # With error feedback the delta is taken against what receivers hold, so anything a
+            # lossy codec dropped earlier is sent again; without it, against the last true vector.
+            base = state.reference if self.spec.error_feedback else state.previous
+            assert base is not None
+            payload = codecs.encode(codec, flat - base, self.spec)
             state.reference += codecs.decode(codec, payload, flat.size)
             ref_round = state.reference_round
             state.deltas_since_keyframe += 1
@@ -144,6 +149,8 @@ class UpdateSender:
             ref_round = -1
             state.deltas_since_keyframe = 0
             state.keyframe_requested = False
+        if not self.spec.error_feedback:
+            state.previous = flat.copy()
         state.reference_round = round_idx
         return codec, ref_round, payload
 
