@@ -226,6 +226,24 @@ def test_npz_per_agent_files_are_split_per_agent(tmp_path: Path) -> None:
     assert data["a1"].labels == ("0", "1", "2")
 
 
+def test_npz_fleet_file_and_own_files_mix_and_share_class_names(tmp_path: Path) -> None:
+    # Prepare: three generated agents split the fleet file; one listed agent brings its own.
+    _npz(tmp_path / "all.npz", 60)
+    _npz(tmp_path / "own.npz", 12, y=np.arange(12) % 4, labels=np.array(["w", "x", "y", "z"]))
+    raw = {"data": {"dataset": "npz", "modalities": ["accel", "gyro"], "path": "all.npz"},
+           "agents": {"count": 3, "list": [{"id": "own", "modalities": ["gyro"],
+                                            "data": "own.npz"}]}}
+    cfg = _cfg(raw, str(tmp_path / "fleet.yaml"))
+
+    # Execute
+    data = agent_data(cfg)
+
+    # Assert
+    assert [len(d.train) + len(d.test) for d in data.values()] == [20, 20, 20, 12]
+    assert all(d.labels == ("w", "x", "y", "z") for d in data.values())
+    assert n_classes(cfg) == 4
+
+
 def test_config_check_loads_npz_data_and_prints_sizes(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     # Prepare
