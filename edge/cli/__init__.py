@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 from edge.errors import UserError
+from edge.version import software_version
 
 # Subcommand name -> module under edge.cli. Modules are imported lazily so that `--help` and
 # light commands never pay for torch.
@@ -23,14 +23,6 @@ COMMANDS: dict[str, str] = {
     "flash": "flash",
     "devices": "devices",
 }
-
-
-def software_version() -> str:
-    """The installed distribution's version, or 'unknown' when run from a bare source tree."""
-    try:
-        return version("parse-edge")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,21 +1,69 @@
-"""`parse-edge simulate`: run the fleet in one process with no network (not available yet)"""
+"""`parse-edge simulate`: the whole fleet in one process, no network; writes summary.json."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-from edge.cli.pending import not_available
+from edge.config import STRATEGIES, load_config
+from edge.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    """Register the `simulate` subcommand."""
-    help_text = "run the fleet in one process with no network (not available yet)"
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments (not available yet)")
+    """Register `simulate`."""
+    parser = sub.add_parser(
+        name, help="run the fleet in one process with no network",
+        description="Run every agent of the fleet in this process (branches handed over in "
+                    "memory), for one strategy or all, and write DIR/summary.json.")
+    parser.add_argument("config", metavar="CONFIG", help="fleet config (YAML)")
+    parser.add_argument("--strategy", default=None,
+                        help=f"one of {', '.join(STRATEGIES)}, or 'all' (default: the config's)")
+    parser.add_argument("--arch", choices=["sliced", "plain"], default=None,
+                        help="model architecture (default: the config's model.arch)")
+    parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="override training.seed (also re-draws the partition)")
+    parser.add_argument("--out", default="runs/simulate", help="output folder (default %(default)s)")
+    parser.add_argument("--save-checkpoints", action="store_true",
+                        help="write DIR/agents/<id>/checkpoint.pt for every agent")
+    parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not available yet."""
-    not_available("simulate")
-    return 3
+    """Validate everything first, then simulate each strategy and write the summary."""
+    from edge.simulate import simulate_fleet
+
+    cfg = load_config(args.config)
+    if args.rounds is not None and args.rounds < 1:
+        raise UserError(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    names = _strategies(args.strategy, cfg.strategy, args.arch or cfg.model.arch)
+    out = Path(args.out)
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    summary = simulate_fleet(cfg, names, args.arch or cfg.model.arch, rounds=args.rounds,
+                             seed=args.seed, progress=progress,
+                             checkpoint_dir=out if args.save_checkpoints else None)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    for name, block in summary["strategies"].items():
+        kinds = "  ".join(f"{k} {v:.3f}" for k, v in block["accuracy"]["by_kind"].items())
+        print(f"{name:<14} accuracy {block['accuracy']['overall']:.3f}  ({kinds})  "
+              f"{block['bytes_sent']['per_round'] / 1e6:.3f} MB/round")
+    print(f"wrote {out / 'summary.json'} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _strategies(requested: str | None, default: str, arch: str) -> list[str]:
+    if requested is None:
+        return [default]
+    if requested == "all":
+        # parse has no plain form: it is the fission model.
+        return [s for s in STRATEGIES if arch == "sliced" or s != "parse"]
+    if requested not in STRATEGIES:
+        raise UserError(f"--strategy: unknown strategy {requested!r}; expected one of "
+                        f"{', '.join(STRATEGIES)} or all")
+    return [requested]
