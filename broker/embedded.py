@@ -44,6 +44,9 @@ async def serve(host: str, port: int, ready: str | None = None) -> None:
     """Run an amqtt broker until SIGTERM/SIGINT (or cancellation)."""
     from amqtt.broker import Broker  # imported here: only the broker process pays for it
 
+    # amqtt logs bind failures and every client reset with tracebacks; the failures we care
+    # about reach the caller as exceptions instead.
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)
     broker = Broker(amqtt_config(host, port))
     await broker.start()
     if ready:
@@ -145,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-line", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    # amqtt logs every connection at INFO and dumps tracebacks for client resets; keep it quiet
-    logging.getLogger("amqtt").setLevel(logging.ERROR)
     asyncio.run(serve(args.host, args.port, args.ready_line))
     return 0
 

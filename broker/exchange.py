@@ -61,6 +61,19 @@ class BranchStats:
     payload_bytes: int = 0
 
 
+class _UpdateKey(NamedTuple):
+    sender: str
+    branch_key: str
+    round_idx: int
+    signature: str
+    codec: int
+    ref_round: int
+    n_elements: int
+    total_len: int
+    chunk_count: int
+    sha256: bytes
+
+
 @dataclass
 class _Reference:
     vector: np.ndarray
@@ -194,7 +207,7 @@ class UpdateReceiver:
         self.accepted = 0
         self._reassembler = Reassembler(timeout_s=reassembly_timeout_s, clock=clock)
         self._references: dict[tuple[str, str], _Reference] = {}
-        self._delivered: OrderedDict[tuple[str, str, int, bytes], None] = OrderedDict()
+        self._delivered: OrderedDict[_UpdateKey, None] = OrderedDict()
         self._keyframe_wanted: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -241,8 +254,8 @@ class UpdateReceiver:
 
     def _count_expired(self, keys: list) -> int:
         for key in keys:
-            self._reject(Reject.INCOMPLETE, f"round {key[2]} still incomplete after timeout",
-                         f"{key[0]}/{key[1]}")
+            self._reject(Reject.INCOMPLETE, f"round {key.round_idx} still incomplete after timeout",
+                         f"{key.sender}/{key.branch_key}")
         return len(keys)
 
     def _reject(self, reason: Reject, detail: str, where: str) -> None:
@@ -276,7 +289,11 @@ class UpdateReceiver:
         held = self._references.get(ref_key)
         if held is not None and header.round_idx < held.round_idx:
             raise RejectedError(Reject.STALE, f"round {header.round_idx} < held round {held.round_idx}")
-        update_key = (header.sender, header.branch_key, header.round_idx, header.sha256)
+        # Every identity field is part of the key: a chunk whose header disagrees with its
+        # siblings lands in an entry of its own and the update never completes (then expires).
+        update_key = _UpdateKey(header.sender, header.branch_key, header.round_idx, header.signature,
+                                int(header.codec), header.ref_round, header.n_elements,
+                                header.total_len, header.chunk_count, header.sha256)
         if update_key in self._delivered:
             raise RejectedError(Reject.DUPLICATE, f"round {header.round_idx} already delivered")
         assembled = self._reassembler.add(update_key, header.chunk_index, header.chunk_count,
