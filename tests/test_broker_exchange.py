@@ -173,6 +173,7 @@ def test_named_bad_cases_are_rejected_with_their_reason(caplog: pytest.LogCaptur
     good_topic, good = UpdateSender(FLEET, "a1", "fp32").encode(0, BRANCH, SIG, _vector(n))[0]
     nan = _vector(n)
     nan[7] = np.nan
+    bad_topk = b"\x00\x00\x00\x01\x00\x00\x01\x00" + b"\x00" * 5 + b"\x7f"  # index 127 >= n=100
     cases: dict[Reject, tuple[str, bytes, bytes | None]] = {
         Reject.TRUNCATED: (good_topic, good[:-5], None),
         Reject.OVERSIZED: (good_topic, good + b"\x00" * 300_000, None),
@@ -186,15 +187,14 @@ def test_named_bad_cases_are_rejected_with_their_reason(caplog: pytest.LogCaptur
         Reject.BAD_HMAC: UpdateSender(FLEET, "a1", "fp32", hmac_key=b"wrong").encode(
             0, BRANCH, SIG, _vector(n))[0] + (KEY,),
         Reject.UNSIGNED: (good_topic, good, KEY),
-        Reject.NON_FINITE: _forge(nan.tobytes(), n) + (None,),
+        Reject.NON_FINITE: (*_forge(nan.tobytes(), n), None),
         Reject.WRONG_FLEET: (good_topic,
                              UpdateSender("g", "a1", "fp32").encode(0, BRANCH, SIG, _vector(n))[0][1], None),
         Reject.TOPIC_MISMATCH: (topics.update_topic(FLEET, "a2", BRANCH), good, None),
         Reject.UNKNOWN_BRANCH: UpdateSender(FLEET, "a1", "fp32").encode(0, "enc/x", SIG, _vector(n))[0]
         + (None,),
-        Reject.DECODE_FAILED: _forge(b"\x00\x00\x00\x01\x00\x00\x01\x00" + b"\x00" * 5 + b"\x7f",
-                                     n, CodecId.TOPK) + (None,),
-        Reject.NO_REFERENCE: _forge(b"\x00" * 4 * n, n, ref_round=0, round_idx=1) + (None,),
+        Reject.DECODE_FAILED: (*_forge(bad_topk, n, CodecId.TOPK), None),
+        Reject.NO_REFERENCE: (*_forge(b"\x00" * 4 * n, n, ref_round=0, round_idx=1), None),
     }
     for reason, (topic, data, key) in cases.items():
         receiver = _receiver(n, key)
@@ -248,7 +248,7 @@ def test_a_thousand_random_mutations_never_get_through() -> None:
             assert len(_deliver(receiver, keyframe)) == 1
         held_round = receiver.reference_round("a1", BRANCH)
         target = rng.randrange(len(messages))
-        topic, original = messages[target]
+        _topic, original = messages[target]
         mutated = _mutate(rng, original)
         while mutated == original:
             mutated = _mutate(rng, original)
