@@ -155,6 +155,19 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True)
+class FaultConfig:
+    """One injected fault of a trial (the simulator ignores faults)."""
+
+    kind: Literal["leave", "broker-restart", "delay", "loss"]
+    round: int = 1                       # leave / broker-restart: when (0-based round index)
+    agent: str | None = None             # leave: who
+    return_round: int | None = None      # leave: when it comes back (None: never)
+    agents: tuple[str, ...] = ()         # delay / loss: whose outgoing updates
+    delay_ms: float = 0.0
+    loss_percent: float = 0.0
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     fleet: str
     data: DataConfig
@@ -167,6 +180,7 @@ class FleetConfig:
     losses: LossConfig = field(default_factory=LossConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    faults: tuple[FaultConfig, ...] = ()
     # Filled in by load_config: where the file lives and the resolved agent list.
     source: str = "<config>"
     agent_specs: tuple[AgentSpec, ...] = ()
@@ -219,6 +233,7 @@ def parse_config(raw: Any, source: str) -> FleetConfig:
 
     cfg = replace(cfg, agent_specs=resolve_agents(cfg.agents, modalities, source))
     check_topology(cfg.topology, [a.id for a in cfg.agent_specs], cfg.training.seed, source)
+    _check_faults(cfg)
     return cfg
 
 
@@ -373,3 +388,28 @@ def check_device(name: str, source: str, path: str) -> None:
     if name not in PROFILES:
         raise ConfigError(source, path,
                           f"unknown device profile {name!r}; expected one of {', '.join(PROFILES)}")
+
+
+def _check_faults(cfg: FleetConfig) -> None:
+    ids = {a.id for a in cfg.agent_specs}
+    rounds = cfg.training.rounds
+    for i, f in enumerate(cfg.faults):
+        path = f"faults[{i}]"
+        if f.kind in ("leave", "broker-restart") and not 0 <= f.round < rounds:
+            raise ConfigError(cfg.source, f"{path}.round",
+                              f"expected a round index in [0, {rounds}), got {f.round}")
+        if f.kind == "leave":
+            if f.agent not in ids:
+                raise ConfigError(cfg.source, f"{path}.agent",
+                                  f"expected a known agent id, got {f.agent!r}")
+            if f.return_round is not None and not f.round < f.return_round < rounds:
+                raise ConfigError(cfg.source, f"{path}.return_round",
+                                  f"expected a round after {f.round} and before {rounds}")
+        if f.kind in ("delay", "loss"):
+            unknown = [a for a in f.agents if a not in ids]
+            if not f.agents or unknown:
+                raise ConfigError(cfg.source, f"{path}.agents",
+                                  f"expected a non-empty list of known agent ids, got {list(f.agents)}")
+        if f.delay_ms < 0 or not 0 <= f.loss_percent <= 100:
+            raise ConfigError(cfg.source, path,
+                              "expected delay_ms >= 0 and loss_percent in [0, 100]")
