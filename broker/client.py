@@ -100,6 +100,9 @@ class MqttClient:
         self._acked = threading.Condition()
         self._published_total = 0
         self._acked_total = 0
+        self._subacks = threading.Condition()
+        self._pending_subscribe_mids: set[int] = set()
+        self._early_subacks: set[int] = set()
         self._started = False
         version = MQTTProtocolVersion.MQTTv5 if protocol == 5 else MQTTProtocolVersion.MQTTv311
         self._paho = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
@@ -122,6 +125,7 @@ class MqttClient:
         self._paho.on_disconnect = self._handle_disconnect
         self._paho.on_message = self._handle_message
         self._paho.on_publish = self._handle_publish
+        self._paho.on_subscribe = self._handle_subscribe
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -173,7 +177,23 @@ class MqttClient:
         with self._lock:
             self._subscriptions[topic_filter] = qos
         if self.is_connected:
-            self._paho.subscribe(topic_filter, qos)
+            self._track_subscribe(self._paho.subscribe(topic_filter, qos))
+
+    def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every subscription sent so far is acknowledged (SUBACK)."""
+        with self._subacks:
+            return self._subacks.wait_for(lambda: not self._pending_subscribe_mids, timeout_s)
+
+    def _track_subscribe(self, result: tuple[MQTTErrorCode, int | None]) -> None:
+        rc, mid = result
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return  # not connected: on_connect will subscribe again
+        with self._subacks:
+            # the SUBACK may have been handled before paho's subscribe() returned
+            if mid in self._early_subacks:
+                self._early_subacks.discard(mid)
+            else:
+                self._pending_subscribe_mids.add(mid)
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
@@ -214,8 +234,10 @@ class MqttClient:
             return
         with self._lock:
             subscriptions = list(self._subscriptions.items())
+        with self._subacks:
+            self._pending_subscribe_mids.clear()  # lost with the old connection
         if subscriptions:
-            client.subscribe(subscriptions)
+            self._track_subscribe(client.subscribe(subscriptions))
         self.connect_count += 1
         self._connected.set()
         log.debug("connected to %s as %s (%d)", self.address.url, self.client_id, self.connect_count)
@@ -225,6 +247,15 @@ class MqttClient:
         self._connected.clear()
         if self._started:
             log.info("disconnected from %s (%s); reconnecting", self.address.url, reason_code)
+
+    def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int,
+                          reason_codes: object, properties: object) -> None:
+        with self._subacks:
+            if mid in self._pending_subscribe_mids:
+                self._pending_subscribe_mids.discard(mid)
+            else:
+                self._early_subacks.add(mid)
+            self._subacks.notify_all()
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: object, properties: object) -> None:

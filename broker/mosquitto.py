@@ -200,7 +200,13 @@ class MosquittoProcess:
 
     def start(self) -> MosquittoProcess:
         """Start mosquitto and wait until the port accepts connections."""
-        self._process = subprocess.Popen([self.binary, "-c", str(self.conf)],
+        conf = self.conf
+        if os.geteuid() == 0:
+            # As root, mosquitto drops to user `mosquitto` before reading the ACL and password
+            # files, which private (0700) directories such as pytest's tmp_path would hide.
+            conf = self.conf.with_name(self.conf.name + ".as-root")
+            conf.write_text(self.conf.read_text() + "user root\n")
+        self._process = subprocess.Popen([self.binary, "-c", str(conf)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:

@@ -1,0 +1,197 @@
+"""The MQTT client against real brokers (embedded amqtt, MQTT 3.1.1; Mosquitto, MQTT 5):
+multi-chunk exchange between three agents, last will on SIGKILL, counters, flush."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from broker import topics
+from broker.client import MqttClient, parse_broker_url
+from broker.discovery import AgentStatus, NeighbourTable, encode_status, offline_status
+from broker.embedded import EmbeddedBroker
+from broker.exchange import Update, UpdateReceiver, UpdateSender
+from tests.broker_support import private_mosquitto, wait_for
+
+FLEET = f"it{uuid.uuid4().hex[:8]}"
+AGENTS = ["a1", "a2", "a3"]
+BRANCH, SIG = "fuse/accel+gyro", "5ig"
+N_ELEMENTS = 1_400_000  # 5.6 MB as fp32: 23 chunks of <= 256 KiB
+KEY = b"fleet-key"
+
+
+@pytest.fixture(scope="module")
+def amqtt_url() -> Iterator[str]:
+    with EmbeddedBroker() as broker:
+        yield broker.url
+
+
+@pytest.fixture(scope="module")
+def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with private_mosquitto(tmp_path_factory.mktemp("mq"), FLEET, AGENTS) as process:
+        yield process.url
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def broker(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """(url, MQTT protocol level) of each broker kind."""
+    if request.param == "amqtt":
+        return request.getfixturevalue("amqtt_url"), 4
+    return request.getfixturevalue("mosquitto_url"), 5
+
+
+class Agent:
+    """Just enough of an agent: one client, a sender and a receiver."""
+
+    def __init__(self, url: str, agent: str, protocol: int) -> None:
+        self.agent = agent
+        self.updates: list[Update] = []
+        self.got = threading.Condition()
+        self.sender = UpdateSender(FLEET, agent, "fp32", hmac_key=KEY)
+        self.receiver = UpdateReceiver(FLEET, lambda b: (SIG, N_ELEMENTS) if b == BRANCH else None,
+                                       hmac_key=KEY)
+        self.client = MqttClient(url, agent, on_message=self.on_message, protocol=protocol,
+                                 will=(topics.status_topic(FLEET, agent), offline_status(agent)))
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        update = self.receiver.feed(topic, payload)
+        if update is not None:
+            with self.got:
+                self.updates.append(update)
+                self.got.notify_all()
+
+
+def test_three_agents_exchange_multi_chunk_updates_intact(broker: tuple[str, int]) -> None:
+    # Prepare
+    url, protocol = broker
+    agents = [Agent(url, a, protocol) for a in AGENTS]
+    vectors = {a: np.random.default_rng(i).normal(size=N_ELEMENTS).astype(np.float32)
+               for i, a in enumerate(AGENTS)}
+    try:
+        for agent in agents:
+            agent.client.start()
+            for other in AGENTS:
+                if other != agent.agent:
+                    agent.client.subscribe(topics.updates_filter(FLEET, other))
+        assert all(agent.client.wait_subscribed(10) for agent in agents)
+        # Execute
+        messages = {}
+        for agent in agents:
+            messages[agent.agent] = agent.sender.encode(7, BRANCH, SIG, vectors[agent.agent])
+            agent.client.publish_many(messages[agent.agent])
+        assert all(agent.client.flush(60) for agent in agents)
+        assert wait_for(lambda: all(len(a.updates) == 2 for a in agents), 60)
+        # Assert
+        assert all(len(m) > 20 for m in messages.values())
+        assert all(len(p) <= 256 * 1024 for m in messages.values() for _, p in m)
+        for agent in agents:
+            assert sorted(u.sender for u in agent.updates) == sorted(set(AGENTS) - {agent.agent})
+            for update in agent.updates:
+                np.testing.assert_array_equal(update.vector, vectors[update.sender])
+                assert update.bytes_on_wire == sum(len(p) for _, p in messages[update.sender])
+            assert sum(agent.receiver.rejections.values()) == 0
+            sent = agent.client.counters.sent_by_branch[BRANCH]
+            received = agent.client.counters.received_by_branch[BRANCH]
+            assert sent.payload_bytes == sum(len(p) for _, p in messages[agent.agent])
+            assert received.payload_bytes == sum(u.bytes_on_wire for u in agent.updates)
+            assert received.header_bytes > 0 and received.messages == 2 * len(messages["a1"])
+    finally:
+        for agent in agents:
+            agent.client.stop()
+
+
+_CHILD = """
+import sys, time
+from broker import topics
+from broker.client import MqttClient
+from broker.discovery import AgentStatus, encode_status, offline_status
+url, fleet, agent, protocol = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+status = topics.status_topic(fleet, agent)
+client = MqttClient(url, agent, protocol=protocol, will=(status, offline_status(agent)), keepalive_s=60)
+client.start()
+client.publish(status, encode_status(AgentStatus(agent, True, ("accel",), {"enc/accel": "s1"})),
+               retain=True)
+client.flush(10)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_sigkilled_agent_shows_offline_through_its_last_will(broker: tuple[str, int]) -> None:
+    # Prepare: an observer folding status messages into a neighbour table
+    url, protocol = broker
+    table = NeighbourTable(FLEET, {"a1": ["a3"], "a3": ["a1"]})
+    observer = MqttClient(url, "a1", protocol=protocol, on_message=table.observe)
+    observer.start()
+    observer.subscribe(topics.status_filter(FLEET))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, url, FLEET, "a3", str(protocol)],
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert wait_for(lambda: table.live_neighbours("a1", "enc/accel", "s1") == {"a3"}, 10)
+        # Execute
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        # Assert
+        assert wait_for(lambda: "a3" not in table.online_agents(), 15)
+        status = table.status("a3")
+        assert status is not None and status.online is False
+        assert table.live_neighbours("a1", "enc/accel", "s1") == set()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        observer.stop(publish_will=False)
+
+
+def test_stop_publishes_offline_status_and_flush_waits_for_acks(broker: tuple[str, int]) -> None:
+    url, protocol = broker
+    table = NeighbourTable(FLEET, {"a1": ["a2"]})
+    observer = MqttClient(url, "a1", protocol=protocol, on_message=table.observe).start()
+    observer.subscribe(topics.status_filter(FLEET))
+    agent = MqttClient(url, "a2", protocol=protocol,
+                       will=(topics.status_topic(FLEET, "a2"), offline_status("a2"))).start()
+    try:
+        agent.publish(topics.status_topic(FLEET, "a2"),
+                      encode_status(AgentStatus("a2", True, (), {"head/R": "h"})), retain=True)
+        for i in range(50):
+            agent.publish(topics.metrics_topic(FLEET, "a2"), b"x" * 1000 * i)
+        assert agent.flush(20)
+        assert wait_for(lambda: table.live_neighbours("a1", "head/R", "h") == {"a2"}, 10)
+        agent.stop()
+        assert wait_for(lambda: table.online_agents() == set(), 10)
+    finally:
+        agent.stop()
+        observer.stop(publish_will=False)
+
+
+def test_unreachable_broker_fails_with_a_clear_error() -> None:
+    from broker.embedded import free_port
+
+    client = MqttClient(f"mqtt://127.0.0.1:{free_port()}", "lonely")
+    with pytest.raises(ConnectionError, match="not connected after"):
+        client.start(timeout_s=0.5)
+
+
+@pytest.mark.parametrize("url,match", [("http://h:1", "expected mqtt"), ("mqtt://", "no host"),
+                                       ("mqtt://h:99999", "port"), ("mqtt://h:1/x", "path")])
+def test_bad_urls_are_refused(url: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_broker_url(url)
+
+
+def test_url_parsing() -> None:
+    assert parse_broker_url("mqtt://h") == parse_broker_url("mqtt://h:1883")
+    address = parse_broker_url("mqtts://u%40x:p%3Aw@h:9")
+    assert (address.host, address.port, address.tls, address.username, address.password) == \
+        ("h", 9, True, "u@x", "p:w")
