@@ -145,7 +145,8 @@ def _restrict(path: Path) -> None:
 def write_passwd(path: Path, users: dict[str, str], prefer_tool: bool = True) -> str:
     """Write a password file; use `mosquitto_passwd` when installed. Returns the tool used."""
     tool = shutil.which("mosquitto_passwd") if prefer_tool else None
-    if tool is None:
+    # `mosquitto_passwd -U` cuts a password at its first ':'; hash such passwords ourselves.
+    if tool is None or any(":" in pw for pw in users.values()):
         path.write_text("".join(f"{user}:{hash_password(pw)}\n" for user, pw in users.items()))
         _restrict(path)
         return "pbkdf2-sha512"

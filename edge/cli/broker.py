@@ -59,10 +59,9 @@ def run_broker(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port: expected 0..65535, got {args.port}")
-    print(f"embedded broker (amqtt, MQTT 3.1.1) on mqtt://{args.host}:{args.port}; Ctrl-C stops it",
-          flush=True)
+    ready = f"embedded broker (amqtt, MQTT 3.1.1) on mqtt://{args.host}:{args.port}; Ctrl-C stops it"
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, ready=ready))
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # amqtt wraps bind errors in BrokerError

@@ -1,0 +1,65 @@
+"""Embedded amqtt broker: starts on a free loopback port, restarts on the same port, and clients
+reconnect and resubscribe by themselves."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from broker.client import MqttClient
+from broker.embedded import EmbeddedBroker, amqtt_config, free_port
+from tests.broker_support import wait_for
+
+
+def test_restart_on_the_same_port_with_client_reconnect_and_resubscribe() -> None:
+    # Prepare
+    broker = EmbeddedBroker().start()
+    received: list[bytes] = []
+    got = threading.Event()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        received.append(payload)
+        got.set()
+
+    listener = MqttClient(broker.url, "listener", on_message=on_message, reconnect_min_s=0.1,
+                          reconnect_max_s=0.5)
+    try:
+        url, port = broker.url, broker.port
+        assert url == f"mqtt://127.0.0.1:{port}" and port > 0
+        listener.start()
+        listener.subscribe("parse/emb/control")
+        assert listener.wait_subscribed(5)
+        # Execute: stop the broker, start it again on the same port
+        broker.stop()
+        assert not broker.running
+        assert wait_for(lambda: not listener.is_connected, 10)
+        broker.start()
+        assert broker.port == port and broker.url == url
+        assert wait_for(lambda: listener.connect_count == 2 and listener.is_connected, 15)
+        assert listener.wait_subscribed(5)
+        with MqttClient(broker.url, "talker") as talker:
+            talker.publish("parse/emb/control", b"after restart")
+            assert talker.flush(5)
+        # Assert: the subscription came back without the caller doing anything
+        assert got.wait(10)
+        assert received == [b"after restart"]
+    finally:
+        listener.stop(publish_will=False, flush_timeout_s=0)
+        broker.stop()
+
+
+def test_fixed_port_and_busy_port() -> None:
+    port = free_port()
+    with EmbeddedBroker(port=port) as broker:
+        assert broker.url == f"mqtt://127.0.0.1:{port}"
+        with pytest.raises(RuntimeError, match=r"address already in use|Errno 98"):
+            EmbeddedBroker(port=port, startup_timeout_s=5).start()
+
+
+def test_url_before_start_is_an_error_and_config_binds_loopback() -> None:
+    with pytest.raises(RuntimeError, match="after start"):
+        _ = EmbeddedBroker().url
+    config = amqtt_config("127.0.0.1", 1234)
+    assert config["listeners"]["default"]["bind"] == "127.0.0.1:1234"
+    assert list(config["plugins"]) == ["amqtt.plugins.authentication.AnonymousAuthPlugin"]
