@@ -95,13 +95,19 @@ def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> str:
     args = _trace_inputs(spec)
     with _quiet_exporter():
         try:
+            # A ShapesCollection keys the dynamic axis by tensor, so it fits any forward
+            # signature (positional, *args) without knowing its structure.
             batch = torch.export.Dim(BATCH_DIM, min=1)
+            shapes = torch.export.ShapesCollection()
+            for arg in args:
+                shapes[arg] = {0: batch}
             program = torch.onnx.export(
                 module, args, input_names=spec.input_names, output_names=spec.output_names,
                 opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=tuple({0: batch} for _ in args),
+                dynamic_shapes=shapes,
             )
             program.save(str(path), external_data=False)
+            _name_batch_axis(path)
             return "dynamo"
         except Exception as exc:  # any dynamo failure: fall back and say so in the manifest
             logging.getLogger(__name__).info("dynamo export of %s failed (%s); using TorchScript",
@@ -113,6 +119,19 @@ def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> str:
             dynamic_axes={n: {0: BATCH_DIM} for n in names},
         )
         return "torchscript"
+
+
+def _name_batch_axis(path: Path) -> None:
+    """Rename the exporter's batch symbol (e.g. "s77") to "batch" everywhere in the graph."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    symbols = {v.type.tensor_type.shape.dim[0].dim_param for v in graph.input}
+    symbols.discard("")
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in symbols:
+                dim.dim_param = BATCH_DIM
+    onnx.save(model, str(path))
 
 
 def _check_onnx(spec: GraphSpec, path: Path) -> int:

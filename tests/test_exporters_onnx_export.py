@@ -1,0 +1,197 @@
+"""Export of mlp / conv1d agents (unimodal and multimodal) to verified ONNX bundles."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from devices.runtime import Predictor
+from exporters.manifest import load_manifest, sha256_file
+from exporters.onnx_export import ExportError, GraphSpec, export_graphs
+from tests.exporters_toy import LABELS, make_case, normalised, torch_logits
+
+CASES = [("mlp", ("accel",)), ("mlp", ("accel", "gyro")),
+         ("conv1d", ("gyro",)), ("conv1d", ("accel", "gyro"))]
+
+
+def _export(kind: str, modalities: tuple[str, ...], out, quantize: str | None = None,
+            roles: tuple[str, ...] = ("encoder", "head", "fused")):
+    agent, raw, norm, shapes = make_case(kind, modalities)
+    xs = normalised(raw, norm)
+    specs = [s for s in agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
+             if s.role in roles]
+    manifest = export_graphs(specs, out, labels=LABELS, norm=norm, input_shapes=shapes,
+                             quantize=quantize, meta={"agent_id": f"{kind}-{len(modalities)}"},
+                             source_checkpoint={"path": "ck.pt", "sha256": "0" * 64})
+    return agent, raw, xs, specs, manifest
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{'+'.join(c[1])}")
+def exported(request, tmp_path_factory):
+    kind, modalities = request.param
+    out = tmp_path_factory.mktemp("bundle") / "out"
+    agent, raw, xs, specs, manifest = _export(kind, modalities, out)
+    return SimpleNamespace(kind=kind, modalities=modalities, out=out, agent=agent, raw=raw,
+                           xs=xs, specs=specs, manifest=manifest)
+
+
+def test_every_graph_is_a_checked_single_file_onnx_with_dynamic_batch(exported):
+    # Prepare
+    e = exported
+    # Execute
+    files = sorted(p.name for p in e.out.iterdir())
+    # Assert
+    assert files == sorted([f"{s.name}.onnx" for s in e.specs] + ["manifest.json"])
+    for spec in e.specs:
+        model = onnx.load(str(e.out / f"{spec.name}.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.input] == spec.input_names
+        assert [o.name for o in model.graph.output] == spec.output_names
+        assert all(i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input)
+        assert not any(init.data_location == onnx.TensorProto.EXTERNAL
+                       for init in model.graph.initializer)
+    # batch 1 and batch 5 both run on the same graph
+    fused = e.out / f"fused-{'+'.join(e.modalities)}.onnx"
+    session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        (logits,) = session.run(None, {m: e.xs[m][:batch] for m in e.modalities})
+        assert logits.shape == (batch, len(LABELS))
+
+
+def test_manifest_describes_the_bundle(exported):
+    # Prepare
+    e = exported
+    # Execute
+    on_disk = json.loads((e.out / "manifest.json").read_text())
+    loaded = load_manifest(e.out)
+    # Assert
+    assert on_disk["format_version"] == 1 and on_disk["labels"] == LABELS
+    assert loaded.modalities == list(e.modalities)
+    assert loaded.software_version not in ("", "unknown")
+    assert loaded.source_checkpoint == {"path": "ck.pt", "sha256": "0" * 64}
+    assert loaded.meta["agent_id"] == f"{e.kind}-{len(e.modalities)}"
+    assert loaded.opset >= 17
+    for m in e.modalities:
+        assert loaded.inputs[m].shape == ["batch", *e.raw[m].shape[1:]]
+        assert loaded.slice_dims[m] == {"r": 8, "u": 8, "s": 8}
+        channels = e.raw[m].shape[1]
+        assert loaded.norm[m]["shape"] == ([channels, 1] if e.kind == "conv1d" else [channels])
+    for g in loaded.graphs:
+        assert g.sha256 == sha256_file(e.out / g.file)
+        assert g.exporter == "dynamo" and g.precision == "fp32"
+        assert g.max_abs_diff is not None and g.max_abs_diff <= 1e-4
+    expected_keys = {"+".join(c) for c in e.agent.subsets()}
+    assert set(loaded.serves) == expected_keys
+    assert all(loaded.graph(v["fp32"]).role == "fused" for v in loaded.serves.values())
+
+
+def test_each_subset_graph_agrees_with_the_torch_model_on_that_subset(exported):
+    # Prepare
+    e = exported
+    predictor = Predictor(e.out)
+    for subset in e.agent.subsets():
+        # Execute: the runtime sees raw inputs and normalises them itself
+        pred = predictor.predict({m: e.raw[m] for m in subset})
+        ref = torch_logits(e.agent, {m: e.xs[m] for m in subset})
+        # Assert
+        assert pred.graph == f"fused-{'+'.join(subset)}"
+        ref_probs = torch.softmax(torch.from_numpy(ref), dim=-1).numpy()
+        np.testing.assert_allclose(pred.probabilities, ref_probs, atol=1e-5)
+        assert (pred.label_indices == ref.argmax(-1)).all()
+
+
+def test_int8_export_writes_quantized_copies_and_reports_size_and_agreement(tmp_path):
+    # Prepare / Execute
+    agent, raw, xs, specs, manifest = _export("conv1d", ("accel", "gyro"), tmp_path / "q", "int8",
+                                              roles=("encoder", "fused"))
+    # Assert
+    int8 = [g for g in manifest.graphs if g.precision == "int8"]
+    assert len(int8) == len(specs)
+    assert manifest.default_precision == "int8"
+    assert manifest.quantization["int8_bytes"] < manifest.quantization["fp32_bytes"]
+    fused = [g for g in int8 if g.role == "fused"]
+    assert all(g.argmax_agreement is not None and g.argmax_agreement >= 0.8 for g in fused)
+    model = onnx.load(str(tmp_path / "q" / "encoder-accel.int8.onnx"))
+    assert any(n.op_type in ("ConvInteger", "MatMulInteger") for n in model.graph.node)
+    pred = Predictor(tmp_path / "q").predict({"accel": raw["accel"], "gyro": raw["gyro"]})
+    assert pred.graph == "fused-accel+gyro.int8"
+    ref = torch_logits(agent, xs)
+    assert np.mean(pred.label_indices == ref.argmax(-1)) >= 0.8
+
+
+class ExportsDifferently(nn.Module):
+    """A module whose traced graph drifts from eager by 0.1 % (e.g. an export-only shortcut)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return x[:, :4] * 1.001
+        return x[:, :4]
+
+
+def test_parity_failure_fails_the_export_and_leaves_no_bundle(tmp_path):
+    # Prepare
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+    spec = GraphSpec("fused-accel", "fused", ExportsDifferently(), ["accel"], ["logits"], ("accel",),
+                     {"accel": x})
+    # Execute / Assert
+    with pytest.raises(ExportError, match=r"fused-accel.*max abs diff .* exceeds 1e-04"):
+        export_graphs([spec], tmp_path / "out", labels=LABELS,
+                      norm={"accel": {"mean": [0.0] * 6, "std": [1.0] * 6}},
+                      input_shapes={"accel": (6,)})
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # staging directory removed too
+
+
+def test_reexport_replaces_the_previous_bundle_files(tmp_path):
+    # Prepare
+    out = tmp_path / "b"
+    agent, raw, norm, shapes = make_case("mlp", ("accel", "gyro"))
+    xs = normalised(raw, norm)
+    specs = agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
+    fused = [s for s in specs if s.role == "fused"]
+    export_graphs(fused, out, labels=LABELS, norm=norm, input_shapes=shapes)
+    (out / "notes.txt").write_text("user file")
+    # Execute: a second export with fewer graphs
+    export_graphs(fused[-1:], out, labels=LABELS, norm=norm, input_shapes=shapes)
+    # Assert
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fused-accel+gyro.onnx", "manifest.json", "notes.txt"]
+    assert list(load_manifest(out).serves) == ["accel+gyro"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda s: [*s, s[0]], "graph names must be unique; repeated: fused-accel"),
+    (lambda s: [GraphSpec(**{**vars(s[0]), "input_names": ["gyro"]})],
+     "no example inputs for gyro"),
+    (lambda s: [GraphSpec(**{**vars(s[0]), "role": "encoder"})], "no fused graph"),
+    (lambda s: [GraphSpec(**{**vars(s[0]), "role": "decoder"})], "role 'decoder'"),
+])
+def test_inconsistent_graph_specs_are_rejected_before_exporting(tmp_path, mutate, message):
+    # Prepare
+    agent, raw, norm, shapes = make_case("mlp", ("accel",))
+    xs = normalised(raw, norm)
+    specs = [s for s in agent.export_graphs({"accel": torch.from_numpy(xs["accel"])})
+             if s.role == "fused"]
+    # Execute / Assert
+    with pytest.raises(ExportError, match=message):
+        export_graphs(mutate(specs), tmp_path / "out", labels=LABELS, norm=norm,
+                      input_shapes=shapes)
+
+
+def test_statistics_that_fit_neither_channels_nor_features_are_rejected(tmp_path):
+    # Prepare
+    agent, raw, norm, shapes = make_case("conv1d", ("accel",))
+    xs = normalised(raw, norm)
+    specs = [s for s in agent.export_graphs({"accel": torch.from_numpy(xs["accel"])})
+             if s.role == "fused"]
+    bad = {"accel": {"mean": [0.0] * 7, "std": [1.0] * 7}}
+    # Execute / Assert
+    with pytest.raises(ExportError, match=r"norm.accel: 7 statistics fit neither"):
+        export_graphs(specs, tmp_path / "out", labels=LABELS, norm=bad, input_shapes=shapes)
