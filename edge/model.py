@@ -11,6 +11,7 @@ A missing modality drops its heads and every synergy head that needs it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -72,7 +73,7 @@ def trunk(family: FamilyConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module, i
                        nn.ReLU()]
             channels = width
         return nn.Sequential(*layers, GlobalPool()), 2 * channels
-    width_in = int(torch.tensor(in_shape).prod())
+    width_in = math.prod(in_shape)
     layers.append(nn.Flatten())
     for width in family.hidden:
         layers += [nn.Linear(width_in, width), nn.ReLU()]

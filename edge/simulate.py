@@ -40,6 +40,7 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
                       checkpoint_dir: Path | None = None) -> dict:
     """Run one strategy over the fleet; returns its `strategies.<name>` summary block."""
     started = time.perf_counter()
+    torch.set_num_threads(1)  # tiny models: one thread is faster, and matches the agents
     torch.manual_seed(cfg.training.seed)
     data = data if data is not None else agent_data(cfg)
     info = info if info is not None else fleet_info(cfg)
@@ -79,7 +80,7 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
     if checkpoint_dir is not None:
         for agent, learner in learners.items():
             save_checkpoint(checkpoint_dir / "agents" / agent / "checkpoint.pt", cfg, learner,
-                            agent, rounds, strategy_name)
+                            agent, rounds - 1, strategy_name)
     return summary
 
 

@@ -18,6 +18,9 @@ from edge.sharing import SCOPES
 class Strategy:
     """Decentralized gossip with the sharing table row `name`."""
 
+    # False for references that need every agent's data in one place.
+    networked = True
+
     def __init__(self, name: str) -> None:
         self.name = name
 
@@ -51,6 +54,8 @@ class Monolithic(Strategy):
 class Centralized(Strategy):
     """All data pooled into one model trained for the whole budget, then one epoch of local
     fine-tuning per agent: a reference point for personalised accuracy, not a DFL method."""
+
+    networked = False
 
     def schedule(self, rounds: int, local_epochs: int) -> tuple[int, int]:
         self.pooled_epochs = rounds * local_epochs

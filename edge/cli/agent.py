@@ -1,21 +1,57 @@
-"""`parse-edge agent`: run one agent, as on a board (not available yet)"""
+"""`parse-edge agent`: run one agent of a fleet, as on a board."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from pathlib import Path
 
-from edge.cli.pending import not_available
+from edge.config import STRATEGIES, load_config
+from edge.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    """Register the `agent` subcommand."""
-    help_text = "run one agent, as on a board (not available yet)"
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments (not available yet)")
+    """Register `agent`."""
+    parser = sub.add_parser(
+        name, help="run one agent, as on a board",
+        description="Run one agent: announce it on the broker, find its neighbours, run the rounds "
+                    "(mix, train, evaluate, publish), write metrics and checkpoints. Restarted with "
+                    "the same --out it resumes from its checkpoint.")
+    parser.add_argument("config", metavar="CONFIG", help="fleet config (YAML)")
+    parser.add_argument("--agent", required=True, metavar="ID", help="this agent's id in CONFIG")
+    parser.add_argument("--broker", default=None, metavar="URL",
+                        help="mqtt://host:port (default: the config's broker.url)")
+    parser.add_argument("--out", default="runs/agent", metavar="DIR",
+                        help="writes DIR/agents/<id>/{metrics.jsonl,checkpoint.pt,final.json}")
+    parser.add_argument("--strategy", default=None, help=f"one of {', '.join(STRATEGIES[:-1])}")
+    parser.add_argument("--arch", choices=["sliced", "plain"], default=None)
+    parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
+    parser.add_argument("--energy", choices=["auto", "measured", "estimated"], default="auto",
+                        help="energy source: a power sensor when readable (auto), required "
+                             "(measured), or the device profile's estimate (estimated; use it when "
+                             "several agents share one host)")
+    parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not available yet."""
-    not_available("agent")
-    return 3
+    """Run the agent to its last round."""
+    from edge.agent import run_agent
+    from edge.simulate import with_overrides
+
+    cfg = load_config(args.config)
+    if args.rounds is not None and args.rounds < 1:
+        raise UserError(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    cfg = with_overrides(cfg, rounds=args.rounds)
+    url = args.broker or cfg.broker.url
+    if url == "embedded":
+        raise UserError("--broker: an agent needs a broker URL (mqtt://host:port); the embedded "
+                        "broker is started by `parse-edge trial` or `parse-edge broker run`")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    final = run_agent(cfg, args.agent, url, Path(args.out), args.strategy, args.arch,
+                      args.energy, progress)
+    print(f"{args.agent}: {final['rounds_completed']} rounds, {final['bytes']['sent_total'] / 1e6:.2f} MB "
+          f"sent, {final['energy_j']:.1f} J ({final['energy_source']})")
+    return 0

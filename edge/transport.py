@@ -1,0 +1,177 @@
+"""How a networked agent's branches travel: MQTT publish of its own, an inbox of its neighbours'."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from broker import topics
+from broker.client import MqttClient, TlsFiles
+from broker.codecs import codec_spec
+from broker.discovery import AgentStatus, NeighbourTable, encode_status, offline_status
+from broker.exchange import (
+    KeyframeRequest,
+    UpdateReceiver,
+    UpdateSender,
+    encode_keyframe_request,
+    parse_keyframe_request,
+)
+from edge.config import AgentSpec, FleetConfig
+from edge.learner import Branch
+from edge.version import software_version
+
+log = logging.getLogger(__name__)
+
+
+class MqttTransport:
+    """One agent's connection: status, its updates out, neighbours' updates in (by round)."""
+
+    def __init__(self, cfg: FleetConfig, spec: AgentSpec, branches: dict[str, Branch],
+                 url: str, graph: dict[str, tuple[str, ...]],
+                 holdings: dict[str, dict[str, str]]) -> None:
+        self.cfg = cfg
+        self.agent_id = spec.id
+        self.spec = spec
+        self.branches = branches
+        comm = cfg.comm
+        hmac_key = cfg.broker.hmac_key.encode() if cfg.broker.hmac_key else None
+        self.sender = UpdateSender(
+            cfg.fleet, spec.id,
+            codec_spec(comm.codec, comm.topk_fraction, comm.difference_coding, comm.error_feedback),
+            keyframe_every=comm.keyframe_every, hmac_key=hmac_key, chunk_bytes=comm.chunk_kib * 1024)
+        self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=hmac_key,
+                                       reassembly_timeout_s=max(30.0, comm.deadline_s))
+        self.neighbours = NeighbourTable(cfg.fleet, graph)
+        self.holdings = holdings
+        self._inbox: dict[tuple[int, str], dict[str, np.ndarray]] = defaultdict(dict)
+        self._arrived = threading.Condition()
+        self._rng = random.Random(f"{cfg.training.seed}/{spec.id}/loss")
+        self.delay_ms = sum(f.delay_ms for f in cfg.faults
+                            if f.kind == "delay" and spec.id in f.agents)
+        self.loss_percent = max([f.loss_percent for f in cfg.faults
+                                 if f.kind == "loss" and spec.id in f.agents], default=0.0)
+        self.updates_dropped = 0
+        tls = cfg.broker.tls
+        self.client = MqttClient(
+            url, f"{cfg.fleet}-{spec.id}", on_message=self._on_message,
+            username=cfg.broker.username, password=cfg.broker.password,
+            tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file) if tls else None,
+            will=(topics.status_topic(cfg.fleet, spec.id), offline_status(spec.id)))
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Connect, subscribe (before announcing, so no update meant for us is missed), announce."""
+        fleet = self.cfg.fleet
+        self.client.subscribe(topics.status_filter(fleet))
+        # Only the branches we can average, from the agents that can be our neighbours: a wider
+        # subscription would make every agent receive updates it must throw away.
+        candidates = (set(self.holdings) - {self.agent_id}
+                      if self.cfg.topology.resample_each_round
+                      else self.neighbours.configured_neighbours(self.agent_id))
+        for other in sorted(candidates):
+            for key, branch in self.branches.items():
+                if self.holdings.get(other, {}).get(key) == branch.signature:
+                    self.client.subscribe(topics.update_topic(fleet, other, key))
+        self.client.subscribe(topics.control_topic(fleet))
+        self.client.start(timeout_s=timeout_s)
+        status = AgentStatus(self.agent_id, True, self.spec.modalities,
+                             {k: b.signature for k, b in self.branches.items()},
+                             self.spec.device, software_version())
+        self.client.publish(topics.status_topic(fleet, self.agent_id), encode_status(status),
+                            retain=True)
+
+    def stop(self) -> None:
+        """Mark ourselves offline, flush, disconnect."""
+        self.client.stop(publish_will=True)
+
+    def wait_for_neighbours(self, neighbours: set[str], timeout_s: float) -> set[str]:
+        """Block until the given agents are online (or timeout); return the ones that are."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            online = neighbours & self.neighbours.online_agents()
+            if online == neighbours or time.monotonic() >= deadline:
+                return online
+            time.sleep(0.05)
+
+    # --- updates ------------------------------------------------------------------------------
+    def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
+        """Encode and publish this round's branches (applying injected delay and loss)."""
+        if self.delay_ms:
+            time.sleep(self.delay_ms / 1000)
+        for key, vector in outbox.items():
+            if self.loss_percent and self._rng.random() * 100 < self.loss_percent:
+                self.updates_dropped += 1
+                continue
+            branch = self.branches[key]
+            self.client.publish_many(self.sender.encode(round_idx, key, branch.signature, vector))
+
+    def collect(self, round_idx: int, plan: dict[str, dict[str, float]],
+                timeout_s: float) -> dict[str, dict[str, np.ndarray]]:
+        """Neighbours' updates of `round_idx` for every planned branch, waiting at most
+        `timeout_s` for online neighbours; late or offline ones are simply absent."""
+        deadline = time.monotonic() + timeout_s
+        with self._arrived:
+            while True:
+                missing = self._missing(round_idx, plan)
+                remaining = deadline - time.monotonic()
+                if not missing or remaining <= 0:
+                    break
+                self._arrived.wait(min(remaining, 0.25))
+            received = {key: {j: v for j, v in self._inbox.get((round_idx, key), {}).items()
+                              if j in weights}
+                        for key, weights in plan.items()}
+            for r, key in [k for k in self._inbox if k[0] <= round_idx]:
+                del self._inbox[(r, key)]
+        return received
+
+    def _missing(self, round_idx: int, plan: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
+        # Wait only for neighbours that are online *and* announce the branch at our signature:
+        # anything else would be rejected on arrival anyway.
+        live = {key: self.neighbours.live_neighbours(self.agent_id, key, self.branches[key].signature)
+                for key in plan}
+        return [(key, j) for key, weights in plan.items() for j in weights
+                if j in live[key] and j not in self._inbox.get((round_idx, key), {})]
+
+    def publish_metrics(self, row: dict) -> None:
+        self.client.publish(topics.metrics_topic(self.cfg.fleet, self.agent_id),
+                            json.dumps(row).encode())
+
+    # --- network thread -----------------------------------------------------------------------
+    def _expected(self, key: str) -> tuple[str, int] | None:
+        branch = self.branches.get(key)
+        return (branch.signature, branch.size) if branch else None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        info = topics.parse_topic(topic)
+        if info is None or info.fleet != self.cfg.fleet:
+            return
+        if info.kind == "status":
+            self.neighbours.observe(topic, payload)
+            with self._arrived:
+                self._arrived.notify_all()  # an agent going offline ends a wait for it
+        elif info.kind == "update" and info.agent != self.agent_id:
+            update = self.receiver.feed(topic, payload)
+            if update is not None:
+                with self._arrived:
+                    self._inbox[(update.round_idx, update.branch_key)][update.sender] = update.vector
+                    self._arrived.notify_all()
+            for sender, key in self.receiver.pop_keyframe_requests():
+                request = KeyframeRequest(self.agent_id, sender, key)
+                self.client.publish(topics.control_topic(self.cfg.fleet),
+                                    encode_keyframe_request(request))
+        elif info.kind == "control":
+            request = parse_keyframe_request(payload)
+            if request is not None and request.target == self.agent_id:
+                self.sender.request_keyframe(request.branch_key)
+
+    # --- accounting ---------------------------------------------------------------------------
+    def wire_bytes(self) -> tuple[int, int]:
+        """(sent, received) MQTT bytes so far, payload plus header."""
+        counters = self.client.counters
+        return counters.sent.total_bytes, counters.received.total_bytes
