@@ -1,0 +1,117 @@
+"""`parse-edge infer`: torch-free, one-line errors, missing modalities served."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from devices.runtime import Predictor
+from edge.cli import main
+from exporters.onnx_export import export_graphs
+from tests.exporters_toy import LABELS, make_case, normalised
+
+# Blocks every torch import, as on a board where torch is not installed.
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not installed on this board")
+sys.meta_path.insert(0, NoTorch())
+from edge.cli import main
+rc = main(sys.argv[1:])
+assert "torch" not in sys.modules, "torch was imported"
+sys.exit(rc)
+"""
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    agent, raw, norm, shapes = make_case("mlp", ("accel", "gyro"), n=10)
+    xs = normalised(raw, norm)
+    specs = [s for s in agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
+             if s.role == "fused"]
+    root = tmp_path_factory.mktemp("cli")
+    export_graphs(specs, root / "bundle", labels=LABELS, norm=norm, input_shapes=shapes)
+    np.savez(root / "both.npz", **raw)
+    np.savez(root / "accel.npz", accel=raw["accel"])
+    return SimpleNamespace(dir=root / "bundle", root=root, raw=raw)
+
+
+def test_infer_runs_with_torch_absent_and_prints_json(bundle):
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "infer", str(bundle.dir), str(bundle.root / "both.npz"),
+         "--json"], capture_output=True, text=True, timeout=120)
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    expected = Predictor(bundle.dir).predict(bundle.raw)
+    assert out["graph"] == "fused-accel+gyro"
+    assert [p["label"] for p in out["predictions"]] == expected.labels
+    probs = np.array([[p["probabilities"][c] for c in LABELS] for p in out["predictions"]])
+    np.testing.assert_allclose(probs, expected.probabilities, atol=1e-6)
+
+
+def test_missing_modality_is_served_and_reported(bundle, capsys):
+    # Execute
+    rc = main(["infer", str(bundle.dir), str(bundle.root / "accel.npz")])
+    # Assert
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.splitlines()[0] == "graph fused-accel (modalities: accel; missing: gyro)"
+    assert len(out.splitlines()) == 2 + 10
+
+
+def test_modalities_flag_selects_the_graph(bundle, capsys):
+    rc = main(["infer", str(bundle.dir), str(bundle.root / "both.npz"), "--modalities", "gyro",
+               "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["graph"] == "fused-gyro"
+
+
+def _error(capsys, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    return err.strip()
+
+
+def test_bad_inputs_are_one_line_errors(bundle, capsys, tmp_path):
+    # Prepare
+    nan = tmp_path / "nan.npz"
+    accel = bundle.raw["accel"].copy()
+    accel[2, 3] = np.nan
+    np.savez(nan, accel=accel)
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, accel=bundle.raw["accel"][:, :5], magnet=bundle.raw["gyro"])
+    short = tmp_path / "short.npz"
+    np.savez(short, accel=bundle.raw["accel"][:, :5])
+    d = str(bundle.dir)
+    # Execute / Assert
+    assert "nan.npz: input 'accel': contains NaN" in _error(capsys, ["infer", d, str(nan)])
+    assert "input 'magnet': unknown modality" in _error(capsys, ["infer", d, str(wrong)])
+    assert "input 'accel': shape (10, 5), expected (batch, 12)" in _error(
+        capsys, ["infer", d, str(short)])
+    assert "input 'gyro': requested but not provided" in _error(
+        capsys, ["infer", d, str(bundle.root / "accel.npz"), "--modalities", "accel,gyro"])
+    assert "missing.npz: expected an .npz file" in _error(
+        capsys, ["infer", d, str(tmp_path / "missing.npz")])
+
+
+def test_altered_bundle_is_a_one_line_error(bundle, capsys, tmp_path):
+    # Prepare
+    copy = shutil.copytree(bundle.dir, tmp_path / "b")
+    target = copy / "fused-accel.onnx"
+    target.write_bytes(target.read_bytes() + b"\0")
+    # Execute / Assert
+    err = _error(capsys, ["infer", str(copy), str(bundle.root / "both.npz")])
+    assert "fused-accel.onnx: sha256: expected" in err
