@@ -265,11 +265,12 @@ class EnergyMeter:
 
     def stop(self, usage: ResourceUsage | None = None, bytes_on_wire: int = 0) -> EnergyResult:
         """Energy since `start()`; the estimate needs `usage` (CPU seconds) of the interval."""
-        wall_s = time.perf_counter() - self._t0
         if isinstance(self.backend, RaplReader):
             energy_j = self.backend.delta_j(self._rapl_start, self.backend.read_uj())
+            wall_s = time.perf_counter() - self._t0
         elif isinstance(self.backend, Ina3221Reader) and self._integrator is not None:
             energy_j = self._integrator.finish()
+            wall_s = time.perf_counter() - self._t0  # after the last sample: spans it
         else:
             if usage is None:
                 raise ValueError("an estimated energy needs the interval's ResourceUsage")
