@@ -234,7 +234,7 @@ class AgentModel(nn.Module):
         if parts[0] == "heads":
             name = parts[1]
             if name == "late":
-                return Unit("head")
+                return Unit("late")
             if name.startswith("U_"):
                 return Unit("head_u", name[2:])
             return Unit("head_r" if name == "R" else "head_s")

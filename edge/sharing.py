@@ -19,38 +19,28 @@ class Scope(str, Enum):
 class Unit(NamedTuple):
     """A piece of an agent's model that moves as one: kind plus the modality it belongs to."""
 
-    kind: str            # enc, syn, fuse, head_r, head_u, head_s, head, comb
+    kind: str            # one of KINDS
     modality: str = ""   # for enc, syn, head_u
 
 
-# Units of the sliced (fission) architecture and of the plain late-fusion one.
-SLICED_KINDS = ("enc", "syn", "fuse", "head_r", "head_u", "head_s", "comb")
-PLAIN_KINDS = ("enc", "head", "comb")
-
-P, A, M, C, T = Scope.PRIVATE, Scope.ALL, Scope.MODALITY, Scope.COMBINATION, Scope.TASK
-# The table of DESIGN.md §1. Head scopes here apply when heads are shared at all; whether they
-# are is HEADS_SHARED below (always, never, or only with `share_heads: true`).
-SCOPES: dict[str, dict[str, Scope]] = {
-    "parse":         {"enc": M, "syn": C, "fuse": C, "head_r": A, "head_u": M, "head_s": C,
-                      "head": C, "comb": P},
-    "local":         dict.fromkeys(SLICED_KINDS + PLAIN_KINDS, P),
-    "dsgd-task":     dict.fromkeys(SLICED_KINDS + PLAIN_KINDS, T),
-    "dsgd-modality": {"enc": M, "syn": M, "fuse": P, "head_r": A, "head_u": M, "head_s": C,
-                      "head": C, "comb": P},
-    "dsgd-hybrid":   {"enc": M, "syn": M, "fuse": C, "head_r": A, "head_u": M, "head_s": C,
-                      "head": C, "comb": P},
-    "monolithic":    {"enc": M, "syn": M, "fuse": C, "head_r": A, "head_u": M, "head_s": C,
-                      "head": A, "comb": P},
+# Units of the sliced (fission) architecture and of the plain late-fusion one ("late" is the
+# plain model's fusion-and-classifier MLP over its encoders' outputs).
+KINDS = ("enc", "syn", "fuse", "head_r", "head_u", "head_s", "late", "comb")
+_SCOPE_CODES = {"-": Scope.PRIVATE, "A": Scope.ALL, "M": Scope.MODALITY, "C": Scope.COMBINATION,
+                "T": Scope.TASK}
+# The table of DESIGN.md §1, one row per strategy. A cell is a scope; a trailing "?" means the
+# unit is shared that way only with `share_heads: true` and stays private otherwise.
+TABLE: dict[str, tuple[str, ...]] = {
+    #                 enc   syn   fuse  head_r head_u head_s late  comb
+    "parse":         ("M", "C", "C",  "A?",  "M?",  "C?",  "-",  "-"),
+    "local":         ("-", "-", "-",  "-",   "-",   "-",   "-",  "-"),
+    "dsgd-task":     ("T", "T", "T",  "T",   "T",   "T",   "T",  "T"),
+    "dsgd-modality": ("M", "M", "-",  "A?",  "M?",  "C?",  "C?", "-"),
+    "dsgd-hybrid":   ("M", "M", "C",  "A?",  "M?",  "C?",  "C",  "-"),
+    "monolithic":    ("M", "M", "C",  "A",   "M",   "C",   "A",  "-"),
     # Pooled training happens before the rounds; afterwards each agent fine-tunes alone.
-    "centralized":   dict.fromkeys(SLICED_KINDS + PLAIN_KINDS, P),
+    "centralized":   ("-", "-", "-",  "-",   "-",   "-",   "-",  "-"),
 }
-HEAD_KINDS = ("head_r", "head_u", "head_s", "head")
-# None: heads follow `share_heads`; True/False: the strategy decides regardless.
-HEADS_SHARED: dict[str, bool | None] = {
-    "parse": None, "local": False, "dsgd-task": True, "dsgd-modality": None,
-    "dsgd-hybrid": None, "monolithic": True, "centralized": False,
-}
-
 
 def combination(modalities: tuple[str, ...]) -> str:
     """Label of a modality combination, e.g. 'accel+gyro' (modalities in fleet order)."""
@@ -68,18 +58,16 @@ def units_for(modalities: tuple[str, ...], arch: str) -> list[Unit]:
         if multi:
             units.append(Unit("head_s"))
     else:
-        units.append(Unit("head"))
+        units.append(Unit("late"))
     return units
 
 
 def scope_of(strategy: str, unit: Unit, share_heads: bool) -> Scope:
     """How widely `strategy` shares `unit`."""
-    scope = SCOPES[strategy][unit.kind]
-    if unit.kind in HEAD_KINDS:
-        shared = HEADS_SHARED[strategy]
-        if not (share_heads if shared is None else shared):
-            return Scope.PRIVATE
-    return scope
+    cell = TABLE[strategy][KINDS.index(unit.kind)]
+    if cell.endswith("?") and not share_heads:
+        return Scope.PRIVATE
+    return _SCOPE_CODES[cell.rstrip("?")]
 
 
 def branch_key(unit: Unit, scope: Scope, modalities: tuple[str, ...]) -> str | None:
@@ -92,7 +80,7 @@ def branch_key(unit: Unit, scope: Scope, modalities: tuple[str, ...]) -> str | N
     if scope is Scope.TASK:
         return f"task/{combo}"
     names = {"enc": "enc", "syn": "syn", "fuse": "fuse", "head_r": "head/R", "head_u": "head/U",
-             "head_s": "head/S", "head": "head", "comb": "comb"}
+             "head_s": "head/S", "late": "late", "comb": "comb"}
     base = names[unit.kind]
     if unit.modality:
         base = f"{base}/{unit.modality}"

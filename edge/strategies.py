@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edge.errors import UserError
-from edge.sharing import SCOPES
+from edge.sharing import TABLE
 
 
 class Strategy:
@@ -72,8 +72,8 @@ def get_strategy(name: str) -> Strategy:
     classes = {"parse": Parse, "monolithic": Monolithic}
     if name == "centralized":
         return Centralized(name)
-    if name not in SCOPES:
+    if name not in TABLE:
         raise UserError(f"--strategy: unknown strategy {name!r}; expected one of "
-                        f"{', '.join(SCOPES)} or all")
+                        f"{', '.join(TABLE)} or all")
     return classes.get(name, Strategy)(name)
 
