@@ -155,10 +155,12 @@ def encode_fp32(vector: np.ndarray) -> bytes:
     return _as_vector(vector).astype("<f4", copy=False).tobytes()
 
 
-def decode_fp32(payload: bytes, n_elements: int) -> np.ndarray:
+def decode_fp32(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
     if len(payload) != 4 * n_elements:
         raise CodecError(f"fp32: {len(payload)} bytes for {n_elements} elements")
-    return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    values = np.frombuffer(payload, dtype="<f4")
+    # a writable buffer (the reassembly buffer) is used in place; read-only bytes are copied
+    return values.astype(np.float32, copy=not values.flags.writeable)
 
 
 def encode_fp16(vector: np.ndarray) -> bytes:
@@ -167,7 +169,7 @@ def encode_fp16(vector: np.ndarray) -> bytes:
     return np.clip(flat, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
 
 
-def decode_fp16(payload: bytes, n_elements: int) -> np.ndarray:
+def decode_fp16(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
     if len(payload) != 2 * n_elements:
         raise CodecError(f"fp16: {len(payload)} bytes for {n_elements} elements")
     return np.frombuffer(payload, dtype="<f2").astype(np.float32)
@@ -203,7 +205,7 @@ def encode_int8(vector: np.ndarray, block_size: int = DEFAULT_BLOCK) -> bytes:
     return _U32.pack(block_size) + scales.astype("<f4").tobytes() + q.tobytes()
 
 
-def decode_int8(payload: bytes, n_elements: int) -> np.ndarray:
+def decode_int8(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
     if len(payload) < 4:
         raise CodecError("int8: payload shorter than its block size field")
     (block_size,) = _U32.unpack_from(payload)
@@ -232,7 +234,7 @@ def varint_encode(values: np.ndarray) -> bytes:
     return groups[position < n_bytes[:, None]].tobytes()
 
 
-def varint_decode(data: bytes, count: int) -> np.ndarray:
+def varint_decode(data: bytes | memoryview, count: int) -> np.ndarray:
     """Inverse of `varint_encode`; raises CodecError unless `data` holds exactly `count` values."""
     raw = np.frombuffer(data, dtype=np.uint8)
     if count == 0:
@@ -272,7 +274,7 @@ def encode_topk(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION,
             + varint_encode(gaps))
 
 
-def decode_topk(payload: bytes, n_elements: int) -> np.ndarray:
+def decode_topk(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
     if len(payload) < 8:
         raise CodecError("topk: payload shorter than its k/block fields")
     k, block_size = _U32X2.unpack_from(payload)
@@ -308,7 +310,7 @@ def encode(codec: CodecId, vector: np.ndarray, spec: CodecSpec | None = None) ->
     raise ValueError(f"codec: unknown {codec!r}")
 
 
-def decode(codec: CodecId, payload: bytes, n_elements: int) -> np.ndarray:
+def decode(codec: CodecId, payload: bytes | memoryview, n_elements: int) -> np.ndarray:
     """Decode a payload into `n_elements` float32 values; raises CodecError on malformed payloads."""
     if codec is CodecId.FP32:
         return decode_fp32(payload, n_elements)

@@ -169,10 +169,12 @@ class UpdateSender:
 
     def _frame(self, topic: str, round_idx: int, branch_key: str, signature: str, codec: CodecId,
                ref_round: int, n_elements: int, payload: bytes) -> list[tuple[str, bytes]]:
+        keep = self.spec.difference
         digest = wire.update_digest(self.fleet, self.sender, round_idx, branch_key, signature, codec,
-                                    ref_round, n_elements, payload)
+                                    ref_round, n_elements, payload, keep)
         template = wire.Header(self.fleet, self.sender, round_idx, branch_key, signature, codec,
-                               ref_round, n_elements, len(payload), 0, 1, 0, len(payload), digest)
+                               ref_round, n_elements, len(payload), 0, 1, 0, len(payload), digest,
+                               keep)
         header_bytes = wire.header_len(template, signed=self.hmac_key is not None)
         pieces = split_payload(payload, self.chunk_bytes - header_bytes)
         if len(pieces) > wire.MAX_CHUNKS:
@@ -207,6 +209,7 @@ class UpdateReceiver:
         self.accepted = 0
         self._reassembler = Reassembler(timeout_s=reassembly_timeout_s, clock=clock)
         self._references: dict[tuple[str, str], _Reference] = {}
+        self._last_round: dict[tuple[str, str], int] = {}
         self._delivered: OrderedDict[_UpdateKey, None] = OrderedDict()
         self._keyframe_wanted: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -237,15 +240,21 @@ class UpdateReceiver:
             return wanted
 
     def reference_round(self, sender: str, branch_key: str) -> int | None:
-        """Round of the copy held for (sender, branch), or None."""
+        """Round of the reference held for (sender, branch) for its deltas, or None."""
         ref = self._references.get((sender, branch_key))
         return None if ref is None else ref.round_idx
+
+    def last_round(self, sender: str, branch_key: str) -> int | None:
+        """Round of the last update accepted from (sender, branch), or None."""
+        return self._last_round.get((sender, branch_key))
 
     def forget(self, sender: str) -> None:
         """Drop every reference held for `sender` (e.g. it went offline and will restart)."""
         with self._lock:
             for key in [k for k in self._references if k[0] == sender]:
                 del self._references[key]
+            for key in [k for k in self._last_round if k[0] == sender]:
+                del self._last_round[key]
 
     @property
     def pending(self) -> int:
@@ -286,9 +295,9 @@ class UpdateReceiver:
             raise RejectedError(Reject.OVERSIZED,
                                 f"update of {header.total_len} bytes for {n_elements} elements")
         ref_key = (header.sender, header.branch_key)
-        held = self._references.get(ref_key)
-        if held is not None and header.round_idx < held.round_idx:
-            raise RejectedError(Reject.STALE, f"round {header.round_idx} < held round {held.round_idx}")
+        last_round = self._last_round.get(ref_key)
+        if last_round is not None and header.round_idx < last_round:
+            raise RejectedError(Reject.STALE, f"round {header.round_idx} < accepted round {last_round}")
         # Every identity field is part of the key: a chunk whose header disagrees with its
         # siblings lands in an entry of its own and the update never completes (then expires).
         update_key = _UpdateKey(header.sender, header.branch_key, header.round_idx, header.signature,
@@ -303,7 +312,7 @@ class UpdateReceiver:
         payload, bytes_on_wire = assembled
         digest = wire.update_digest(header.fleet, header.sender, header.round_idx, header.branch_key,
                                     header.signature, header.codec, header.ref_round,
-                                    header.n_elements, payload)
+                                    header.n_elements, payload, header.keep_reference)
         if digest != header.sha256:
             raise RejectedError(Reject.BAD_SHA256, f"round {header.round_idx}: digest mismatch")
         try:
@@ -312,6 +321,7 @@ class UpdateReceiver:
             raise RejectedError(Reject.DECODE_FAILED, str(exc)) from None
         if not np.isfinite(decoded).all():
             raise RejectedError(Reject.NON_FINITE, f"round {header.round_idx}: NaN or inf values")
+        held = self._references.get(ref_key)
         if header.is_delta:
             if held is None or held.round_idx != header.ref_round:
                 self._keyframe_wanted.add(ref_key)
@@ -323,14 +333,19 @@ class UpdateReceiver:
                 raise RejectedError(Reject.NON_FINITE, "delta overflows the reference")
         else:
             vector = decoded
-        self._references[ref_key] = _Reference(vector, header.round_idx)
+        if header.keep_reference:
+            self._references[ref_key] = _Reference(vector, header.round_idx)
+            vector = vector.copy()  # the caller may modify its copy; ours must stay intact
+        else:  # the sender does not difference-code (any more): hold nothing for it
+            self._references.pop(ref_key, None)
+        self._last_round[ref_key] = header.round_idx
         self._keyframe_wanted.discard(ref_key)
         self._delivered[update_key] = None
         while len(self._delivered) > _RECENT_UPDATES:
             self._delivered.popitem(last=False)
         self.accepted += 1
         return Update(header.sender, header.round_idx, header.branch_key, header.signature,
-                      vector.copy(), bytes_on_wire, header.codec.name.lower(), not header.is_delta)
+                      vector, bytes_on_wire, header.codec.name.lower(), not header.is_delta)
 
 
 class KeyframeRequest(NamedTuple):

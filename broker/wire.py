@@ -9,8 +9,8 @@ Layout (big-endian), version 1:
     hmac 32 bytes (when flags & HMAC)
     payload (payload_len bytes: this chunk of the encoded update)
 
-`sha256` covers the identity of the update (version, delta flag, codec, rounds, sizes, the four
-strings) and its whole encoded payload, so a flipped header bit or a spliced chunk fails the digest.
+`sha256` covers the identity of the update (version, delta/keep flags, codec, rounds, sizes, the
+four strings) and its whole encoded payload, so a flipped header bit or a spliced chunk fails the digest.
 The HMAC (SHA-256, fleet key) covers every byte of the message except the HMAC itself.
 """
 
@@ -40,9 +40,10 @@ class Flags(IntFlag):
 
     HMAC = 1
     DELTA = 2
+    KEEP = 4  # receivers keep the result as the reference for the sender's next delta
 
 
-_KNOWN_FLAGS = int(Flags.HMAC | Flags.DELTA)
+_KNOWN_FLAGS = int(Flags.HMAC | Flags.DELTA | Flags.KEEP)
 
 
 class Header(NamedTuple):
@@ -62,6 +63,7 @@ class Header(NamedTuple):
     chunk_offset: int
     payload_len: int
     sha256: bytes
+    keep_reference: bool = False  # the sender difference-codes: hold this for its next delta
 
     @property
     def is_delta(self) -> bool:
@@ -76,10 +78,12 @@ def _pack_str(field: str, value: str) -> bytes:
 
 
 def update_digest(fleet: str, sender: str, round_idx: int, branch_key: str, signature: str,
-                  codec: CodecId, ref_round: int, n_elements: int, payload: bytes) -> bytes:
+                  codec: CodecId, ref_round: int, n_elements: int,
+                  payload: bytes | memoryview, keep_reference: bool = False) -> bytes:
     """sha256 over the update's identity and its whole encoded payload."""
     digest = hashlib.sha256()
-    digest.update(_IDENTITY.pack(VERSION, 1 if ref_round >= 0 else 0, int(codec), round_idx,
+    kind = (Flags.DELTA if ref_round >= 0 else 0) | (Flags.KEEP if keep_reference else 0)
+    digest.update(_IDENTITY.pack(VERSION, int(kind), int(codec), round_idx,
                                  ref_round, n_elements, len(payload)))
     for field, value in (("fleet", fleet), ("sender", sender), ("branch_key", branch_key),
                          ("signature", signature)):
@@ -99,11 +103,15 @@ def header_len(header: Header, signed: bool) -> int:
     return FIXED_LEN + strings_len(header) + (HMAC_LEN if signed else 0)
 
 
-def encode_message(header: Header, payload: bytes, hmac_key: bytes | None = None) -> bytes:
+def encode_message(header: Header, payload: bytes | memoryview,
+                   hmac_key: bytes | None = None) -> bytes:
     """One message: header + payload, signed when `hmac_key` is given."""
     if len(payload) != header.payload_len:
         raise ValueError(f"payload: {len(payload)} bytes, header says {header.payload_len}")
-    flags = (Flags.HMAC if hmac_key else 0) | (Flags.DELTA if header.is_delta else 0)
+    if header.is_delta and not header.keep_reference:
+        raise ValueError("header: a delta must keep its result as the next reference")
+    flags = ((Flags.HMAC if hmac_key else 0) | (Flags.DELTA if header.is_delta else 0)
+             | (Flags.KEEP if header.keep_reference else 0))
     prefix = _FIXED.pack(
         MAGIC, VERSION, int(flags), int(header.codec), 0, header.round_idx, header.ref_round,
         header.n_elements, header.total_len, header.chunk_index, header.chunk_count,
@@ -112,10 +120,10 @@ def encode_message(header: Header, payload: bytes, hmac_key: bytes | None = None
         ("fleet", header.fleet), ("sender", header.sender), ("branch_key", header.branch_key),
         ("signature", header.signature)))
     if not hmac_key:
-        return prefix + payload
+        return b"".join((prefix, payload))
     mac = hmac.new(hmac_key, prefix, hashlib.sha256)
     mac.update(payload)
-    return prefix + mac.digest() + payload
+    return b"".join((prefix, mac.digest(), payload))
 
 
 def _read_str(data: bytes, offset: int, field: str) -> tuple[str, int]:
@@ -132,7 +140,7 @@ def _read_str(data: bytes, offset: int, field: str) -> tuple[str, int]:
 
 
 def decode_message(data: bytes, hmac_key: bytes | None = None,
-                   max_message_bytes: int | None = None) -> tuple[Header, bytes]:
+                   max_message_bytes: int | None = None) -> tuple[Header, memoryview]:
     """Parse and (with a key) authenticate one message; raises RejectedError with the reason."""
     if max_message_bytes is not None and len(data) > max_message_bytes:
         raise RejectedError(Reject.OVERSIZED, f"{len(data)} bytes > limit {max_message_bytes}")
@@ -153,6 +161,8 @@ def decode_message(data: bytes, hmac_key: bytes | None = None,
         raise RejectedError(Reject.MALFORMED, f"unknown flags {flags:#x} / reserved {reserved}")
     if bool(flags & Flags.DELTA) != (ref_round >= 0):
         raise RejectedError(Reject.MALFORMED, f"delta flag disagrees with ref_round {ref_round}")
+    if flags & Flags.DELTA and not flags & Flags.KEEP:
+        raise RejectedError(Reject.MALFORMED, "delta without the keep-reference flag")
     try:
         codec = CodecId(codec_id)
     except ValueError:
@@ -177,7 +187,7 @@ def decode_message(data: bytes, hmac_key: bytes | None = None,
         raise RejectedError(Reject.TRUNCATED, f"{len(data)} bytes, header says {expected_len}")
     if len(data) > expected_len:
         raise RejectedError(Reject.MALFORMED, f"{len(data) - expected_len} trailing bytes")
-    payload = bytes(data[offset:])
+    payload = memoryview(data)[offset:]  # a view: chunks are copied once, when joined
     if hmac_key:
         if not flags & Flags.HMAC:
             raise RejectedError(Reject.UNSIGNED, "no HMAC but a fleet key is set")
@@ -186,5 +196,6 @@ def decode_message(data: bytes, hmac_key: bytes | None = None,
         if not hmac.compare_digest(check.digest(), mac):
             raise RejectedError(Reject.BAD_HMAC, "HMAC does not verify with the fleet key")
     header = Header(fleet, sender, round_idx, branch_key, signature, codec, ref_round, n_elements,
-                    total_len, chunk_index, chunk_count, chunk_offset, payload_len, sha256)
+                    total_len, chunk_index, chunk_count, chunk_offset, payload_len, sha256,
+                    bool(flags & Flags.KEEP))
     return header, payload

@@ -83,7 +83,9 @@ def test_contradicting_chunks_are_malformed() -> None:
 
 def test_pending_budget_is_enforced() -> None:
     r = Reassembler(max_pending_bytes=100)
-    r.add("k", 0, 3, 0, 180, b"a" * 60, 70)
+    r.add("k1", 0, 2, 0, 80, b"a" * 40, 50)  # the whole update's buffer is reserved up front
     with pytest.raises(RejectedError) as info:
-        r.add("k", 1, 3, 60, 180, b"a" * 60, 70)
+        r.add("k2", 0, 2, 0, 80, b"a" * 40, 50)
     assert info.value.reason is Reject.OVERSIZED
+    assert r.add("k1", 1, 2, 40, 80, b"b" * 40, 50) == (bytearray(b"a" * 40 + b"b" * 40), 100)
+    assert r.add("k2", 0, 2, 0, 80, b"a" * 40, 50) is None  # room again once k1 completed

@@ -160,11 +160,12 @@ def _forge(payload: bytes, n: int, codec: CodecId = CodecId.FP32, **fields: obje
     header = dict(fleet=FLEET, sender="a1", round_idx=0, branch_key=BRANCH, signature=SIG,
                   codec=codec, ref_round=-1, n_elements=n)
     header.update(fields)
+    keep = header["ref_round"] >= 0  # type: ignore[operator]
     digest = wire.update_digest(header["fleet"], header["sender"], header["round_idx"],
                                 header["branch_key"], header["signature"], header["codec"],
-                                header["ref_round"], header["n_elements"], payload)
+                                header["ref_round"], header["n_elements"], payload, keep)
     h = wire.Header(**header, total_len=len(payload), chunk_index=0, chunk_count=1, chunk_offset=0,
-                    payload_len=len(payload), sha256=digest)
+                    payload_len=len(payload), sha256=digest, keep_reference=keep)
     return topics.update_topic(FLEET, header["sender"], BRANCH), wire.encode_message(h, payload)
 
 
@@ -202,6 +203,7 @@ def test_named_bad_cases_are_rejected_with_their_reason(caplog: pytest.LogCaptur
             assert receiver.feed(topic, data) is None, reason
         assert receiver.rejections == {reason: 1}, (reason, receiver.rejections)
         assert receiver.reference_round("a1", BRANCH) is None
+        assert receiver.last_round("a1", BRANCH) is None
         assert reason.value in caplog.text
     assert sum(1 for r in caplog.records if r.levelno == logging.WARNING) == len(cases)
 
@@ -247,6 +249,7 @@ def test_a_thousand_random_mutations_never_get_through() -> None:
         if sender.spec.difference:
             assert len(_deliver(receiver, keyframe)) == 1
         held_round = receiver.reference_round("a1", BRANCH)
+        accepted_round = receiver.last_round("a1", BRANCH)
         target = rng.randrange(len(messages))
         _topic, original = messages[target]
         mutated = _mutate(rng, original)
@@ -260,6 +263,7 @@ def test_a_thousand_random_mutations_never_get_through() -> None:
         assert delivered == [], (trial, spec)
         assert sum(receiver.rejections.values()) >= 1, (trial, spec)
         assert receiver.reference_round("a1", BRANCH) == held_round
+        assert receiver.last_round("a1", BRANCH) == accepted_round
         outcomes.append(receiver.rejections)
     reasons = {r for c in outcomes for r in c}
     assert len(outcomes) >= 1000

@@ -15,10 +15,11 @@ KEY = b"fleet-secret"
 
 def _message(payload: bytes = b"\x01\x02\x03\x04", key: bytes | None = None, ref_round: int = -1,
              **fields: object) -> tuple[wire.Header, bytes]:
+    keep = ref_round >= 0
     digest = wire.update_digest("f", "a1", 3, "fuse/accel+gyro", "sig1", CodecId.FP32, ref_round, 1,
-                                payload)
+                                payload, keep)
     header = wire.Header("f", "a1", 3, "fuse/accel+gyro", "sig1", CodecId.FP32, ref_round, 1,
-                         len(payload), 0, 1, 0, len(payload), digest)._replace(**fields)
+                         len(payload), 0, 1, 0, len(payload), digest, keep)._replace(**fields)
     return header, wire.encode_message(header, payload, key)
 
 
@@ -45,6 +46,7 @@ def test_digest_covers_identity_fields() -> None:
         wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, 2, 1, b"x"),
         wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, -1, 2, b"x"),
         wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, -1, 1, b"y"),
+        wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, -1, 1, b"x", keep_reference=True),
     ]
     assert base not in variants and len(set(variants)) == len(variants)
 
@@ -78,6 +80,11 @@ def test_inconsistent_fields_are_malformed() -> None:
     flags_unknown = data[:5] + b"\x80" + data[6:]
     reserved = data[:7] + b"\x01" + data[8:]
     delta_flag = data[:5] + bytes([data[5] | wire.Flags.DELTA]) + data[6:]
+    _, delta = _message(ref_round=1)
+    delta_without_keep = delta[:5] + bytes([delta[5] & ~wire.Flags.KEEP]) + delta[6:]
+    assert _reason(delta_without_keep) is Reject.MALFORMED
+    with pytest.raises(ValueError, match="keep"):
+        _message(ref_round=1, keep_reference=False)
     assert _reason(flags_unknown) is Reject.MALFORMED
     assert _reason(reserved) is Reject.MALFORMED
     assert _reason(delta_flag) is Reject.MALFORMED
