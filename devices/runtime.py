@@ -18,7 +18,7 @@ from exporters.manifest import (
     verify_bundle,
     verify_graph_file,
 )
-from exporters.norm import apply_norm
+from exporters.norm import apply_norm, norm_arrays
 
 
 class InputError(ValueError):
@@ -52,9 +52,8 @@ class Prediction:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable for large logits."""
-    shifted = logits - np.max(logits, axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / np.sum(exp, axis=-1, keepdims=True)).astype(np.float32)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
 
 
 def load_npz_inputs(path: str | Path) -> dict[str, np.ndarray]:
@@ -81,6 +80,10 @@ class Predictor:
         if verify:
             verify_bundle(self.bundle_dir, self.manifest)
         self.threads = threads
+        # Per-call work stays small at batch 1: statistics, shapes and graph choice are cached.
+        self._norm = {m: norm_arrays(self.manifest.norm[m]) for m in self.manifest.modalities}
+        self._sample_shapes = {m: spec.sample_shape for m, spec in self.manifest.inputs.items()}
+        self._graph_cache: dict[frozenset[str], GraphEntry] = {}
         self._sessions: dict[str, ort.InferenceSession] = {}
 
     @property
@@ -96,7 +99,9 @@ class Predictor:
     def graph_for(self, modalities: Iterable[str]) -> GraphEntry:
         """The fused graph serving `modalities`: the exact subset if exported, else the largest
         exported subset of it."""
-        present = set(modalities)
+        present = frozenset(modalities)
+        if present in self._graph_cache:
+            return self._graph_cache[present]
         candidates = []
         for key, by_precision in self.manifest.serves.items():
             members = set(key.split("+"))
@@ -106,7 +111,9 @@ class Predictor:
             raise InputError(f"no exported graph serves modalities {sorted(present)}; "
                              f"served: {', '.join(self.manifest.serves)}")
         _, key = max(candidates)
-        return self.manifest.graph(self.manifest.serves[key][self.precision])
+        entry = self.manifest.graph(self.manifest.serves[key][self.precision])
+        self._graph_cache[present] = entry
+        return entry
 
     def _session(self, entry: GraphEntry) -> ort.InferenceSession:
         if entry.name not in self._sessions:
@@ -120,17 +127,17 @@ class Predictor:
         return self._sessions[entry.name]
 
     def _checked(self, name: str, value: Any) -> np.ndarray:
-        spec = self.manifest.inputs[name]
         arr = np.asarray(value)
-        if not (np.issubdtype(arr.dtype, np.floating)):
-            raise InputError(f"input {name!r}: dtype {arr.dtype}, expected {spec.dtype}")
-        sample = spec.sample_shape
+        if arr.dtype.kind != "f":
+            raise InputError(f"input {name!r}: dtype {arr.dtype}, expected "
+                             f"{self.manifest.inputs[name].dtype}")
+        sample = self._sample_shapes[name]
         if arr.shape == sample:
             arr = arr[None]
         if arr.shape[1:] != sample or arr.shape[0] == 0:
             raise InputError(f"input {name!r}: shape {arr.shape}, expected (batch, "
                              f"{', '.join(map(str, sample))}) with batch >= 1")
-        if not np.all(np.isfinite(arr)):
+        if not np.isfinite(arr).all():
             raise InputError(f"input {name!r}: contains NaN or infinite values, expected finite "
                              "numbers")
         return arr
@@ -154,7 +161,7 @@ class Predictor:
         entry = self.graph_for(wanted)
         feed = {}
         for m in entry.modalities:
-            feed[m] = apply_norm(self._checked(m, inputs[m]), self.manifest.norm[m])
+            feed[m] = apply_norm(self._checked(m, inputs[m]), self._norm[m])
         batches = {m: len(x) for m, x in feed.items()}
         if len(set(batches.values())) > 1:
             raise InputError(f"inputs disagree on batch size: {batches}")

@@ -38,9 +38,15 @@ def norm_entry(mean: Any, std: Any, sample_shape: Sequence[int], *, source: str 
     return {"mean": mean_arr.ravel().tolist(), "std": std_arr.ravel().tolist(), "shape": shape}
 
 
-def apply_norm(x: np.ndarray, entry: dict) -> np.ndarray:
-    """(x - mean) / std over a batch `x` of shape (batch, *sample_shape), as float32."""
+def norm_arrays(entry: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a manifest entry as float32 arrays shaped to broadcast over one sample."""
     shape = tuple(entry["shape"])
-    mean = np.asarray(entry["mean"], dtype=np.float32).reshape(shape)
-    std = np.asarray(entry["std"], dtype=np.float32).reshape(shape)
+    return (np.asarray(entry["mean"], dtype=np.float32).reshape(shape),
+            np.asarray(entry["std"], dtype=np.float32).reshape(shape))
+
+
+def apply_norm(x: np.ndarray, entry: dict | tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(x - mean) / std over a batch `x` of shape (batch, *sample_shape), as float32; `entry`
+    is a manifest entry or the (mean, std) pair from `norm_arrays`."""
+    mean, std = norm_arrays(entry) if isinstance(entry, dict) else entry
     return ((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32, copy=False)
