@@ -258,16 +258,34 @@ def topk_count(n_elements: int, k_fraction: float) -> int:
     return min(n_elements, max(1, math.ceil(k_fraction * n_elements))) if n_elements else 0
 
 
+def topk_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the k largest magnitudes (exact; ties broken arbitrarily).
+
+    A full introselect over a residual vector can be slow (its values bunch up after a few
+    rounds), so large vectors first keep only the entries above a threshold estimated from a
+    strided sample; whenever at least k entries pass, the top k are provably among them.
+    """
+    n = magnitudes.size
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    if n >= 65536 and k <= n // 8:
+        sample = magnitudes[:: n // 16384]
+        rank = sample.size - max(1, int(2 * k / n * sample.size))  # aim for ~2k candidates
+        threshold = np.partition(sample, rank)[rank]
+        candidates = np.flatnonzero(magnitudes >= threshold)
+        if candidates.size >= k:
+            chosen = np.argpartition(magnitudes[candidates], candidates.size - k)[candidates.size - k:]
+            return np.sort(candidates[chosen])
+    return np.sort(np.argpartition(magnitudes, n - k)[n - k:])
+
+
 def encode_topk(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION,
                 block_size: int = DEFAULT_BLOCK) -> bytes:
     """u32 k, u32 block size, float32 scale per block of kept values, int8 kept values,
     varint index gaps (first gap is the first index)."""
     flat = _as_vector(vector)
     k = topk_count(flat.size, k_fraction)
-    if k == flat.size:
-        indices = np.arange(k, dtype=np.int64)
-    else:
-        indices = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:])
+    indices = topk_indices(np.abs(flat), k)
     scales, q = _quantize_blocks(flat[indices], block_size)
     gaps = np.diff(indices, prepend=0)
     return (_U32X2.pack(k, block_size) + scales.astype("<f4").tobytes() + q.tobytes()

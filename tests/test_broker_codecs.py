@@ -167,3 +167,22 @@ def test_spec_semantics() -> None:
 def test_bad_specs_name_the_problem(text: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse_codec_spec(text)
+
+
+@pytest.mark.parametrize("kind", ["normal", "mostly_zero", "ties", "sorted", "residual"])
+def test_topk_indices_match_a_full_selection(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    n, k = 200_000, 2_000
+    m = np.abs(rng.normal(size=n)).astype(np.float32)
+    if kind == "mostly_zero":
+        m[rng.random(n) < 0.995] = 0  # fewer nonzeros than k: the sampled threshold is 0
+    elif kind == "ties":
+        m = np.round(m, 1)
+    elif kind == "sorted":
+        m = np.sort(m)
+    elif kind == "residual":  # what error feedback leaves behind: a few tiny, the rest large
+        m[rng.choice(n, k, replace=False)] *= 1e-4
+    got = codecs.topk_indices(m, k)
+    reference = np.argpartition(m, n - k)[n - k:]
+    assert got.size == k and (np.diff(got) > 0).all()
+    np.testing.assert_array_equal(np.sort(m[got]), np.sort(m[reference]))
