@@ -70,6 +70,7 @@ class ToyAgent(nn.Module):
         self.head_u = nn.ModuleDict({m: nn.Linear(slice_dim, n_classes) for m in shapes})
         self.head_s = (SynergyHead(len(shapes), slice_dim, n_classes)
                        if len(shapes) > 1 else None)
+        self.export_roles = ("encoder", "head", "fused")  # tests narrow it to save export time
         self.eval()
 
     def logits(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,6 +82,10 @@ class ToyAgent(nn.Module):
         if self.head_s is not None and len(slices) == len(self.modalities):
             total = total + self.head_s(*(slices[m][2] for m in self.modalities))
         return total
+
+    def forward(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for whichever of the agent's modalities `xs` holds."""
+        return self.logits(xs)
 
     def subsets(self) -> list[tuple[str, ...]]:
         """Every non-empty modality subset, in modality order."""
@@ -110,7 +115,7 @@ class ToyAgent(nn.Module):
             specs.append(GraphSpec(f"fused-{'+'.join(subset)}", "fused", Fused(self, subset),
                                    list(subset), ["logits"], subset,
                                    {m: np_ex[m] for m in subset}))
-        return specs
+        return [s for s in specs if s.role in self.export_roles]
 
 
 SHAPES = {"mlp": {"accel": (12,), "gyro": (9,)}, "conv1d": {"accel": (3, 40), "gyro": (3, 40)}}

@@ -1,0 +1,66 @@
+"""`parse-edge export`: checkpoint -> bundle, with the runtime checked against torch end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from devices.runtime import Predictor
+from edge.cli import main
+from edge.cli.export import export_checkpoint
+from edge.errors import UserError
+from exporters.manifest import load_manifest
+from tests.exporters_toy import LABELS, make_case
+
+
+def _toy_checkpoint(tmp_path, kind: str = "conv1d"):
+    agent, raw, norm, shapes = make_case(kind, ("accel", "gyro"), n=20)
+    agent.export_roles = ("fused",)  # every graph kind is covered by test_exporters_onnx_export
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"stand-in for the torch file: only hashed")
+    y = np.random.default_rng(0).integers(0, len(LABELS), size=20)
+    return SimpleNamespace(model=agent, agent_id="a7", modalities=("accel", "gyro"),
+                           labels=tuple(LABELS), norm=norm, examples={"x": raw, "y": y},
+                           input_shapes=shapes, round_idx=3, strategy="parse", path=str(path))
+
+
+def test_export_checkpoint_normalises_examples_and_checks_every_subset(tmp_path):
+    # Prepare
+    ck = _toy_checkpoint(tmp_path)
+    # Execute
+    manifest, checks = export_checkpoint(ck, tmp_path / "bundle", quantize="int8")
+    # Assert
+    assert manifest.meta["agent_id"] == "a7" and manifest.meta["round_idx"] == 3
+    assert manifest.source_checkpoint["path"].endswith("checkpoint.pt")
+    assert len(manifest.source_checkpoint["sha256"]) == 64
+    assert [row["modalities"] for row in checks] == ["accel", "gyro", "accel+gyro"]
+    for row in checks:
+        assert row["fp32_argmax_agreement"] == 1.0
+        assert row["fp32_max_prob_diff"] < 1e-5
+        assert row["fp32_accuracy"] == row["torch_accuracy"]
+        assert row["int8_argmax_agreement"] >= 0.8
+    assert load_manifest(tmp_path / "bundle").default_precision == "int8"
+    assert Predictor(tmp_path / "bundle").precision == "int8"
+
+
+def test_statistics_that_do_not_fit_the_inputs_are_a_user_error(tmp_path):
+    ck = _toy_checkpoint(tmp_path)
+    ck.norm["gyro"] = {"mean": [0.0] * 5, "std": [1.0] * 5}
+    with pytest.raises(UserError, match=r"norm.gyro: 5 statistics fit neither"):
+        export_checkpoint(ck, tmp_path / "bundle")
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    rc = main(["export", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "nope.pt" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_export_module_keeps_torch_out_of_cli_start_up():
+    code = "import sys, edge.cli.export, edge.cli.infer; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
