@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from edge.counting import cumulative_total
 from edge.rounds import RoundResult
 
 
@@ -83,3 +84,99 @@ def strategy_summary(name: str, arch: str, history: list[dict[str, RoundResult]]
         "wall_s": wall_s,
         "history": history_block(history, kinds),
     }
+
+
+# --- the networked trial: the same blocks, built from the agents' metrics rows -----------------
+
+
+def row_result(row: dict) -> RoundResult:
+    """A RoundResult from one metrics row of a networked agent."""
+    return RoundResult(
+        agent_id=row["agent"], round_idx=int(row["round"]), accuracy=float(row["accuracy"]),
+        n_test=int(row.get("n_test", 0)), head_accuracy=dict(row.get("head_accuracy") or {}),
+        train_loss=float(row.get("train_loss", float("nan"))), train_s=float(row.get("train_s", 0.0)),
+        mixed_from=dict(row.get("mixed_from") or {}),
+        dense_bytes_published=int(row.get("dense_bytes_published", 0)))
+
+
+def rows_by_round(rows: Iterable[dict]) -> list[dict[str, RoundResult]]:
+    """Rows grouped by round (an agent that ran a round twice after a restart: the later row)."""
+    rounds: dict[int, dict[str, RoundResult]] = defaultdict(dict)
+    for row in rows:
+        res = row_result(row)
+        rounds[res.round_idx][res.agent_id] = res
+    return [rounds[r] for r in sorted(rounds)]
+
+
+def final_rows(rows: Iterable[dict]) -> dict[str, dict]:
+    """Each agent's row of its highest round (its final model)."""
+    final: dict[str, dict] = {}
+    for row in rows:
+        agent = row["agent"]
+        if agent not in final or int(row["round"]) >= int(final[agent]["round"]):
+            final[agent] = row
+    return final
+
+
+def agent_rows(rows: Iterable[dict]) -> dict[str, list[dict]]:
+    """Rows per agent, in the order they were written."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        out[row["agent"]].append(row)
+    return dict(out)
+
+
+def wire_bytes(rows: list[dict]) -> dict[str, int]:
+    """Bytes on the wire one agent sent and received over the trial (restarts included)."""
+    return {
+        "sent": int(cumulative_total(r.get("bytes_sent", 0) for r in rows)),
+        "received": int(cumulative_total(r.get("bytes_received", 0) for r in rows)),
+    }
+
+
+def trial_strategy_summary(name: str, arch: str, rows: list[dict], kinds: dict[str, str],
+                           wall_s: float) -> dict:
+    """The `strategies.<name>` block of a trial's summary.json, from the agents' metrics rows.
+
+    Same keys as `strategy_summary`; accuracy is each agent's last round (an agent that left
+    early counts with its last model); `bytes_sent` holds measured bytes on the wire (payload and
+    MQTT header) and `bytes_dense` the dense fp32 size of what was published."""
+    history = rows_by_round(rows)
+    final = {a: row_result(r) for a, r in final_rows(rows).items()}
+    per_agent = agent_rows(rows)
+    sent = {a: wire_bytes(r)["sent"] for a, r in per_agent.items()}
+    received = {a: wire_bytes(r)["received"] for a, r in per_agent.items()}
+    dense = {a: sum(int(r.get("dense_bytes_published", 0)) for r in final_rows_per_round(rs))
+             for a, rs in per_agent.items()}
+    rounds = len(history)
+    return {
+        "strategy": name,
+        "arch": arch,
+        "accuracy": accuracy_block(final, kinds),
+        "per_head": per_head_block(final, kinds),
+        "bytes_sent": {
+            "total": sum(sent.values()),
+            "per_round": sum(sent.values()) / rounds if rounds else 0.0,
+            "per_agent": sent,
+        },
+        "bytes_received": {
+            "total": sum(received.values()),
+            "per_round": sum(received.values()) / rounds if rounds else 0.0,
+            "per_agent": received,
+        },
+        "bytes_dense": {
+            "total": sum(dense.values()),
+            "per_round": sum(dense.values()) / rounds if rounds else 0.0,
+            "per_agent": dense,
+        },
+        "rounds": rounds,
+        "rounds_completed": {a: len({int(r["round"]) for r in rs}) for a, rs in per_agent.items()},
+        "wall_s": wall_s,
+        "history": history_block(history, kinds),
+    }
+
+
+def final_rows_per_round(rows: list[dict]) -> list[dict]:
+    """One agent's rows with a re-run round counted once (the later row)."""
+    by_round = {int(r["round"]): r for r in rows}
+    return [by_round[k] for k in sorted(by_round)]

@@ -1,21 +1,75 @@
-"""`parse-edge trial`: run a field trial: broker plus one process per agent (not available yet)"""
+"""`parse-edge trial`: a field trial: a broker and one agent process per agent, with a report."""
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+from pathlib import Path
 
-from edge.cli.pending import not_available
+from edge.config import STRATEGIES, load_config
+from edge.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    """Register the `trial` subcommand."""
-    help_text = "run a field trial: broker plus one process per agent (not available yet)"
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments (not available yet)")
+    """Register `trial`."""
+    parser = sub.add_parser(
+        name, help="run a field trial: broker plus one process per agent",
+        description="Start the broker (embedded by default) and one agent process per agent, "
+                    "show progress, inject the config's faults, and write DIR/metrics.jsonl, "
+                    "DIR/summary.json, DIR/report.md and DIR/plots/*.png. Without CONFIG it runs "
+                    "the built-in basic-motions example (8 agents, 12 rounds).")
+    parser.add_argument("config", metavar="CONFIG", nargs="?", default=None,
+                        help="fleet config (YAML); default: the built-in basic-motions example")
+    parser.add_argument("--broker", default=None,
+                        help="'embedded' or mqtt://host:port (default: the config's broker.url)")
+    parser.add_argument("--strategy", default=None, choices=[s for s in STRATEGIES if s != "centralized"],
+                        metavar="NAME", help="strategy (default: the config's)")
+    parser.add_argument("--out", default="runs/trial", help="output folder (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="overall time limit in seconds (default: from rounds x round deadline)")
+    parser.add_argument("--max-restarts", type=int, default=2, metavar="N",
+                        help="restarts per agent after a kill the runner did not cause "
+                             "(default %(default)s)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.set_defaults(run=run)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
-    """Not available yet."""
-    not_available("trial")
-    return 3
+    """Validate, run the trial, print where the record is; the exit status says how it went."""
+    from edge.trial import TrialOptions, run_trial
+
+    cfg = load_config(args.config)
+    if args.broker is not None and args.broker != "embedded":
+        from broker.client import parse_broker_url
+
+        try:
+            parse_broker_url(args.broker)
+        except ValueError as exc:
+            raise UserError(f"--broker: {exc}") from None
+    if args.max_restarts < 0:
+        raise UserError(f"--max-restarts: expected an integer >= 0, got {args.max_restarts}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout: expected seconds > 0, got {args.timeout}")
+    opts = TrialOptions(out=Path(args.out), config_path=args.config, broker=args.broker,
+                        strategy=args.strategy, rounds=args.rounds, timeout_s=args.timeout,
+                        max_restarts=args.max_restarts, plots=not args.no_plots)
+    # SIGTERM to the runner stops the trial like Ctrl-C: every agent is stopped, the record written.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        result = run_trial(cfg, opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    block = result.summary["strategies"][result.summary["trial"]["strategy"]]
+    kinds = "  ".join(f"{k} {v:.3f}" for k, v in block["accuracy"]["by_kind"].items())
+    print(f"trial {result.status}: accuracy {block['accuracy']['overall']:.3f}  ({kinds})  "
+          f"{block['bytes_sent']['total'] / 1e6:.2f} MB sent  in {result.summary['trial']['wall_s']:.1f} s")
+    for agent in result.failed_agents:
+        print(f"failed agent: {agent} (see {result.out / 'agents' / agent / 'agent.log'})", file=sys.stderr)
+    print(f"wrote {result.out / 'report.md'}")
+    return result.exit_code

@@ -1,0 +1,160 @@
+"""Agent processes of a trial: launch, stop, restart and classify how each one ended."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+class ExitKind(str, Enum):
+    """How an agent process ended."""
+
+    RUNNING = "running"
+    FINISHED = "finished"      # exit status 0
+    STOPPED = "stopped"        # the runner stopped it (leave fault, Ctrl-C, timeout)
+    KILLED = "killed"          # killed by a signal nobody in the runner sent (OOM killer, kill -9)
+    FAILED = "failed"          # non-zero exit status the runner did not cause
+
+
+def _die_with_parent() -> None:
+    # Linux: the agent gets SIGTERM when the runner dies, even by SIGKILL, so no orphans learn
+    # on after a crashed trial. Runs in the child between fork and exec.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tail_lines(path: Path, lines: int = 20) -> list[str]:
+    """The last `lines` lines of a text file (empty when it does not exist)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return list(deque(text.splitlines(), maxlen=lines))
+
+
+@dataclass
+class AgentProcess:
+    """One agent: its command line, its folder, the current process and its history."""
+
+    agent_id: str
+    command: list[str]
+    folder: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    stop_requested: bool = False
+    exit_kind: ExitKind = ExitKind.RUNNING
+    returncode: int | None = None
+    started_at: float = 0.0
+    exits: list[dict] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "agent.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.folder / "agent.pid"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, note: str = "") -> None:
+        """Start (or restart) the process; output is appended to agent.log."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            if self.starts:
+                log.write(f"--- trial runner: restart {self.starts} ({note}) ---\n".encode())
+                log.flush()
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        self.pid_path.write_text(f"{self.process.pid}\n")
+        self.starts += 1
+        self.started_at = time.monotonic()
+        self.stop_requested = False
+        self.exit_kind = ExitKind.RUNNING
+        self.returncode = None
+
+    def poll(self) -> ExitKind | None:
+        """If the process ended since the last call, classify and return how; else None."""
+        if self.process is None or self.exit_kind != ExitKind.RUNNING:
+            return None
+        code = self.process.poll()
+        if code is None:
+            return None
+        self.returncode = code
+        if code == 0:
+            self.exit_kind = ExitKind.FINISHED
+        elif self.stop_requested:
+            self.exit_kind = ExitKind.STOPPED
+        elif code < 0:
+            self.exit_kind = ExitKind.KILLED
+        else:
+            self.exit_kind = ExitKind.FAILED
+        self.exits.append({"returncode": code, "kind": self.exit_kind.value,
+                           "ran_s": round(time.monotonic() - self.started_at, 3)})
+        return self.exit_kind
+
+    def request_stop(self) -> None:
+        """SIGTERM (the agent publishes offline status and exits); `wait_stopped` escalates."""
+        if self.alive:
+            assert self.process is not None
+            self.stop_requested = True
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout_s: float) -> None:
+        """Wait for the exit; SIGKILL after `timeout_s`."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last lines the agent wrote (stdout and stderr)."""
+        return tail_lines(self.log_path, lines)
+
+
+def agent_env(n_agents: int, cores: int | None = None) -> dict[str, str]:
+    """Environment for agent processes: unbuffered output, and torch threads split over the cores
+    so that N agents on C cores do not oversubscribe the CPU."""
+    cores = cores or os.cpu_count() or 1
+    threads = str(max(1, cores // max(1, n_agents)))
+    env = dict(os.environ)
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    return env
+
+
+def stop_all(agents: list[AgentProcess], timeout_s: float = 10.0) -> None:
+    """SIGTERM every live agent at once, then wait for each (SIGKILL the ones that hang)."""
+    for agent in agents:
+        agent.request_stop()
+    deadline = time.monotonic() + timeout_s
+    for agent in agents:
+        agent.wait_stopped(max(0.1, deadline - time.monotonic()))
+        agent.poll()

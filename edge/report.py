@@ -1,0 +1,198 @@
+"""report.md of a field trial: what ran, accuracy, bandwidth, energy, faults and failures."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.3f}"
+
+
+def render_report(doc: dict) -> str:
+    """The markdown report of a trial's summary document."""
+    trial = doc["trial"]
+    name = trial["strategy"]
+    block = doc["strategies"][name]
+    out: list[str] = [f"# Field trial: {doc['fleet']}", ""]
+    status = trial["status"]
+    headline = f"**{status}** after {trial['wall_s']:.1f} s (exit status {trial['exit_code']})"
+    if trial.get("reason"):
+        headline += f": {trial['reason']}"
+    out += [headline, ""]
+    out += _what_ran(doc, trial, block)
+    out += _accuracy(doc, block)
+    out += _bandwidth(block, trial)
+    out += _energy(doc, block)
+    out += _faults(trial, block)
+    out += _failures(trial)
+    out += _plots(trial)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _what_ran(doc: dict, trial: dict, block: dict) -> list[str]:
+    kinds = Counter(a["kind"] for a in doc["agents"].values())
+    devices = Counter(a["device"] for a in doc["agents"].values())
+    rows = [
+        ["config", doc["config"]],
+        ["data set", doc["dataset"]],
+        ["strategy", f"{trial['strategy']} ({block['arch']})"],
+        ["agents", f"{len(doc['agents'])}: " + ", ".join(f"{n} x {k}" for k, n in kinds.items())],
+        ["devices", ", ".join(f"{n} x {d}" for d, n in devices.items())],
+        ["rounds", f"{block['rounds']} reached of {trial['rounds_planned']} planned"],
+        ["topology", trial["topology"]],
+        ["codec", trial["codec"]],
+        ["round deadline", f"{trial['deadline_s']:g} s"],
+        ["broker", f"{trial['broker']['url']} ({trial['broker']['kind']})"],
+        ["seed", doc["seed"]],
+        ["software", doc["software_version"]],
+    ]
+    return ["## What ran", "", *_table(["", ""], rows)]
+
+
+def _accuracy(doc: dict, block: dict) -> list[str]:
+    acc = block["accuracy"]
+    kinds = Counter(a["kind"] for a in doc["agents"].values())
+    out = ["## Accuracy", "",
+           "Test accuracy of each agent's final model (after its last round's local training), "
+           "averaged by agent kind.", ""]
+    out += _table(["kind", "agents", "accuracy"],
+                  [[k, kinds.get(k, 0), v] for k, v in acc["by_kind"].items()]
+                  + [["**overall**", len(acc["per_agent"]), acc["overall"]]])
+    res = block["agents"]
+    out += _table(["agent", "kind", "device", "rounds", "accuracy", "exit", "restarts"],
+                  [[a, info["kind"], info["device"], res[a]["rounds_completed"],
+                    acc["per_agent"].get(a), res[a]["exit"], len(res[a]["restarts"])]
+                   for a, info in doc["agents"].items()])
+    if block.get("per_head"):
+        out += ["Per head (mean over the agents that have it):", ""]
+        out += _table(["head", "accuracy"], [[h, v] for h, v in block["per_head"].items()])
+    history = block.get("history", [])
+    if history:
+        kinds_order = list(acc["by_kind"])
+        out += ["Accuracy per round:", ""]
+        out += _table(["round", "overall", *kinds_order],
+                      [[h["round"], h["overall"], *[h["by_kind"].get(k) for k in kinds_order]]
+                       for h in history])
+    return out
+
+
+def _bandwidth(block: dict, trial: dict) -> list[str]:
+    res = block["agents"]
+    sent, received = block["bytes_sent"], block["bytes_received"]
+    out = ["## Bandwidth", "",
+           f"Bytes on the wire (MQTT payload + header, all topics) measured by each agent: "
+           f"{_mb(sent['total'])} MB sent, {_mb(received['total'])} MB received "
+           f"({_mb(sent['per_round'])} MB sent per round). Dense fp32 size of the published "
+           f"branches: {_mb(block['bytes_dense']['per_round'])} MB per round.", ""]
+    rows = []
+    for agent, r in res.items():
+        dense = r["dense_bytes_per_round"]
+        ratio = r["bytes"]["sent_per_round"] / dense if dense else None
+        rows.append([agent, _mb(r["bytes"]["sent"]), _mb(r["bytes"]["received"]),
+                     f"{r['bytes']['sent_per_round'] / 1e3:.1f}", f"{dense / 1e3:.1f}", ratio])
+    out += _table(["agent", "MB sent", "MB received", "kB sent / round", "dense update kB",
+                   "sent / dense"], rows)
+    branches: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for r in res.values():
+        for branch, counts in (r["bytes"].get("per_branch") or {}).items():
+            for key, value in (counts or {}).items():
+                if isinstance(value, (int, float)):
+                    branches[branch][key] += value
+    if branches:
+        keys = sorted({k for c in branches.values() for k in c})
+        out += ["Per branch (summed over agents, from their final.json):", ""]
+        out += _table(["branch", *keys], [[b, *[int(c.get(k, 0)) for k in keys]]
+                                          for b, c in sorted(branches.items())])
+    cov = trial.get("mix_coverage") or {}
+    if cov.get("expected"):
+        out += [f"Mix coverage: {cov['mixed']} of {cov['expected']} expected neighbour updates were "
+                f"mixed ({100 * cov['overall']:.1f}%); a missing one was late, lost or its sender "
+                f"was away. MQTT metrics rows received by the runner: "
+                f"{trial['metrics_rows_over_mqtt']} of {trial['metrics_rows']} written.", ""]
+    return out
+
+
+def _energy(doc: dict, block: dict) -> list[str]:
+    res = block["agents"]
+    out = ["## Energy and resources", "",
+           "Energy is `measured:<backend>` where the board exposes a power meter, else "
+           "`estimated:<profile>` from the device profile, CPU seconds and bytes moved.", ""]
+    out += _table(["agent", "device", "energy J", "source", "CPU s", "training s", "peak RSS MB"],
+                  [[a, doc["agents"][a]["device"], r["energy_j"], r["energy_source"], r["cpu_s"],
+                    r["train_s"], r["peak_rss_mb"]] for a, r in res.items()])
+    total = sum(r["energy_j"] or 0.0 for r in res.values())
+    out += [f"Fleet energy: {total:.1f} J.", ""]
+    return out
+
+
+def _faults(trial: dict, block: dict) -> list[str]:
+    out = ["## Faults injected and what happened", ""]
+    faults = trial.get("faults", [])
+    if not faults:
+        out += ["No faults were configured.", ""]
+    else:
+        rows = []
+        for f in faults:
+            if f["kind"] == "leave":
+                when = f"round {f['round']}" + (f", back at {f['return_round']}"
+                                                if f["return_round"] is not None else ", never back")
+                who = f["agent"]
+            elif f["kind"] == "broker-restart":
+                when, who = f"round {f['round']}", "broker"
+            else:
+                when = "every round"
+                who = ", ".join(f["agents"])
+            rows.append([f["kind"], when, who, f["status"], f["outcome"] or f["note"]])
+        out += _table(["fault", "when", "who", "status", "what happened"], rows)
+    restarts = [(a, r) for a, info in block["agents"].items() for r in info["restarts"]]
+    if restarts:
+        out += ["Agents killed by a signal the runner did not send, and restarted:", ""]
+        out += _table(["agent", "at s", "signal", "after round", "resumed at round"],
+                      [[a, r["t_s"], r["signal"], r["after_round"], r.get("resumed_at_round")]
+                       for a, r in restarts])
+    events = [e for e in trial.get("events", []) if e["kind"] != "finished"]
+    if events:
+        out += ["Timeline:", ""]
+        out += [f"- {e['t_s']:.1f} s  {e['kind']}{' ' + e['agent'] if e['agent'] else ''}: "
+                f"{e['detail'].splitlines()[0] if e['detail'] else ''}" for e in events]
+        out += [""]
+    return out
+
+
+def _failures(trial: dict) -> list[str]:
+    failed = trial.get("failed_agents", [])
+    if not failed:
+        return []
+    out = ["## Failed agents", ""]
+    for f in failed:
+        out += [f"### {f['agent']} ({f['exit']}, exit status {f['returncode']})", "", "```",
+                *f["log_tail"], "```", ""]
+    return out
+
+
+def _plots(trial: dict) -> list[str]:
+    plots = trial.get("plots") or {}
+    if not plots:
+        return [trial["plots_error"], ""] if trial.get("plots_error") else []
+    titles = {"accuracy": "Accuracy per round by agent kind", "bytes": "Cumulative MB per agent",
+              "energy": "Energy per agent"}
+    out = ["## Plots", ""]
+    for key, path in plots.items():
+        out += [f"![{titles.get(key, key)}]({path})", ""]
+    return out

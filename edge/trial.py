@@ -1,0 +1,389 @@
+"""The field-trial runner: a broker, one process per agent, faults on cue, and the trial's record.
+
+The runner never learns anything itself: agents are `python -m edge agent ...` processes that talk
+over MQTT. The runner watches their metrics files (the record) and their MQTT presence (the live
+view), stops / restarts agents and the broker as the config's faults say (see edge.faults for the
+trigger rule), restarts an agent killed by a signal it did not send (it resumes from its
+checkpoint), and always writes what was measured - after success, failure, timeout or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from edge.config import BUILTIN_EXAMPLE, FleetConfig
+from edge.counting import cumulative_total
+from edge.errors import UserError
+from edge.faults import Action, FaultPlan
+from edge.fleetproc import AgentProcess, ExitKind, agent_env, stop_all
+from edge.watch import FleetWatch, PresenceMonitor
+
+Progress = Callable[[str], None]
+AGENT_FILES = {"agent.log", "agent.pid", "metrics.jsonl", "checkpoint.pt", "final.json"}
+OUTPUT_FILES = ("metrics.jsonl", "summary.json", "report.md", "config.yaml")
+
+
+@dataclass
+class TrialOptions:
+    """How to run a trial (the CLI's flags)."""
+
+    out: Path
+    config_path: str | None = None     # None: the built-in example
+    broker: str | None = None          # "embedded" or mqtt://host:port; None: the config's
+    strategy: str | None = None        # None: the config's
+    rounds: int | None = None          # overrides training.rounds (passed on to the agents)
+    timeout_s: float | None = None     # None: derived from rounds x deadline
+    stall_timeout_s: float | None = None
+    max_restarts: int = 2              # per agent, after a kill the runner did not cause
+    plots: bool = True
+    poll_s: float = 0.2
+    python: str = sys.executable
+
+
+@dataclass
+class TrialResult:
+    """How the trial ended and where its record is."""
+
+    status: str                        # completed | failed | timed out | interrupted
+    exit_code: int
+    out: Path
+    summary: dict = field(default_factory=dict)
+    failed_agents: list[str] = field(default_factory=list)
+
+
+def effective_config(cfg: FleetConfig, rounds: int | None, strategy: str | None) -> FleetConfig:
+    """The config with --rounds / --strategy applied; refuses strategies that need pooled data."""
+    from edge.strategies import get_strategy
+
+    if rounds is not None:
+        if rounds < 1:
+            raise UserError(f"--rounds: expected an integer >= 1, got {rounds}")
+        for i, f in enumerate(cfg.faults):
+            last = max(f.round, f.return_round or 0) if f.kind in ("leave", "broker-restart") else 0
+            if last >= rounds:
+                raise UserError(f"--rounds {rounds}: faults[{i}] ({f.kind}) needs round {last}; "
+                                f"expected more rounds than that")
+        cfg = replace(cfg, training=replace(cfg.training, rounds=rounds))
+    if strategy is not None:
+        cfg = replace(cfg, strategy=strategy)  # type: ignore[arg-type]
+    if not get_strategy(cfg.strategy).networked:
+        raise UserError(f"--strategy: {cfg.strategy} pools every agent's data and is not a "
+                        "networked strategy; run it with `parse-edge simulate`")
+    return cfg
+
+
+def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) -> tuple[float, float]:
+    """(overall, stall) timeouts: startup (torch imports share the cores) plus, per round, twice the
+    round deadline and a training allowance; a stall is no new row for three deadlines."""
+    cores = cores or os.cpu_count() or 1
+    startup_s = 60.0 + 10.0 * math.ceil(n_agents / cores)
+    deadline_s = cfg.comm.deadline_s
+    overall = startup_s + cfg.training.rounds * (2 * deadline_s + 30.0)
+    stall = max(startup_s, 3 * deadline_s + 60.0)
+    return overall, stall
+
+
+def agent_command(python: str, config_path: str, agent_id: str, url: str, out: Path,
+                  strategy: str | None, rounds: int | None) -> list[str]:
+    """The command line of one agent process."""
+    cmd = [python, "-m", "edge", "agent", config_path, "--agent", agent_id, "--broker", url,
+           "--out", str(out)]
+    if strategy is not None:
+        cmd += ["--strategy", strategy]
+    if rounds is not None:
+        cmd += ["--rounds", str(rounds)]
+    return cmd
+
+
+def prepare_out(out: Path) -> None:
+    """Clear the record of an earlier trial in `out` (agents would resume from old checkpoints)."""
+    agents = out / "agents"
+    if agents.is_dir():
+        for folder in agents.iterdir():
+            strange = [p.name for p in folder.iterdir()
+                       if p.name not in AGENT_FILES and not p.name.endswith(".tmp")] \
+                if folder.is_dir() else [folder.name]
+            if strange:
+                raise UserError(f"--out {out}: {folder} holds files a trial did not write "
+                                f"({', '.join(sorted(strange)[:3])}); expected a trial folder")
+        shutil.rmtree(agents)
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "plots", ignore_errors=True)
+    agents.mkdir(parents=True, exist_ok=True)
+
+
+class TrialRunner:
+    """Runs one trial; `run()` returns a TrialResult and has written the record."""
+
+    def __init__(self, cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None) -> None:
+        self.cfg = effective_config(cfg, opts.rounds, opts.strategy)
+        self.opts = opts
+        self.out = Path(opts.out)
+        self.progress = progress or (lambda line: None)
+        self.ids = [a.id for a in self.cfg.agent_specs]
+        self.url = opts.broker or self.cfg.broker.url
+        self.embedded = self.url == "embedded"
+        self.plan = FaultPlan(self.cfg.faults, self.embedded)
+        self.watch = FleetWatch(self.out, self.ids)
+        self.events: list[dict] = []
+        self.restarts: dict[str, list[dict]] = {a: [] for a in self.ids}
+        self.broker = None
+        self.monitor: PresenceMonitor | None = None
+        self.agents: dict[str, AgentProcess] = {}
+        self.started = time.monotonic()
+        self.last_activity = self.started
+        self.status = "running"
+        self.ended_s: float | None = None
+        self.reason = ""
+        self._shown_round = (-1, -1)
+        self._shown_at = time.monotonic()
+        overall, stall = default_timeouts(self.cfg, len(self.ids))
+        self.timeout_s = opts.timeout_s or overall
+        self.stall_timeout_s = opts.stall_timeout_s or stall
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def now_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def event(self, kind: str, agent: str | None = None, detail: str = "", **extra: object) -> None:
+        self.events.append({"t_s": round(self.now_s(), 3), "kind": kind, "agent": agent,
+                            "detail": detail, **extra})
+        who = f"{agent}: " if agent else ""
+        self.progress(f"[trial {self.now_s():6.1f} s] {kind}: {who}{detail}")
+        self.last_activity = time.monotonic()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def run(self) -> TrialResult:
+        prepare_out(self.out)
+        config_path = str(self.opts.config_path or BUILTIN_EXAMPLE)
+        shutil.copyfile(config_path, self.out / "config.yaml")
+        try:
+            self._start_broker()
+            env = agent_env(len(self.ids))
+            for agent_id in self.ids:
+                cmd = agent_command(self.opts.python, config_path, agent_id, self.url, self.out,
+                                    self.opts.strategy, self.opts.rounds)
+                self.agents[agent_id] = AgentProcess(agent_id, cmd, self.out / "agents" / agent_id, env)
+            held = self.plan.held_back()
+            for agent_id, proc in self.agents.items():
+                if agent_id not in held:
+                    proc.start()
+            for agent_id in held:
+                self._inject_leave_at_start(agent_id)
+            self.progress(f"[trial] {len(self.ids)} agents, {self.cfg.training.rounds} rounds, "
+                          f"strategy {self.cfg.strategy}, broker {self.url} "
+                          f"({'embedded' if self.embedded else 'external'}), out {self.out}")
+            self._loop()
+        except KeyboardInterrupt:
+            self.status, self.reason = "interrupted", "interrupted (Ctrl-C): stopped every process"
+            self.progress(f"[trial] {self.reason}")
+        except RuntimeError as exc:  # the broker would not (re)start
+            self.status, self.reason = "failed", str(exc)
+            self.progress(f"[trial] error: {exc}")
+        finally:
+            self._shutdown()
+        return self._finish()
+
+    def _start_broker(self) -> None:
+        if self.embedded:
+            from broker.embedded import EmbeddedBroker
+
+            self.broker = EmbeddedBroker().start()
+            self.url = self.broker.url
+        kwargs: dict = {}
+        if self.cfg.broker.username:
+            kwargs.update(username=self.cfg.broker.username, password=self.cfg.broker.password)
+        if self.cfg.broker.tls is not None and not self.embedded:
+            from broker.client import TlsFiles
+
+            tls = self.cfg.broker.tls
+            kwargs["tls"] = TlsFiles(str(self.cfg.resolve_path(tls.ca_file)),
+                                     tls.cert_file and str(self.cfg.resolve_path(tls.cert_file)),
+                                     tls.key_file and str(self.cfg.resolve_path(tls.key_file)))
+        self.monitor = PresenceMonitor(self.url, self.cfg.fleet,
+                                       f"trial-{self.cfg.fleet}-{os.getpid()}", **kwargs).start()
+
+    def _shutdown(self) -> None:
+        self.ended_s = self.now_s()
+        alive = [p for p in self.agents.values() if p.alive]
+        if alive:
+            stop_all(alive)
+            for proc in alive:
+                self.event("stopped", proc.agent_id, f"by the runner at the end ({self.status})")
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    # --- the watch loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            if self.watch.poll():
+                self.last_activity = time.monotonic()
+                self._show_progress()
+            self._check_processes()
+            for action in self.plan.due(self.watch.completed):
+                self._act(action)
+            if self._finished():
+                finished = all(p.exit_kind == ExitKind.FINISHED for p in self.agents.values()
+                               if p.starts and not self._left_for_good(p.agent_id))
+                self.status = "completed" if finished and not self._failed() else "failed"
+                return
+            if time.monotonic() - self.started > self.timeout_s:
+                self.status = "timed out"
+                self.reason = f"timed out after {self.timeout_s:.0f} s (overall limit)"
+                self.progress(f"[trial] {self.reason}")
+                return
+            if time.monotonic() - self.last_activity > self.stall_timeout_s:
+                self.status = "timed out"
+                self.reason = (f"timed out: no agent reported a round for {self.stall_timeout_s:.0f} s "
+                               f"(rounds reached: {self._round_summary()})")
+                self.progress(f"[trial] {self.reason}")
+                return
+            time.sleep(self.opts.poll_s)
+
+    def _finished(self) -> bool:
+        return not any(p.alive for p in self.agents.values()) and not self.plan.pending_returns()
+
+    def _failed(self) -> list[str]:
+        return [a for a, p in self.agents.items() if p.exit_kind in (ExitKind.FAILED, ExitKind.KILLED)]
+
+    def _left_for_good(self, agent_id: str) -> bool:
+        return any(f.kind == "leave" and f.agent == agent_id and f.return_round is None
+                   and rec.status == "injected"
+                   for f, rec in zip(self.plan.faults, self.plan.records, strict=True))
+
+    def _round_summary(self) -> str:
+        return ", ".join(f"{a} {r + 1}" for a, r in self.watch.completed.items())
+
+    def _check_processes(self) -> None:
+        for agent_id, proc in self.agents.items():
+            kind = proc.poll()
+            if kind is None:
+                continue
+            self.watch.poll()  # the rows it wrote just before exiting
+            done = self.watch.completed[agent_id] + 1
+            if kind == ExitKind.FINISHED:
+                self.event("finished", agent_id, f"exit 0 after {done} rounds")
+            elif kind == ExitKind.STOPPED:
+                self.event("stopped", agent_id, f"exit {proc.returncode} (stopped by the runner)")
+            elif kind == ExitKind.KILLED and len(self.restarts[agent_id]) < self.opts.max_restarts:
+                restart = {"t_s": round(self.now_s(), 3), "signal": -(proc.returncode or 0),
+                           "after_round": done - 1, "rows_before": self.watch.row_count(agent_id)}
+                self.restarts[agent_id].append(restart)
+                self.event("killed", agent_id, f"signal {-(proc.returncode or 0)} after round "
+                           f"{done - 1}; restarting (it resumes from its checkpoint)")
+                proc.start(note=f"killed by signal {-(proc.returncode or 0)}")
+            else:
+                tail = proc.log_tail(12)
+                self.event("failed", agent_id, f"exit {proc.returncode} after {done} rounds; "
+                           f"last log lines:\n    " + "\n    ".join(tail), log_tail=tail)
+
+    def _act(self, action: Action) -> None:
+        rec = self.plan.records[action.fault_idx]
+        if action.verb == "stop" and action.agent is not None:
+            proc = self.agents[action.agent]
+            done = self.watch.completed[action.agent]
+            if not proc.alive:
+                rec.status, rec.note = "skipped", "the agent was not running at its leave round"
+                return
+            proc.request_stop()
+            rec.stopped_after_round = done
+            self.plan.mark_injected(action.fault_idx, self.now_s(), f"{action.agent} reported round {done}")
+            self.event("fault", action.agent, f"leave at round {rec.round}: stopped (SIGTERM) "
+                       f"after its round {done}")
+        elif action.verb == "start" and action.agent is not None:
+            proc = self.agents[action.agent]
+            if proc.alive:
+                proc.wait_stopped(10.0)
+                self._check_processes()
+            others = max(r for a, r in self.watch.completed.items() if a != action.agent)
+            rec.rows_before_return = self.watch.row_count(action.agent)
+            self.plan.mark_returned(action.fault_idx, self.now_s(), f"another agent reported round {others}")
+            proc.start(note=f"returns at round {rec.return_round}")
+            self.event("fault", action.agent, f"returns at round {rec.return_round}: restarted "
+                       "with the same --out (resumes from its checkpoint)")
+        elif action.verb == "broker-restart":
+            assert self.broker is not None
+            t0 = time.monotonic()
+            self.broker.stop()
+            self.broker.start()
+            down_s = time.monotonic() - t0
+            fastest = max(self.watch.completed.values())
+            self.plan.mark_injected(action.fault_idx, self.now_s(), f"an agent reported round {fastest}",
+                                    note=f"broker down {down_s:.2f} s (stopped and started on port "
+                                         f"{self.broker.port})")
+            self.event("fault", None, f"broker restart at round {rec.round}: down {down_s:.2f} s")
+
+    def _inject_leave_at_start(self, agent_id: str) -> None:
+        for i, f in enumerate(self.plan.faults):
+            if f.kind == "leave" and f.agent == agent_id and f.round == 0:
+                self.plan.records[i].stopped_after_round = -1
+                self.plan.mark_injected(i, 0.0, "leave at round 0: not started with the others")
+                self.event("fault", agent_id, "leave at round 0: not started with the others")
+
+    def _show_progress(self) -> None:
+        running = [a for a, p in self.agents.items()
+                   if p.alive or p.exit_kind == ExitKind.FINISHED]
+        if not running:
+            return
+        fleet_round = min(self.watch.completed[a] for a in running)
+        fastest = max(self.watch.completed.values())
+        quiet_s = time.monotonic() - self._shown_at
+        if fleet_round <= self._shown_round[0] and not (fastest > self._shown_round[1] and quiet_s > 15):
+            return
+        self._shown_round, self._shown_at = (fleet_round, fastest), time.monotonic()
+        ahead = f" (fastest {fastest + 1})" if fastest > fleet_round else ""
+        latest = self.watch.latest()
+        by_kind: dict[str, list[float]] = {}
+        for row in latest.values():
+            by_kind.setdefault(str(row.get("kind", "?")), []).append(float(row["accuracy"]))
+        acc = "  ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(by_kind.items()))
+        moved = sum(cumulative_total(r.get("bytes_sent", 0) + r.get("bytes_received", 0) for r in rows)
+                    for rows in self.watch.rows_by_agent.values())
+        online = (f"{self.monitor.online_count()}/{len(self.ids)}"
+                  if self.monitor is not None and self.monitor.connected
+                  else f"{sum(p.alive for p in self.agents.values())}/{len(self.ids)} (processes)")
+        self.progress(f"round {fleet_round + 1:>3}/{self.cfg.training.rounds}{ahead}  online {online}  "
+                      f"accuracy {acc}  moved {moved / 1e6:.2f} MB  ({self.now_s():.1f} s)")
+
+    # --- the record ---------------------------------------------------------------------------
+
+    def _finish(self) -> TrialResult:
+        from edge.trial_summary import trial_document, write_record
+
+        self.watch.poll()
+        self.plan.close()
+        failed = self._failed()
+        if self.status == "running":
+            self.status = "failed"
+        exit_code = {"completed": 0, "interrupted": 130}.get(self.status, 1)
+        if failed and exit_code == 0:
+            exit_code, self.status = 1, "failed"
+        doc = trial_document(self, failed, exit_code)
+        write_record(self.out, doc, self.watch.rows, plots=self.opts.plots, progress=self.progress)
+        return TrialResult(self.status, exit_code, self.out, doc, failed)
+
+
+def run_trial(cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None) -> TrialResult:
+    """Run a field trial of `cfg` (see TrialRunner)."""
+    return TrialRunner(cfg, opts, progress).run()
+
+
+def write_json(path: Path, doc: object) -> None:
+    """Write JSON atomically (tmp file, then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=float))
+    tmp.replace(path)
