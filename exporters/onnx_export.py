@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import json
 import logging
 import shutil
@@ -76,6 +78,28 @@ def _quiet_exporter() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def _torchlib_ops_cached() -> Iterator[None]:
+    """Build the exporter's table of ONNX decompositions once per export run, not per graph.
+
+    torch.onnx rebuilds it from onnxscript sources on every call (~1.5 s); the table only
+    depends on the installed packages. Private API, so any mismatch just skips the speed-up.
+    """
+    try:
+        from torch.onnx._internal import _lazy_import
+
+        module = importlib.import_module(_lazy_import.onnxscript_apis._name)
+        original = module.get_torchlib_ops
+    except (ImportError, AttributeError):
+        yield
+        return
+    module.get_torchlib_ops = functools.cache(original)
+    try:
+        yield
+    finally:
+        module.get_torchlib_ops = original
 
 
 def _trace_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
@@ -216,8 +240,9 @@ def export_graphs(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        manifest = _export_into(stage, graphs, modalities, labels, norm_entries, input_shapes,
-                                opset, quantize, tolerance)
+        with _torchlib_ops_cached():
+            manifest = _export_into(stage, graphs, modalities, labels, norm_entries,
+                                    input_shapes, opset, quantize, tolerance)
         manifest.meta = dict(meta or {})
         manifest.source_checkpoint = dict(source_checkpoint) if source_checkpoint else None
         manifest.write(stage)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 
-from exporters.onnx_export import GraphSpec
+from exporters.onnx_export import GraphSpec, export_graphs
 
 
 class Encoder(nn.Module):
@@ -150,3 +155,30 @@ def torch_logits(agent: ToyAgent, xs: dict[str, np.ndarray]) -> np.ndarray:
     """The torch model's logits on normalised inputs of a modality subset."""
     with torch.no_grad():
         return agent.logits({m: torch.from_numpy(x) for m, x in xs.items()}).numpy()
+
+
+_BUNDLES: dict[tuple, SimpleNamespace] = {}
+_ROOT: list[Path] = []
+
+
+def toy_bundle(kind: str, modalities: Sequence[str], quantize: str | None = None,
+               roles: tuple[str, ...] = ("encoder", "head", "fused")) -> SimpleNamespace:
+    """An exported toy agent, built once per test session and shared by every test file (the
+    export is the slow part). Tests that damage a bundle must copy it first."""
+    key = (kind, tuple(modalities), quantize, roles)
+    if key not in _BUNDLES:
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="parse-edge-toy-")))
+            atexit.register(shutil.rmtree, _ROOT[0], True)
+        agent, raw, norm, shapes = make_case(kind, modalities)
+        agent.export_roles = roles
+        xs = normalised(raw, norm)
+        specs = agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
+        out = _ROOT[0] / f"{kind}-{'+'.join(modalities)}-{quantize}-{len(_BUNDLES)}"
+        manifest = export_graphs(specs, out, labels=LABELS, norm=norm, input_shapes=shapes,
+                                 quantize=quantize, meta={"agent_id": f"{kind}-{len(modalities)}"},
+                                 source_checkpoint={"path": "ck.pt", "sha256": "0" * 64})
+        _BUNDLES[key] = SimpleNamespace(dir=out, kind=kind, modalities=tuple(modalities),
+                                        agent=agent, raw=raw, xs=xs, norm=norm, shapes=shapes,
+                                        specs=specs, manifest=manifest)
+    return _BUNDLES[key]

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from devices.runtime import InputError, Predictor, load_npz_inputs, softmax
 from exporters.manifest import ManifestError
-from exporters.onnx_export import export_graphs
-from tests.exporters_toy import LABELS, make_case, normalised, torch_logits
+from tests.exporters_toy import LABELS, torch_logits, toy_bundle
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """A multimodal conv1d agent exported as fused graphs, fp32 and int8."""
-    agent, raw, norm, shapes = make_case("conv1d", ("accel", "gyro"), n=16)
-    xs = normalised(raw, norm)
-    specs = [s for s in agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
-             if s.role == "fused"]
-    out = tmp_path_factory.mktemp("rt") / "bundle"
-    export_graphs(specs, out, labels=LABELS, norm=norm, input_shapes=shapes, quantize="int8")
-    return SimpleNamespace(dir=out, agent=agent, raw=raw, xs=xs)
+def bundle():
+    """A multimodal conv1d agent exported fp32 and int8 (shared with the exporter tests)."""
+    return toy_bundle("conv1d", ("accel", "gyro"), "int8")
 
 
 @pytest.fixture
@@ -153,7 +144,7 @@ def test_int8_precision_on_an_fp32_bundle_is_refused(copy):
 @pytest.mark.parametrize("make_inputs, message", [
     (lambda r: {**r, "magnet": r["accel"]}, r"input 'magnet': unknown modality, expected one of "
                                             r"accel, gyro"),
-    (lambda r: {"accel": r["accel"][:, :, :-1]}, r"input 'accel': shape \(16, 3, 39\), expected "
+    (lambda r: {"accel": r["accel"][:, :, :-1]}, r"input 'accel': shape \(24, 3, 39\), expected "
                                                  r"\(batch, 3, 40\)"),
     (lambda r: {"accel": r["accel"].astype(np.int64)}, r"input 'accel': dtype int64, expected "
                                                        r"float32"),

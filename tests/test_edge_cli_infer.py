@@ -10,12 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from devices.runtime import Predictor
 from edge.cli import main
-from exporters.onnx_export import export_graphs
-from tests.exporters_toy import LABELS, make_case, normalised
+from tests.exporters_toy import LABELS, toy_bundle
 
 # Blocks every torch import, as on a board where torch is not installed.
 NO_TORCH = """
@@ -34,15 +32,12 @@ sys.exit(rc)
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    agent, raw, norm, shapes = make_case("mlp", ("accel", "gyro"), n=10)
-    xs = normalised(raw, norm)
-    specs = [s for s in agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
-             if s.role == "fused"]
+    """The multimodal mlp toy agent (shared with the exporter tests) and npz inputs for it."""
+    toy = toy_bundle("mlp", ("accel", "gyro"))
     root = tmp_path_factory.mktemp("cli")
-    export_graphs(specs, root / "bundle", labels=LABELS, norm=norm, input_shapes=shapes)
-    np.savez(root / "both.npz", **raw)
-    np.savez(root / "accel.npz", accel=raw["accel"])
-    return SimpleNamespace(dir=root / "bundle", root=root, raw=raw)
+    np.savez(root / "both.npz", **toy.raw)
+    np.savez(root / "accel.npz", accel=toy.raw["accel"])
+    return SimpleNamespace(dir=toy.dir, root=root, raw=toy.raw)
 
 
 def test_infer_runs_with_torch_absent_and_prints_json(bundle):
@@ -67,7 +62,7 @@ def test_missing_modality_is_served_and_reported(bundle, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert out.splitlines()[0] == "graph fused-accel (modalities: accel; missing: gyro)"
-    assert len(out.splitlines()) == 2 + 10
+    assert len(out.splitlines()) == 2 + len(bundle.raw["accel"])
 
 
 def test_modalities_flag_selects_the_graph(bundle, capsys):
@@ -99,7 +94,7 @@ def test_bad_inputs_are_one_line_errors(bundle, capsys, tmp_path):
     # Execute / Assert
     assert "nan.npz: input 'accel': contains NaN" in _error(capsys, ["infer", d, str(nan)])
     assert "input 'magnet': unknown modality" in _error(capsys, ["infer", d, str(wrong)])
-    assert "input 'accel': shape (10, 5), expected (batch, 12)" in _error(
+    assert "input 'accel': shape (24, 5), expected (batch, 12)" in _error(
         capsys, ["infer", d, str(short)])
     assert "input 'gyro': requested but not provided" in _error(
         capsys, ["infer", d, str(bundle.root / "accel.npz"), "--modalities", "accel,gyro"])

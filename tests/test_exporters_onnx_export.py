@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,42 +14,29 @@ from torch import nn
 from devices.runtime import Predictor
 from exporters.manifest import load_manifest, sha256_file
 from exporters.onnx_export import ExportError, GraphSpec, export_graphs
-from tests.exporters_toy import LABELS, make_case, normalised, torch_logits
+from tests.exporters_toy import LABELS, make_case, normalised, torch_logits, toy_bundle
 
-CASES = [("mlp", ("accel",)), ("mlp", ("accel", "gyro")),
-         ("conv1d", ("gyro",)), ("conv1d", ("accel", "gyro"))]
-
-
-def _export(kind: str, modalities: tuple[str, ...], out, quantize: str | None = None,
-            roles: tuple[str, ...] = ("encoder", "head", "fused")):
-    agent, raw, norm, shapes = make_case(kind, modalities)
-    xs = normalised(raw, norm)
-    specs = [s for s in agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
-             if s.role in roles]
-    manifest = export_graphs(specs, out, labels=LABELS, norm=norm, input_shapes=shapes,
-                             quantize=quantize, meta={"agent_id": f"{kind}-{len(modalities)}"},
-                             source_checkpoint={"path": "ck.pt", "sha256": "0" * 64})
-    return agent, raw, xs, specs, manifest
+# The conv1d multimodal agent is exported with int8 too; the other three are fp32 only.
+CASES = [("mlp", ("accel",), None), ("mlp", ("accel", "gyro"), None),
+         ("conv1d", ("gyro",), None), ("conv1d", ("accel", "gyro"), "int8")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{'+'.join(c[1])}")
-def exported(request, tmp_path_factory):
-    kind, modalities = request.param
-    out = tmp_path_factory.mktemp("bundle") / "out"
-    agent, raw, xs, specs, manifest = _export(kind, modalities, out)
-    return SimpleNamespace(kind=kind, modalities=modalities, out=out, agent=agent, raw=raw,
-                           xs=xs, specs=specs, manifest=manifest)
+def exported(request):
+    kind, modalities, quantize = request.param
+    return toy_bundle(kind, modalities, quantize)
 
 
 def test_every_graph_is_a_checked_single_file_onnx_with_dynamic_batch(exported):
     # Prepare
     e = exported
     # Execute
-    files = sorted(p.name for p in e.out.iterdir())
+    files = sorted(p.name for p in e.dir.iterdir())
     # Assert
-    assert files == sorted([f"{s.name}.onnx" for s in e.specs] + ["manifest.json"])
+    quantized = [f"{s.name}.int8.onnx" for s in e.specs] if e.manifest.quantization else []
+    assert files == sorted([f"{s.name}.onnx" for s in e.specs] + quantized + ["manifest.json"])
     for spec in e.specs:
-        model = onnx.load(str(e.out / f"{spec.name}.onnx"))
+        model = onnx.load(str(e.dir / f"{spec.name}.onnx"))
         onnx.checker.check_model(model, full_check=True)
         assert [i.name for i in model.graph.input] == spec.input_names
         assert [o.name for o in model.graph.output] == spec.output_names
@@ -58,7 +44,7 @@ def test_every_graph_is_a_checked_single_file_onnx_with_dynamic_batch(exported):
         assert not any(init.data_location == onnx.TensorProto.EXTERNAL
                        for init in model.graph.initializer)
     # batch 1 and batch 5 both run on the same graph
-    fused = e.out / f"fused-{'+'.join(e.modalities)}.onnx"
+    fused = e.dir / f"fused-{'+'.join(e.modalities)}.onnx"
     session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
     for batch in (1, 5):
         (logits,) = session.run(None, {m: e.xs[m][:batch] for m in e.modalities})
@@ -69,8 +55,8 @@ def test_manifest_describes_the_bundle(exported):
     # Prepare
     e = exported
     # Execute
-    on_disk = json.loads((e.out / "manifest.json").read_text())
-    loaded = load_manifest(e.out)
+    on_disk = json.loads((e.dir / "manifest.json").read_text())
+    loaded = load_manifest(e.dir)
     # Assert
     assert on_disk["format_version"] == 1 and on_disk["labels"] == LABELS
     assert loaded.modalities == list(e.modalities)
@@ -84,18 +70,21 @@ def test_manifest_describes_the_bundle(exported):
         channels = e.raw[m].shape[1]
         assert loaded.norm[m]["shape"] == ([channels, 1] if e.kind == "conv1d" else [channels])
     for g in loaded.graphs:
-        assert g.sha256 == sha256_file(e.out / g.file)
-        assert g.exporter == "dynamo" and g.precision == "fp32"
-        assert g.max_abs_diff is not None and g.max_abs_diff <= 1e-4
+        assert g.sha256 == sha256_file(e.dir / g.file)
+        assert g.exporter == "dynamo"
+    fp32 = [g for g in loaded.graphs if g.precision == "fp32"]
+    assert sorted(g.name for g in fp32) == sorted(s.name for s in e.specs)
+    assert all(g.max_abs_diff is not None and g.max_abs_diff <= 1e-4 for g in fp32)
     expected_keys = {"+".join(c) for c in e.agent.subsets()}
     assert set(loaded.serves) == expected_keys
     assert all(loaded.graph(v["fp32"]).role == "fused" for v in loaded.serves.values())
+    assert loaded.default_precision == ("int8" if e.manifest.quantization else "fp32")
 
 
 def test_each_subset_graph_agrees_with_the_torch_model_on_that_subset(exported):
     # Prepare
     e = exported
-    predictor = Predictor(e.out)
+    predictor = Predictor(e.dir, precision="fp32")
     for subset in e.agent.subsets():
         # Execute: the runtime sees raw inputs and normalises them itself
         pred = predictor.predict({m: e.raw[m] for m in subset})
@@ -107,22 +96,23 @@ def test_each_subset_graph_agrees_with_the_torch_model_on_that_subset(exported):
         assert (pred.label_indices == ref.argmax(-1)).all()
 
 
-def test_int8_export_writes_quantized_copies_and_reports_size_and_agreement(tmp_path):
+def test_int8_export_writes_quantized_copies_and_reports_size_and_agreement():
     # Prepare / Execute
-    agent, raw, xs, specs, manifest = _export("conv1d", ("accel", "gyro"), tmp_path / "q", "int8",
-                                              roles=("encoder", "fused"))
+    e = toy_bundle("conv1d", ("accel", "gyro"), "int8")
+    manifest = e.manifest
     # Assert
     int8 = [g for g in manifest.graphs if g.precision == "int8"]
-    assert len(int8) == len(specs)
+    assert len(int8) == len(e.specs)
     assert manifest.default_precision == "int8"
     assert manifest.quantization["int8_bytes"] < manifest.quantization["fp32_bytes"]
     fused = [g for g in int8 if g.role == "fused"]
+    assert len(fused) == 3
     assert all(g.argmax_agreement is not None and g.argmax_agreement >= 0.8 for g in fused)
-    model = onnx.load(str(tmp_path / "q" / "encoder-accel.int8.onnx"))
+    model = onnx.load(str(e.dir / "encoder-accel.int8.onnx"))
     assert any(n.op_type in ("ConvInteger", "MatMulInteger") for n in model.graph.node)
-    pred = Predictor(tmp_path / "q").predict({"accel": raw["accel"], "gyro": raw["gyro"]})
+    pred = Predictor(e.dir).predict({"accel": e.raw["accel"], "gyro": e.raw["gyro"]})
     assert pred.graph == "fused-accel+gyro.int8"
-    ref = torch_logits(agent, xs)
+    ref = torch_logits(e.agent, e.xs)
     assert np.mean(pred.label_indices == ref.argmax(-1)) >= 0.8
 
 
@@ -152,14 +142,12 @@ def test_parity_failure_fails_the_export_and_leaves_no_bundle(tmp_path):
 def test_reexport_replaces_the_previous_bundle_files(tmp_path):
     # Prepare
     out = tmp_path / "b"
-    agent, raw, norm, shapes = make_case("mlp", ("accel", "gyro"))
-    xs = normalised(raw, norm)
-    specs = agent.export_graphs({m: torch.from_numpy(x) for m, x in xs.items()})
-    fused = [s for s in specs if s.role == "fused"]
-    export_graphs(fused, out, labels=LABELS, norm=norm, input_shapes=shapes)
+    e = toy_bundle("mlp", ("accel", "gyro"))
+    fused = [s for s in e.specs if s.role == "fused"]
+    export_graphs(fused[:2], out, labels=LABELS, norm=e.norm, input_shapes=e.shapes)
     (out / "notes.txt").write_text("user file")
-    # Execute: a second export with fewer graphs
-    export_graphs(fused[-1:], out, labels=LABELS, norm=norm, input_shapes=shapes)
+    # Execute: a second export with other graphs
+    export_graphs(fused[2:], out, labels=LABELS, norm=e.norm, input_shapes=e.shapes)
     # Assert
     assert sorted(p.name for p in out.iterdir()) == [
         "fused-accel+gyro.onnx", "manifest.json", "notes.txt"]
