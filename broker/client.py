@@ -92,6 +92,7 @@ class MqttClient:
         self.will = will
         self.counters = ByteCounters(mqtt5=protocol == 5)
         self.connect_count = 0
+        self.stray_messages = 0  # messages on topics we never subscribed to (dropped)
         self.last_connect_error: str | None = None
         self._on_message = on_message
         self._subscriptions: dict[str, int] = {}
@@ -265,10 +266,19 @@ class MqttClient:
 
     def _handle_message(self, client: paho.Client, userdata: object,
                         message: paho.MQTTMessage) -> None:
-        self.counters.record_received(message.topic, len(message.payload), message.qos)
+        topic = message.topic
+        with self._lock:
+            filters = list(self._subscriptions)
+        if not any(paho.topic_matches_sub(f, topic) for f in filters):
+            # amqtt 0.12 replays retained messages matching *other* clients' subscriptions to a
+            # client that connects; drop anything we did not subscribe to
+            self.stray_messages += 1
+            log.debug("dropping message on unsubscribed topic %s", topic)
+            return
+        self.counters.record_received(topic, len(message.payload), message.qos)
         if self._on_message is None:
             return
         try:
-            self._on_message(message.topic, message.payload)
+            self._on_message(topic, message.payload)
         except Exception:  # the callback's bug must not stop the network loop
-            log.exception("message callback failed on %s", message.topic)
+            log.exception("message callback failed on %s", topic)

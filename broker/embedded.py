@@ -5,7 +5,10 @@ amqtt 0.12 quirks this module works around:
 - no message size limit of its own (our chunks keep messages <= 256 KiB);
 - it binds in `Broker.start()` inside a running asyncio loop, so it lives in its own process
   (no loop shared with the caller, and `stop()` can always kill it);
-- the default plugin set adds $SYS publishing and per-packet logging; only anonymous auth is kept.
+- the default plugin set adds $SYS publishing and per-packet logging; only anonymous auth is kept;
+- on connect it replays retained messages matching *any* client's subscriptions (not only the
+  connecting client's), so `MqttClient` drops messages on topics it did not subscribe to;
+- QoS 1 redelivery happens in practice: receivers must (and `UpdateReceiver` does) tolerate duplicates.
 A stopped broker can be started again on the same port (retained messages are not persisted).
 """
 

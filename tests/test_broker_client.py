@@ -195,3 +195,39 @@ def test_url_parsing() -> None:
     address = parse_broker_url("mqtts://u%40x:p%3Aw@h:9")
     assert (address.host, address.port, address.tls, address.username, address.password) == \
         ("h", 9, True, "u@x", "p:w")
+
+
+def test_publish_from_many_threads_loses_nothing(broker: tuple[str, int]) -> None:
+    url, protocol = broker
+    received: list[bytes] = []
+    lock = threading.Lock()
+
+    def record(topic: str, payload: bytes) -> None:
+        with lock:
+            received.append(payload)
+
+    sink = MqttClient(url, "a2", protocol=protocol, on_message=record).start()
+    source = MqttClient(url, "a1", protocol=protocol).start()
+    try:
+        sink.subscribe(topics.metrics_topic(FLEET, "a1"))
+        assert sink.wait_subscribed(5)
+
+        def work(worker: int) -> None:
+            for i in range(100):
+                source.publish(topics.metrics_topic(FLEET, "a1"), f"{worker}:{i}".encode())
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert source.flush(10)
+        expected = {f"{w}:{i}".encode() for w in range(4) for i in range(100)}
+        # QoS 1 is at-least-once: a broker may deliver a message twice, never zero times
+        assert wait_for(lambda: set(received) == expected, 10), (
+            sorted(expected - set(received))[:5], sorted(set(received) - expected)[:5], len(received))
+        assert len(received) >= 400
+        assert source.counters.sent.messages == 400
+    finally:
+        source.stop(publish_will=False)
+        sink.stop(publish_will=False)

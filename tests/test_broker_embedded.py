@@ -63,3 +63,27 @@ def test_url_before_start_is_an_error_and_config_binds_loopback() -> None:
     config = amqtt_config("127.0.0.1", 1234)
     assert config["listeners"]["default"]["bind"] == "127.0.0.1:1234"
     assert list(config["plugins"]) == ["amqtt.plugins.authentication.AnonymousAuthPlugin"]
+
+
+def test_client_drops_retained_messages_it_did_not_subscribe_to() -> None:
+    # amqtt replays retained messages matching other clients' subscriptions to new clients
+    with EmbeddedBroker() as broker:
+        watcher = MqttClient(broker.url, "watcher").start()
+        watcher.subscribe("parse/q/agents/+/status")
+        assert watcher.wait_subscribed(5)
+        with MqttClient(broker.url, "a1") as publisher:
+            publisher.publish("parse/q/agents/a1/status", b"retained", retain=True)
+            assert publisher.flush(5)
+        seen: list[str] = []
+        late = MqttClient(broker.url, "late", on_message=lambda t, p: seen.append(t)).start()
+        try:
+            late.subscribe("parse/q/metrics/a1")
+            assert late.wait_subscribed(5)
+            with MqttClient(broker.url, "a1") as publisher:
+                publisher.publish("parse/q/metrics/a1", b"{}")
+                assert publisher.flush(5)
+            assert wait_for(lambda: seen == ["parse/q/metrics/a1"], 5)
+            assert late.counters.received.messages == 1
+        finally:
+            late.stop(publish_will=False)
+            watcher.stop(publish_will=False)

@@ -122,3 +122,54 @@ def test_real_mosquitto_enforces_acl_and_password(tmp_path: Path, prefer_tool: b
         finally:
             a1.stop(publish_will=False)
             observer.stop(publish_will=False)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def _make_pki(d: Path) -> None:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=parse-edge test CA", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        extra = ["-extfile", "san.ext"] if name == "server" else []
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", *extra, cwd=d)
+
+
+def test_tls_listener_with_client_certificates(tmp_path: Path) -> None:
+    from broker.embedded import free_port
+    from broker.mosquitto import MosquittoProcess
+
+    # Prepare: a PKI and the generated TLS configuration
+    _make_pki(tmp_path)
+    port = free_port()
+    settings = MosquittoSettings(FLEET, ["a1"], port=port, bind_address="127.0.0.1",
+                                 persistence=False, require_client_certificate=True,
+                                 tls=TlsFiles(str(tmp_path / "ca.pem"), str(tmp_path / "server.pem"),
+                                              str(tmp_path / "server.key")))
+    files = write_mosquitto_config(settings, tmp_path / "conf")
+    url = f"mqtts://127.0.0.1:{port}"
+    with MosquittoProcess(files.conf, port):
+        # Execute / Assert: with a client certificate the round trip works over TLS
+        got = threading.Event()
+        client = MqttClient(url, "a1", on_message=lambda t, p: got.set(),
+                            tls=TlsFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"),
+                                         str(tmp_path / "client.key"))).start()
+        try:
+            client.subscribe(topics.metrics_topic(FLEET, "a1"))
+            assert client.wait_subscribed(5)
+            client.publish(topics.metrics_topic(FLEET, "a1"), b"{}")
+            assert got.wait(5)
+        finally:
+            client.stop(publish_will=False)
+        # without one, the handshake is refused
+        anonymous = MqttClient(url, "a1", tls=TlsFiles(str(tmp_path / "ca.pem")))
+        with pytest.raises(ConnectionError):
+            anonymous.start(timeout_s=1)
