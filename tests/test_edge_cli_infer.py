@@ -6,6 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +16,8 @@ import pytest
 from devices.runtime import Predictor
 from edge.cli import main
 from tests.exporters_toy import LABELS, toy_bundle
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Blocks every torch import, as on a board where torch is not installed.
 NO_TORCH = """
@@ -53,6 +57,44 @@ def test_infer_runs_with_torch_absent_and_prints_json(bundle):
     assert [p["label"] for p in out["predictions"]] == expected.labels
     probs = np.array([[p["probabilities"][c] for c in LABELS] for p in out["predictions"]])
     np.testing.assert_allclose(probs, expected.probabilities, atol=1e-6)
+
+
+# The inference-only install: `pip install --no-deps parse-edge` plus these distributions.
+BOARD_DISTRIBUTIONS = ("numpy", "onnxruntime", "PyYAML", "paho-mqtt")
+
+
+def _board_site(root: Path) -> Path:
+    """A site-packages holding only the board distributions (links to the installed copies)."""
+    site = root / "board-site"
+    site.mkdir()
+    for name in BOARD_DISTRIBUTIONS:
+        dist = metadata.distribution(name)
+        for top in {Path(str(f)).parts[0] for f in dist.files or []}:
+            source = Path(str(dist.locate_file(top)))
+            if source.exists() and not (site / top).exists() and top != "..":
+                (site / top).symlink_to(source)
+    return site
+
+
+def test_infer_runs_in_an_environment_without_torch_installed(bundle, tmp_path):
+    # Prepare: isolated interpreter (-I -S): stdlib + the board packages + this source tree
+    site = _board_site(tmp_path)
+    python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}"
+    code = (f"import sys; sys.path[:0] = [{str(site)!r}, {str(REPO)!r}]\n"
+            "try:\n    import torch\nexcept ImportError:\n    pass\n"
+            "else:\n    raise SystemExit('torch is importable here')\n"
+            "from edge.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    # Execute
+    proc = subprocess.run(
+        [str(python), "-I", "-S", "-c", code, "infer", str(bundle.dir),
+         str(bundle.root / "accel.npz"), "--json"],
+        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    # Assert
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["graph"] == "fused-accel" and out["missing"] == ["gyro"]
+    expected = Predictor(bundle.dir).predict({"accel": bundle.raw["accel"]})
+    assert [p["label"] for p in out["predictions"]] == expected.labels
 
 
 def test_missing_modality_is_served_and_reported(bundle, capsys):
