@@ -185,26 +185,38 @@ class Ina3221Reader:
 
 
 class _PowerIntegrator(threading.Thread):
-    """Samples an instantaneous power reader in the background and integrates it."""
+    """Samples an instantaneous power reader in the background and keeps a running integral."""
 
     def __init__(self, reader: Ina3221Reader, interval_s: float) -> None:
         super().__init__(name="ina3221-sampler", daemon=True)
         self.reader = reader
         self.interval_s = interval_s
-        self.samples: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+        self._last = (time.perf_counter(), reader.read_power_w())
+        self._energy_j = 0.0
         self._stop_event = threading.Event()
 
-    def run(self) -> None:
-        while True:
-            self.samples.append((time.perf_counter(), self.reader.read_power_w()))
-            if self._stop_event.wait(self.interval_s):
-                break
+    def _sample(self) -> float:
+        now = (time.perf_counter(), self.reader.read_power_w())
+        with self._lock:
+            self._energy_j += integrate_power_j([self._last, now])
+            self._last = now
+            return self._energy_j
 
-    def finish(self) -> float:
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            try:
+                self._sample()
+            except (OSError, ValueError):
+                continue  # a transient sysfs read error: the next sample bridges the gap
+
+    def energy_j(self) -> float:
+        """Joules since the first sample, up to a sample taken now."""
+        return self._sample()
+
+    def close(self) -> None:
         self._stop_event.set()
         self.join()
-        self.samples.append((time.perf_counter(), self.reader.read_power_w()))
-        return integrate_power_j(self.samples)
 
 
 def detect_backends(powercap_root: str | Path = "/sys/class/powercap",
@@ -242,7 +254,8 @@ class EnergyMeter:
             if self.backend is None and self.mode is EnergyMode.MEASURED:
                 reasons = "; ".join(s.reason for s in detect_backends(powercap_root, sys_root))
                 raise RuntimeError(f"energy mode 'measured': no readable backend ({reasons})")
-        self._rapl_start: dict[str, int] = {}
+        self._rapl_last: dict[str, int] = {}
+        self._rapl_j = 0.0
         self._integrator: _PowerIntegrator | None = None
         self._t0 = 0.0
 
@@ -257,19 +270,24 @@ class EnergyMeter:
         """Begin the interval now."""
         self._t0 = time.perf_counter()
         if isinstance(self.backend, RaplReader):
-            self._rapl_start = self.backend.read_uj()
+            self._rapl_last = self.backend.read_uj()
+            self._rapl_j = 0.0
         elif isinstance(self.backend, Ina3221Reader):
             self._integrator = _PowerIntegrator(self.backend, self.sample_interval_s)
             self._integrator.start()
         return self
 
-    def stop(self, usage: ResourceUsage | None = None, bytes_on_wire: int = 0) -> EnergyResult:
-        """Energy since `start()`; the estimate needs `usage` (CPU seconds) of the interval."""
+    def read(self, usage: ResourceUsage | None = None, bytes_on_wire: int = 0) -> EnergyResult:
+        """Energy since `start()`; the meter keeps running, so call it as often as needed (a
+        RAPL counter that wraps between two reads is accounted for). The estimate needs `usage`
+        (the interval's CPU seconds) and the bytes moved."""
         if isinstance(self.backend, RaplReader):
-            energy_j = self.backend.delta_j(self._rapl_start, self.backend.read_uj())
-            wall_s = time.perf_counter() - self._t0
+            now = self.backend.read_uj()
+            self._rapl_j += self.backend.delta_j(self._rapl_last, now)
+            self._rapl_last = now
+            energy_j, wall_s = self._rapl_j, time.perf_counter() - self._t0
         elif isinstance(self.backend, Ina3221Reader) and self._integrator is not None:
-            energy_j = self._integrator.finish()
+            energy_j = self._integrator.energy_j()
             wall_s = time.perf_counter() - self._t0  # after the last sample: spans it
         else:
             if usage is None:
@@ -279,3 +297,11 @@ class EnergyMeter:
                                          bytes_on_wire=bytes_on_wire)
         return EnergyResult(energy_j=energy_j, source=self.source, wall_s=wall_s)
 
+    def stop(self, usage: ResourceUsage | None = None, bytes_on_wire: int = 0) -> EnergyResult:
+        """Same as `read` (repeatable: each call is energy since `start()`)."""
+        return self.read(usage, bytes_on_wire)
+
+    def close(self) -> None:
+        """End background sampling (INA3221); `read` afterwards still works for RAPL/estimates."""
+        if self._integrator is not None:
+            self._integrator.close()

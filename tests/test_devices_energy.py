@@ -140,18 +140,25 @@ def test_measured_mode_without_a_backend_is_a_clear_error(tmp_path):
         EnergyMeter("x86", mode="measured", powercap_root=tmp_path, sys_root=tmp_path)
 
 
-def test_auto_mode_measures_with_rapl_when_readable(tmp_path):
-    # Prepare
+def test_auto_mode_measures_with_rapl_and_counts_a_wrap_between_reads(tmp_path):
+    # Prepare: counter range 1e9 uJ = 1000 J
     _rapl_tree(tmp_path, {"package-0": 10_000_000})
     meter = EnergyMeter("x86", powercap_root=tmp_path, sys_root=tmp_path / "none").start()
-    _write(tmp_path / "intel-rapl:0" / "energy_uj", "13500000")
-    # Execute
-    result = meter.stop()
+    counter = tmp_path / "intel-rapl:0" / "energy_uj"
+    # Execute: +3.5 J, then +985 J, then a wrap adding 10 J: two reads span > one range
+    _write(counter, "13500000")
+    first = meter.read()
+    _write(counter, "998500000")
+    second = meter.read()
+    _write(counter, "8500000")
+    third = meter.stop()
     # Assert
-    assert result.source == "measured:rapl" and result.energy_j == pytest.approx(3.5)
+    assert first.source == "measured:rapl" and first.energy_j == pytest.approx(3.5)
+    assert second.energy_j == pytest.approx(3.5 + 985.0)
+    assert third.energy_j == pytest.approx(3.5 + 985.0 + 10.0)
 
 
-def test_ina3221_meter_integrates_sampled_power(tmp_path):
+def test_ina3221_meter_integrates_sampled_power_and_keeps_running(tmp_path):
     # Prepare: a constant 6 W board
     dev = tmp_path / "bus/i2c/drivers/ina3221x/6-0040/iio:device0"
     _write(dev / "rail_name_0", "VDD_IN")
@@ -160,11 +167,17 @@ def test_ina3221_meter_integrates_sampled_power(tmp_path):
                         sample_interval_s=0.01)
     # Execute
     meter.start()
-    time.sleep(0.1)
-    result = meter.stop()
-    # Assert: 6 W over the sampled span, which lies within the measured interval
-    assert result.source == "measured:ina3221"
-    assert 0.5 * 6.0 * result.wall_s < result.energy_j <= 6.0 * result.wall_s + 1e-9
+    time.sleep(0.05)
+    first = meter.read()
+    _write(dev / "in_power0_input", "12000")  # the board gets busier
+    time.sleep(0.05)
+    second = meter.stop()
+    meter.close()
+    # Assert: 6 W, then up to 12 W, over spans that lie within the measured intervals
+    assert first.source == "measured:ina3221"
+    assert 0.5 * 6.0 * first.wall_s < first.energy_j <= 6.0 * first.wall_s + 1e-9
+    assert second.energy_j > first.energy_j + 6.0 * 0.04
+    assert second.energy_j <= first.energy_j + 12.0 * (second.wall_s - first.wall_s) + 1e-9
 
 
 def test_estimate_needs_usage(tmp_path):
