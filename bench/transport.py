@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from broker import codecs, topics  # noqa: E402
 from broker.client import MqttClient  # noqa: E402
-from broker.codecs import parse_codec_spec  # noqa: E402
+from broker.codec_spec import parse_codec_spec  # noqa: E402
 from broker.embedded import free_port  # noqa: E402
 from broker.exchange import UpdateReceiver, UpdateSender  # noqa: E402
 from broker.mosquitto import MosquittoProcess, MosquittoSettings, write_mosquitto_config  # noqa: E402

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from broker.codec_spec import CodecSpec
 
 FP16_MAX = 65504.0
 DEFAULT_BLOCK = 256
@@ -39,106 +42,6 @@ class CodecId(IntEnum):
 
 class CodecError(ValueError):
     """A codec payload that cannot be decoded into the announced number of elements."""
-
-
-@dataclass(frozen=True)
-class CodecSpec:
-    """How a sender encodes one branch.
-
-    `difference` turns on CHOCO-style difference coding (send codec(x - x̂) against the copy x̂ the
-    receivers hold); `topk` always implies it, since a sparse absolute parameter vector is useless.
-    Keyframes (full updates) use `keyframe_codec`.
-    """
-
-    codec: CodecId = CodecId.FP32
-    k_fraction: float = DEFAULT_K_FRACTION
-    block_size: int = DEFAULT_BLOCK
-    difference: bool = False
-    keyframe_codec: CodecId = CodecId.FP32
-    error_feedback: bool = True  # False: deltas between true vectors; what a codec drops is lost
-
-    def __str__(self) -> str:
-        text = self.codec.name.lower()
-        if self.codec is CodecId.TOPK:
-            text += f":{self.k_fraction:g}"
-        elif self.codec is CodecId.INT8 and self.block_size != DEFAULT_BLOCK:
-            text += f":{self.block_size}"
-        if self.difference and self.codec is not CodecId.TOPK:
-            text = "choco+" + text
-        if self.keyframe_codec is not _default_keyframe(self.codec):
-            text += f"/{self.keyframe_codec.name.lower()}"
-        if not self.error_feedback:
-            text += ",noef"
-        return text
-
-
-def _default_keyframe(codec: CodecId) -> CodecId:
-    return CodecId.FP32 if codec is CodecId.TOPK else codec
-
-
-def codec_spec(codec: str, topk_fraction: float = DEFAULT_K_FRACTION,
-               difference_coding: bool = False, error_feedback: bool = True,
-               block_size: int = DEFAULT_BLOCK, keyframe_codec: str | None = None) -> CodecSpec:
-    """A spec from separate settings (the shape of a fleet config's `comm` section)."""
-    codec_id = _codec_name(codec, "codec")
-    if codec_id is CodecId.TOPK and not 0.0 < topk_fraction <= 1.0:
-        raise ValueError(f"topk_fraction: expected a fraction in (0, 1], got {topk_fraction}")
-    if block_size < 1:
-        raise ValueError(f"block_size: expected >= 1, got {block_size}")
-    keyframe = _codec_name(keyframe_codec, "keyframe_codec") if keyframe_codec else None
-    if keyframe is CodecId.TOPK:
-        raise ValueError("keyframe_codec: keyframes must be dense (fp32, fp16 or int8)")
-    return CodecSpec(codec=codec_id, k_fraction=topk_fraction, block_size=block_size,
-                     difference=difference_coding or codec_id is CodecId.TOPK,
-                     keyframe_codec=keyframe or _default_keyframe(codec_id),
-                     error_feedback=error_feedback)
-
-
-def _codec_name(text: str, field: str) -> CodecId:
-    try:
-        return CodecId[text.strip().upper()]
-    except KeyError:
-        names = ", ".join(c.name.lower() for c in CodecId)
-        raise ValueError(f"{field}: unknown codec {text!r}; expected one of {names}") from None
-
-
-def parse_codec_spec(text: str) -> CodecSpec:
-    """Parse `[choco+]NAME[:PARAM][/KEYFRAME][,noef]`, e.g. `fp16`, `int8:128`, `topk:0.01`,
-    `choco+int8`, `topk:0.02/fp16`, `topk:0.01,noef`. PARAM is the kept fraction for topk and the
-    block size for int8; `noef` turns error feedback off (an ablation)."""
-    spec_text = text.strip().lower()
-    spec_text, _, options = spec_text.partition(",")
-    if options not in ("", "noef"):
-        raise ValueError(f"codec {text!r}: unknown option {options!r}; expected 'noef'")
-    difference = spec_text.startswith("choco+")
-    if difference:
-        spec_text = spec_text[len("choco+"):]
-    spec_text, _, keyframe_text = spec_text.partition("/")
-    name, _, param = spec_text.partition(":")
-    codec = _codec_name(name, "codec")
-    spec = CodecSpec(codec=codec, difference=difference or codec is CodecId.TOPK,
-                     keyframe_codec=_default_keyframe(codec), error_feedback=options != "noef")
-    if keyframe_text:
-        keyframe = _codec_name(keyframe_text, "codec keyframe")
-        if keyframe is CodecId.TOPK:
-            raise ValueError(f"codec {text!r}: keyframes must be dense (fp32, fp16 or int8)")
-        spec = replace(spec, keyframe_codec=keyframe)
-    if param:
-        try:
-            value = float(param)
-        except ValueError:
-            raise ValueError(f"codec {text!r}: parameter {param!r} is not a number") from None
-        if codec is CodecId.TOPK:
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"codec {text!r}: topk fraction must be in (0, 1], got {param}")
-            spec = replace(spec, k_fraction=value)
-        elif codec is CodecId.INT8:
-            if value != int(value) or not 1 <= value <= 1 << 20:
-                raise ValueError(f"codec {text!r}: int8 block size must be an integer >= 1")
-            spec = replace(spec, block_size=int(value))
-        else:
-            raise ValueError(f"codec {text!r}: {name} takes no parameter")
-    return spec
 
 
 # --- dense codecs -------------------------------------------------------------------------------
@@ -316,15 +219,16 @@ def decode_topk(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
 
 def encode(codec: CodecId, vector: np.ndarray, spec: CodecSpec | None = None) -> bytes:
     """Encode `vector` with `codec`, taking parameters (k fraction, block size) from `spec`."""
-    spec = spec or CodecSpec()
+    block_size = spec.block_size if spec is not None else DEFAULT_BLOCK
+    k_fraction = spec.k_fraction if spec is not None else DEFAULT_K_FRACTION
     if codec is CodecId.FP32:
         return encode_fp32(vector)
     if codec is CodecId.FP16:
         return encode_fp16(vector)
     if codec is CodecId.INT8:
-        return encode_int8(vector, spec.block_size)
+        return encode_int8(vector, block_size)
     if codec is CodecId.TOPK:
-        return encode_topk(vector, spec.k_fraction, spec.block_size)
+        return encode_topk(vector, k_fraction, block_size)
     raise ValueError(f"codec: unknown {codec!r}")
 
 
@@ -346,7 +250,7 @@ class ErrorFeedback:
 
     def __init__(self, codec: CodecId, spec: CodecSpec | None = None) -> None:
         self.codec = codec
-        self.spec = spec or CodecSpec(codec=codec)
+        self.spec = spec
         self.residual: np.ndarray | None = None
 
     def compress(self, vector: np.ndarray) -> tuple[bytes, np.ndarray]:

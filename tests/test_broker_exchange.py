@@ -199,7 +199,7 @@ def test_named_bad_cases_are_rejected_with_their_reason(caplog: pytest.LogCaptur
     }
     for reason, (topic, data, key) in cases.items():
         receiver = _receiver(n, key)
-        with caplog.at_level(logging.WARNING, logger="broker.exchange"):
+        with caplog.at_level(logging.WARNING, logger="broker.receiver"):
             assert receiver.feed(topic, data) is None, reason
         assert receiver.rejections == {reason: 1}, (reason, receiver.rejections)
         assert receiver.reference_round("a1", BRANCH) is None
