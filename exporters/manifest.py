@@ -63,6 +63,8 @@ class GraphEntry:
     max_abs_diff: float | None = None
     # int8 fused graphs only: fraction of examples whose argmax equals the fp32 torch argmax.
     argmax_agreement: float | None = None
+    # Why the TorchScript fallback was used, when it was.
+    exporter_note: str | None = None
 
 
 @dataclass
@@ -161,7 +163,7 @@ def _graph(raw: Any, source: str, idx: int) -> GraphEntry:
         inputs=[_tensor(t, source, f"{what}.inputs[{i}]") for i, t in enumerate(raw["inputs"])],
         outputs=[_tensor(t, source, f"{what}.outputs[{i}]") for i, t in enumerate(raw["outputs"])],
         exporter=raw["exporter"], max_abs_diff=raw.get("max_abs_diff"),
-        argmax_agreement=raw.get("argmax_agreement"),
+        argmax_agreement=raw.get("argmax_agreement"), exporter_note=raw.get("exporter_note"),
     )
 
 

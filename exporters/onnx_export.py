@@ -112,9 +112,10 @@ def _trace_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
     return tuple(rows)
 
 
-def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> str:
+def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> tuple[str, str | None]:
     """Write `spec` to a single-file ONNX at `path` with a dynamic batch axis; returns the
-    exporter used ("dynamo", or "torchscript" when dynamo cannot handle the module)."""
+    exporter used ("dynamo", or "torchscript" when dynamo cannot handle the module) and, for
+    the fallback, why dynamo failed."""
     module = spec.module.eval()
     args = _trace_inputs(spec)
     with _quiet_exporter():
@@ -132,17 +133,26 @@ def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> str:
             )
             program.save(str(path), external_data=False)
             _name_batch_axis(path)
-            return "dynamo"
+            return "dynamo", None
         except Exception as exc:  # any dynamo failure: fall back and say so in the manifest
-            logging.getLogger(__name__).info("dynamo export of %s failed (%s); using TorchScript",
-                                             spec.name, exc)
+            reason = _first_cause(exc)
+            logging.getLogger(__name__).warning(
+                "dynamo export of %s failed (%s); using the TorchScript exporter", spec.name,
+                reason)
         names = [*spec.input_names, *spec.output_names]
         torch.onnx.export(
             module, args, str(path), input_names=spec.input_names,
             output_names=spec.output_names, opset_version=opset or 17, dynamo=False,
             dynamic_axes={n: {0: BATCH_DIM} for n in names},
         )
-        return "torchscript"
+        return "torchscript", reason
+
+
+def _first_cause(exc: Exception) -> str:
+    """One line saying why torch.export failed (its messages run to dozens of lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    summary = next((ln for ln in lines if ln.startswith("<class")), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {summary}"[:300]
 
 
 def _name_batch_axis(path: Path) -> None:
@@ -264,7 +274,7 @@ def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str]
     quant: dict[str, Any] = {"mode": "dynamic", "weight_type": "int8", "graphs": {}}
     for spec in graphs:
         path = stage / f"{spec.name}.onnx"
-        exporter = export_onnx(spec, path, opset)
+        exporter, exporter_note = export_onnx(spec, path, opset)
         opsets.add(_check_onnx(spec, path))
         diff, expected = check_parity(spec.name, spec.module, path, spec.example_inputs,
                                       spec.input_names, tolerance)
@@ -277,7 +287,7 @@ def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str]
         if spec.role == "encoder" and len(spec.modalities) == 1:
             slice_dims[spec.modalities[0]] = {o.name: o.shape[-1] for o in outputs}
         common = dict(role=spec.role, modalities=list(spec.modalities), inputs=inputs,
-                      outputs=outputs, exporter=exporter)
+                      outputs=outputs, exporter=exporter, exporter_note=exporter_note)
         entries.append(GraphEntry(name=spec.name, precision="fp32", file=path.name,
                                   sha256=sha256_file(path), size_bytes=path.stat().st_size,
                                   max_abs_diff=diff, **common))

@@ -139,6 +139,33 @@ def test_parity_failure_fails_the_export_and_leaves_no_bundle(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == []  # staging directory removed too
 
 
+class Branchy(nn.Module):
+    """Data-dependent Python control flow: torch.export refuses it, TorchScript traces it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x[:, :4] * 2
+        return -x[:, :4]
+
+
+def test_dynamo_failure_falls_back_to_torchscript_and_says_why(tmp_path):
+    # Prepare: positive inputs, so the traced branch is the one parity sees
+    x = np.abs(np.random.default_rng(0).normal(size=(8, 6))).astype(np.float32)
+    spec = GraphSpec("fused-accel", "fused", Branchy(), ["accel"], ["logits"], ("accel",),
+                     {"accel": x})
+    # Execute
+    manifest = export_graphs([spec], tmp_path / "out", labels=LABELS,
+                             norm={"accel": {"mean": [0.0] * 6, "std": [1.0] * 6}},
+                             input_shapes={"accel": (6,)})
+    # Assert
+    (entry,) = manifest.graphs
+    assert entry.exporter == "torchscript"
+    assert "data-dependent" in entry.exporter_note and "\n" not in entry.exporter_note
+    assert entry.max_abs_diff <= 1e-4
+    pred = Predictor(tmp_path / "out").predict({"accel": x[:3]})
+    assert pred.probabilities.shape == (3, len(LABELS))
+
+
 def test_reexport_replaces_the_previous_bundle_files(tmp_path):
     # Prepare
     out = tmp_path / "b"
