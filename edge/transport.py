@@ -13,7 +13,7 @@ import numpy as np
 
 from broker import topics
 from broker.client import MqttClient, TlsFiles
-from broker.codecs import codec_spec
+from broker.codec_spec import codec_spec
 from broker.discovery import AgentStatus, NeighbourTable, encode_status, offline_status
 from broker.exchange import (
     KeyframeRequest,
