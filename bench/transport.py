@@ -172,6 +172,7 @@ def _raw_paho_run(url_port: int, messages: list[tuple[str, bytes]], n_updates: i
     sub.on_subscribe = lambda *a: subscribed.set()
     sub.on_connect = lambda c, *a: c.subscribe("parse/bench/updates/a1/#", qos=1)
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="a1")
+    pub.username_pw_set("a1")  # the generated ACL lets username a1 write a1's topics
     pub.max_inflight_messages_set(64)
     for c in (sub, pub):
         c.connect("127.0.0.1", url_port)
@@ -204,7 +205,8 @@ def _full_stack_run(url: str, vector: np.ndarray, n_updates: int, spec: str) -> 
                 done.set()
 
     sender = UpdateSender("bench", "a1", spec)
-    with MqttClient(url, "a2", on_message=on_message) as sub, MqttClient(url, "a1") as pub:
+    with MqttClient(url, "a2", on_message=on_message) as sub, \
+            MqttClient(url, "a1", username="a1") as pub:
         sub.subscribe(topics.updates_filter("bench", "a1"))
         sub.wait_subscribed(10)
         start = time.perf_counter()

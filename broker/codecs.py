@@ -268,3 +268,13 @@ class ErrorFeedback:
     def reset(self) -> None:
         """Forget the residual (after a keyframe re-synchronises sender and receivers)."""
         self.residual = None
+
+
+def __getattr__(name: str) -> object:
+    # Specs moved to broker.codec_spec; keep `from broker.codecs import codec_spec` working
+    # without a circular import at load time.
+    if name in ("CodecSpec", "codec_spec", "parse_codec_spec"):
+        from broker import codec_spec as spec_module
+
+        return getattr(spec_module, name)
+    raise AttributeError(f"module 'broker.codecs' has no attribute {name!r}")

@@ -1,9 +1,12 @@
 """Mosquitto configuration for a fleet: mosquitto.conf, an ACL and a password file.
 
-The ACL gives every client read access to its fleet and write access only to its own topics,
-identified by MQTT client id (`%c`): agents must connect with client id = agent id. With a
-fleet-wide username/password (the config's `broker.username/password`) the password file holds
-that user; without credentials the listener allows anonymous clients and the ACL still applies.
+Identity is the MQTT *username*: every client may read its fleet, and may write only the topics of
+the agent named by its username (`agents/<id>/…`, `updates/<id>/…`, `metrics/<id>`) plus the
+fleet's control topic. So an agent connects with username = its agent id; the client id is free
+(e.g. `<fleet>-<agent>`, unique on a shared broker). With credentials in the config, the password
+file holds one user per agent plus the config's username, all with the config's password;
+without them the listener is anonymous and the ACL still keeps agents on their own topics
+(against mistakes, not attackers: anyone may claim any username).
 """
 
 from __future__ import annotations
@@ -82,11 +85,11 @@ def render_acl(fleet: str, agent_ids: list[str]) -> str:
     agents = ", ".join(agent_ids) if agent_ids else "(none listed)"
     return "\n".join([
         f"# parse-edge ACL for fleet {fleet}; agents: {agents}",
-        "# Each client may write only under its own client id (= agent id).",
+        "# Each client writes only under the agent id given as its MQTT username.",
         f"pattern read {root}/#",
-        f"pattern write {root}/agents/%c/#",
-        f"pattern write {root}/updates/%c/#",
-        f"pattern write {root}/metrics/%c",
+        f"pattern write {root}/agents/%u/#",
+        f"pattern write {root}/updates/%u/#",
+        f"pattern write {root}/metrics/%u",
         f"pattern write {root}/control",
         "",
     ])
@@ -177,7 +180,9 @@ def write_mosquitto_config(settings: MosquittoSettings, out_dir: Path,
     tool: str | None = None
     if settings.username is not None and settings.password is not None:
         passwd = out_dir / "passwd"
-        tool = write_passwd(passwd, {settings.username: settings.password}, prefer_tool)
+        users = {agent: settings.password for agent in settings.agent_ids}
+        users[settings.username] = settings.password
+        tool = write_passwd(passwd, users, prefer_tool)
     conf = out_dir / "mosquitto.conf"
     conf.write_text(render_conf(settings, out_dir, has_passwd=passwd is not None))
     return MosquittoFiles(conf, acl, passwd, tool)

@@ -59,7 +59,9 @@ class Agent:
         self.sender = UpdateSender(FLEET, agent, "fp32", hmac_key=KEY)
         self.receiver = UpdateReceiver(FLEET, lambda b: (SIG, N_ELEMENTS) if b == BRANCH else None,
                                        hmac_key=KEY)
-        self.client = MqttClient(url, agent, on_message=self.on_message, protocol=protocol,
+        # username = agent id is what the generated Mosquitto ACL keys on; the client id is free
+        self.client = MqttClient(url, f"{FLEET}-{agent}", username=agent,
+                                 on_message=self.on_message, protocol=protocol,
                                  will=(topics.status_topic(FLEET, agent), offline_status(agent)))
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -116,7 +118,8 @@ from broker.client import MqttClient
 from broker.discovery import AgentStatus, encode_status, offline_status
 url, fleet, agent, protocol = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 status = topics.status_topic(fleet, agent)
-client = MqttClient(url, agent, protocol=protocol, will=(status, offline_status(agent)), keepalive_s=60)
+client = MqttClient(url, fleet + "-" + agent, username=agent, protocol=protocol,
+                    will=(status, offline_status(agent)), keepalive_s=60)
 client.start()
 client.publish(status, encode_status(AgentStatus(agent, True, ("accel",), {"enc/accel": "s1"})),
                retain=True)
@@ -130,7 +133,8 @@ def test_sigkilled_agent_shows_offline_through_its_last_will(broker: tuple[str, 
     # Prepare: an observer folding status messages into a neighbour table
     url, protocol = broker
     table = NeighbourTable(FLEET, {"a1": ["a3"], "a3": ["a1"]})
-    observer = MqttClient(url, "a1", protocol=protocol, on_message=table.observe)
+    observer = MqttClient(url, f"{FLEET}-a1", username="a1", protocol=protocol,
+                          on_message=table.observe)
     observer.start()
     observer.subscribe(topics.status_filter(FLEET))
     child = subprocess.Popen([sys.executable, "-c", _CHILD, url, FLEET, "a3", str(protocol)],
@@ -157,9 +161,10 @@ def test_sigkilled_agent_shows_offline_through_its_last_will(broker: tuple[str, 
 def test_stop_publishes_offline_status_and_flush_waits_for_acks(broker: tuple[str, int]) -> None:
     url, protocol = broker
     table = NeighbourTable(FLEET, {"a1": ["a2"]})
-    observer = MqttClient(url, "a1", protocol=protocol, on_message=table.observe).start()
+    observer = MqttClient(url, f"{FLEET}-a1", username="a1", protocol=protocol,
+                          on_message=table.observe).start()
     observer.subscribe(topics.status_filter(FLEET))
-    agent = MqttClient(url, "a2", protocol=protocol,
+    agent = MqttClient(url, f"{FLEET}-a2", username="a2", protocol=protocol,
                        will=(topics.status_topic(FLEET, "a2"), offline_status("a2"))).start()
     try:
         agent.publish(topics.status_topic(FLEET, "a2"),
@@ -206,8 +211,8 @@ def test_publish_from_many_threads_loses_nothing(broker: tuple[str, int]) -> Non
         with lock:
             received.append(payload)
 
-    sink = MqttClient(url, "a2", protocol=protocol, on_message=record).start()
-    source = MqttClient(url, "a1", protocol=protocol).start()
+    sink = MqttClient(url, f"{FLEET}-a2", username="a2", protocol=protocol, on_message=record).start()
+    source = MqttClient(url, f"{FLEET}-a1", username="a1", protocol=protocol).start()
     try:
         sink.subscribe(topics.metrics_topic(FLEET, "a1"))
         assert sink.wait_subscribed(5)

@@ -27,9 +27,9 @@ def test_acl_lets_each_agent_write_only_its_own_topics() -> None:
     lines = [line for line in acl.splitlines() if not line.startswith("#")]
     assert lines == [
         f"pattern read parse/{FLEET}/#",
-        f"pattern write parse/{FLEET}/agents/%c/#",
-        f"pattern write parse/{FLEET}/updates/%c/#",
-        f"pattern write parse/{FLEET}/metrics/%c",
+        f"pattern write parse/{FLEET}/agents/%u/#",
+        f"pattern write parse/{FLEET}/updates/%u/#",
+        f"pattern write parse/{FLEET}/metrics/%u",
         f"pattern write parse/{FLEET}/control",
     ]
 
@@ -96,9 +96,10 @@ def test_real_mosquitto_enforces_acl_and_password(tmp_path: Path, prefer_tool: b
             with lock:
                 seen.append(topic)
 
-        observer = MqttClient(mosquitto.url, "a2", username="fleet", password=password,
+        observer = MqttClient(mosquitto.url, "observer", username="fleet", password=password,
                               on_message=record).start()
-        a1 = MqttClient(mosquitto.url, "a1", username="fleet", password=password, protocol=5).start()
+        # a1 even borrows a2's client id: the ACL goes by the authenticated username
+        a1 = MqttClient(mosquitto.url, "a2", username="a1", password=password, protocol=5).start()
         try:
             observer.subscribe(f"parse/{FLEET}/#")
             assert observer.wait_subscribed(5)
@@ -116,7 +117,9 @@ def test_real_mosquitto_enforces_acl_and_password(tmp_path: Path, prefer_tool: b
             with lock:
                 assert seen == allowed
             assert a1.is_connected  # Mosquitto drops the messages, not the client
-            intruder = MqttClient(mosquitto.url, "a3", username="fleet", password="wrong")
+            users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
+            assert sorted(users) == ["a1", "a2", "fleet"]
+            intruder = MqttClient(mosquitto.url, "a3", username="a2", password="wrong")
             with pytest.raises(ConnectionError, match=r"[Nn]ot authori[sz]ed"):
                 intruder.start(timeout_s=1)
         finally:
@@ -159,7 +162,7 @@ def test_tls_listener_with_client_certificates(tmp_path: Path) -> None:
     with MosquittoProcess(files.conf, port):
         # Execute / Assert: with a client certificate the round trip works over TLS
         got = threading.Event()
-        client = MqttClient(url, "a1", on_message=lambda t, p: got.set(),
+        client = MqttClient(url, "a1", username="a1", on_message=lambda t, p: got.set(),
                             tls=TlsFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"),
                                          str(tmp_path / "client.key"))).start()
         try:

@@ -42,7 +42,7 @@ def test_mosquitto_conf_from_config_runs_under_mosquitto(tmp_path: Path,
     assert "acl (8 agents" in printed and "passwd" in printed
     acl = (out / "acl").read_text()
     assert "a0, a1, a2, a3, a4, a5, a6, a7" in acl
-    assert "pattern write parse/basic-motions-demo/updates/%c/#" in acl
+    assert "pattern write parse/basic-motions-demo/updates/%u/#" in acl
     assert f"listener {port} 127.0.0.1" in (out / "mosquitto.conf").read_text()
     with MosquittoProcess(out / "mosquitto.conf", port) as mosquitto, \
             MqttClient(mosquitto.url, "a0", username="fleet", password="pw") as client:

@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
     conf = actions.add_parser("mosquitto-conf", help="write mosquitto.conf + acl + passwd for a fleet",
                               description="Write mosquitto.conf, an ACL (each agent writes only its "
-                                          "own topics; client id = agent id) and, when the config "
+                                          "own topics; MQTT username = agent id) and, when the config "
                                           "sets broker credentials, a password file.")
     conf.add_argument("config", metavar="CONFIG", help="fleet config (YAML)")
     conf.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
@@ -116,8 +116,10 @@ def run_mosquitto_conf(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"--out {args.out}: cannot write ({exc.strerror})") from None
     print(f"wrote {files.conf}")
-    print(f"wrote {files.acl} ({len(settings.agent_ids)} agents; client id must equal agent id)")
+    print(f"wrote {files.acl} ({len(settings.agent_ids)} agents; each connects with MQTT username "
+          "= its agent id)")
     if files.passwd is not None:
-        print(f"wrote {files.passwd} (user {settings.username}, hashed with {files.passwd_tool})")
+        print(f"wrote {files.passwd} (users {settings.username} and every agent id, all with the "
+              f"config's password; hashed with {files.passwd_tool})")
     print(f"run: mosquitto -c {files.conf}")
     return 0
