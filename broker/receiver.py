@@ -163,16 +163,16 @@ class UpdateReceiver:
             raise RejectedError(Reject.OVERSIZED,
                                 f"update of {header.total_len} bytes for {n_elements} elements")
         ref_key = (header.sender, header.branch_key)
-        last_round = self._last_round.get(ref_key)
-        if last_round is not None and header.round_idx < last_round:
-            raise RejectedError(Reject.STALE, f"round {header.round_idx} < accepted round {last_round}")
         # Every identity field is part of the key: a chunk whose header disagrees with its
         # siblings lands in an entry of its own and the update never completes (then expires).
         update_key = _UpdateKey(header.sender, header.branch_key, header.round_idx, header.signature,
                                 int(header.codec), header.ref_round, header.n_elements,
                                 header.total_len, header.chunk_count, header.sha256)
-        if update_key in self._delivered:
+        if update_key in self._delivered:  # before the stale check: a late QoS 1 redelivery
             raise RejectedError(Reject.DUPLICATE, f"round {header.round_idx} already delivered")
+        last_round = self._last_round.get(ref_key)
+        if last_round is not None and header.round_idx < last_round:
+            raise RejectedError(Reject.STALE, f"round {header.round_idx} < accepted round {last_round}")
         assembled = self._reassembler.add(update_key, header.chunk_index, header.chunk_count,
                                           header.chunk_offset, header.total_len, piece, len(data))
         if assembled is None:

@@ -139,6 +139,11 @@ def test_duplicates_stale_and_interleaving() -> None:
     for u in updates:
         np.testing.assert_array_equal(u.vector, _vector(n, int(u.sender[1])))
     assert receiver.rejections[Reject.DUPLICATE] > 0
+    duplicates_before = receiver.rejections[Reject.DUPLICATE]
+    newer = senders[0].encode(6, BRANCH, SIG, _vector(n, 9))
+    assert len(_deliver(receiver, newer)) == 1
+    assert _deliver(receiver, batches[0][:1]) == []  # a late redelivery of round 5: a duplicate
+    assert receiver.rejections[Reject.DUPLICATE] == duplicates_before + 1
     old = senders[0].encode(4, BRANCH, SIG, _vector(n, 0))
     assert _deliver(receiver, old) == []
     assert receiver.rejections[Reject.STALE] == len(old)
