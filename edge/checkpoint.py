@@ -58,7 +58,7 @@ def spec_from_dict(raw: dict) -> ModelSpec:
         input_shapes={m: tuple(s) for m, s in raw["input_shapes"].items()},
         families=families, n_classes=raw["n_classes"], arch=raw["arch"],
         split=tuple(raw["split"]), fusion=raw["fusion"], tensor_rank=raw["tensor_rank"],
-        combiner=raw["combiner"],
+        combiner=raw["combiner"], head_hidden=raw.get("head_hidden", 0),
     )
 
 

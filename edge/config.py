@@ -116,6 +116,7 @@ class ModelConfig:
     fusion: Literal["concat", "sum", "gated", "tensor"] = "concat"
     tensor_rank: int = 4
     combiner: Literal["sum", "mean", "gate", "fusion"] = "sum"
+    head_hidden: int = 0
     share_heads: bool = False
 
 
@@ -351,6 +352,8 @@ def _check_model(cfg: FleetConfig) -> None:
                               f"{fam.latent} ({name}) leaves a slice with zero width")
     if cfg.model.tensor_rank < 1:
         raise ConfigError(cfg.source, "model.tensor_rank", "expected an integer >= 1")
+    if cfg.model.head_hidden < 0:
+        raise ConfigError(cfg.source, "model.head_hidden", "expected 0 (linear heads) or a width")
 
 
 def _check_training(cfg: FleetConfig) -> None:

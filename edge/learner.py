@@ -46,7 +46,8 @@ def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict
     return ModelSpec(modalities=modalities,
                      input_shapes={k: input_shapes[k] for k in modalities},
                      families=dict(cfg.families), n_classes=n_classes, arch=arch, split=m.split,
-                     fusion=m.fusion, tensor_rank=m.tensor_rank, combiner=m.combiner)
+                     fusion=m.fusion, tensor_rank=m.tensor_rank, combiner=m.combiner,
+                     head_hidden=m.head_hidden)
 
 
 def build_model(spec: ModelSpec, seed: int) -> AgentModel:

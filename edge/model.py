@@ -36,6 +36,7 @@ class ModelSpec:
     fusion: str = "concat"        # concat | sum | gated | tensor
     tensor_rank: int = 4
     combiner: str = "sum"         # sum | mean | gate | fusion
+    head_hidden: int = 0          # 0: linear slice heads; else one hidden ReLU layer this wide
     head_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +80,13 @@ def trunk(family: FamilyConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module, i
         layers += [nn.Linear(width_in, width), nn.ReLU()]
         width_in = width
     return nn.Sequential(*layers), width_in
+
+
+def head(width_in: int, n_classes: int, hidden: int) -> nn.Module:
+    """A slice head: linear, or with one hidden ReLU layer."""
+    if hidden <= 0:
+        return nn.Linear(width_in, n_classes)
+    return nn.Sequential(nn.Linear(width_in, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
 
 class GlobalPool(nn.Module):
@@ -172,13 +180,13 @@ class AgentModel(nn.Module):
                 m: SlicedEncoder(spec.families[m], spec.input_shapes[m], widths[m], spec.multimodal)
                 for m in mods
             })
-            heads = {"R": nn.Linear(r_width, spec.n_classes)}
-            heads |= {f"U_{m}": nn.Linear(widths[m][1], spec.n_classes) for m in mods}
+            heads = {"R": head(r_width, spec.n_classes, spec.head_hidden)}
+            heads |= {f"U_{m}": head(widths[m][1], spec.n_classes, spec.head_hidden) for m in mods}
             if spec.multimodal:
                 s_out = max(w[2] for w in widths.values())
                 self.fusion = Fusion(spec.fusion, [widths[m][2] for m in mods], s_out,
                                      spec.tensor_rank)
-                heads["S"] = nn.Linear(s_out, spec.n_classes)
+                heads["S"] = head(s_out, spec.n_classes, spec.head_hidden)
             self.heads = nn.ModuleDict(heads)
             self.combiner = Combiner(spec, widths)
         else:
