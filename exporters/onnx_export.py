@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
 import json
-import logging
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import torch
 
+from exporters.convert import (
+    ExportError,
+    GraphSpec,
+    check_onnx,
+    export_onnx,
+    torchlib_ops_cached,
+)
 from exporters.manifest import (
     BATCH_DIM,
     MANIFEST_NAME,
@@ -36,26 +36,9 @@ from exporters.norm import norm_entry
 from exporters.parity import FP32_TOLERANCE, ParityError, check_parity
 from exporters.quantize import compare_int8, quantize_int8
 
+__all__ = ["ExportError", "GraphSpec", "export_graphs", "export_onnx"]
+
 QUANTIZE_MODES = ("int8",)
-# Rows of the example inputs used for tracing: >= 2 so torch.export keeps the batch axis symbolic.
-TRACE_ROWS = 4
-
-
-class ExportError(ValueError):
-    """The export cannot produce a bundle that serves what the model computes; one line."""
-
-
-@dataclass
-class GraphSpec:
-    """One graph to export, as the model describes it."""
-
-    name: str  # file stem: "encoder-accel", "head-R", "head-U-accel", "fused-accel+gyro"
-    role: str  # "encoder" | "head" | "fused"
-    module: torch.nn.Module  # forward(*inputs) -> tensor or tuple of tensors
-    input_names: list[str]
-    output_names: list[str]
-    modalities: tuple[str, ...]  # what the graph consumes (fused: the subset it serves)
-    example_inputs: dict[str, np.ndarray]  # real normalised inputs, float32, batch >= 1
 
 
 def software_version() -> str:
@@ -64,126 +47,6 @@ def software_version() -> str:
         return version("parse-edge")
     except PackageNotFoundError:
         return "unknown"
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    # The dynamo exporter logs optional-dependency notices and deprecations that are noise here.
-    logger = logging.getLogger("torch.onnx")
-    old_level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(old_level)
-
-
-@contextlib.contextmanager
-def _torchlib_ops_cached() -> Iterator[None]:
-    """Build the exporter's table of ONNX decompositions once per export run, not per graph.
-
-    torch.onnx rebuilds it from onnxscript sources on every call (~1.5 s); the table only
-    depends on the installed packages. Private API, so any mismatch just skips the speed-up.
-    """
-    try:
-        from torch.onnx._internal import _lazy_import
-
-        module = importlib.import_module(_lazy_import.onnxscript_apis._name)
-        original = module.get_torchlib_ops
-    except (ImportError, AttributeError):
-        yield
-        return
-    module.get_torchlib_ops = functools.cache(original)
-    try:
-        yield
-    finally:
-        module.get_torchlib_ops = original
-
-
-def _trace_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
-    rows = []
-    for n in spec.input_names:
-        x = np.asarray(spec.example_inputs[n], dtype=np.float32)[:TRACE_ROWS]
-        if len(x) < 2:
-            x = np.concatenate([x, x])
-        rows.append(torch.from_numpy(np.ascontiguousarray(x)))
-    return tuple(rows)
-
-
-def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> tuple[str, str | None]:
-    """Write `spec` to a single-file ONNX at `path` with a dynamic batch axis; returns the
-    exporter used ("dynamo", or "torchscript" when dynamo cannot handle the module) and, for
-    the fallback, why dynamo failed."""
-    module = spec.module.eval()
-    args = _trace_inputs(spec)
-    with _quiet_exporter():
-        try:
-            # A ShapesCollection keys the dynamic axis by tensor, so it fits any forward
-            # signature (positional, *args) without knowing its structure.
-            batch = torch.export.Dim(BATCH_DIM, min=1)
-            shapes = torch.export.ShapesCollection()
-            for arg in args:
-                shapes[arg] = {0: batch}
-            program = torch.onnx.export(
-                module, args, input_names=spec.input_names, output_names=spec.output_names,
-                opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=shapes,
-            )
-            program.save(str(path), external_data=False)
-            _name_batch_axis(path)
-            return "dynamo", None
-        except Exception as exc:  # any dynamo failure: fall back and say so in the manifest
-            reason = _first_cause(exc)
-            logging.getLogger(__name__).warning(
-                "dynamo export of %s failed (%s); using the TorchScript exporter", spec.name,
-                reason)
-        names = [*spec.input_names, *spec.output_names]
-        torch.onnx.export(
-            module, args, str(path), input_names=spec.input_names,
-            output_names=spec.output_names, opset_version=opset or 17, dynamo=False,
-            dynamic_axes={n: {0: BATCH_DIM} for n in names},
-        )
-        return "torchscript", reason
-
-
-def _first_cause(exc: Exception) -> str:
-    """One line saying why torch.export failed (its messages run to dozens of lines)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    summary = next((ln for ln in lines if ln.startswith("<class")), lines[0] if lines else "")
-    return f"{type(exc).__name__}: {summary}"[:300]
-
-
-def _name_batch_axis(path: Path) -> None:
-    """Rename the exporter's batch symbol (e.g. "s77") to "batch" everywhere in the graph."""
-    model = onnx.load(str(path))
-    graph = model.graph
-    symbols = {v.type.tensor_type.shape.dim[0].dim_param for v in graph.input}
-    symbols.discard("")
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in symbols:
-                dim.dim_param = BATCH_DIM
-    onnx.save(model, str(path))
-
-
-def _check_onnx(spec: GraphSpec, path: Path) -> int:
-    """onnx.checker plus the contract the runtime relies on; returns the default-domain opset."""
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model, full_check=True)
-    if any(init.HasField("data_location") and init.data_location == onnx.TensorProto.EXTERNAL
-           for init in model.graph.initializer):
-        raise ExportError(f"graph {spec.name!r}: weights were written as external data")
-    graph_inputs = [i.name for i in model.graph.input]
-    if graph_inputs != list(spec.input_names):
-        raise ExportError(f"graph {spec.name!r}: ONNX inputs {graph_inputs}, "
-                          f"expected {spec.input_names}")
-    for value in model.graph.input:
-        first = value.type.tensor_type.shape.dim[0]
-        if not first.dim_param:
-            raise ExportError(f"graph {spec.name!r}: input {value.name!r} has a fixed batch axis")
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _validate_specs(graphs: Sequence[GraphSpec], modalities: Sequence[str]) -> None:
@@ -250,7 +113,7 @@ def export_graphs(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        with _torchlib_ops_cached():
+        with torchlib_ops_cached():
             manifest = _export_into(stage, graphs, modalities, labels, norm_entries,
                                     input_shapes, opset, quantize, tolerance)
         manifest.meta = dict(meta or {})
@@ -275,7 +138,7 @@ def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str]
     for spec in graphs:
         path = stage / f"{spec.name}.onnx"
         exporter, exporter_note = export_onnx(spec, path, opset)
-        opsets.add(_check_onnx(spec, path))
+        opsets.add(check_onnx(spec, path))
         diff, expected = check_parity(spec.name, spec.module, path, spec.example_inputs,
                                       spec.input_names, tolerance)
         example_arrays = [np.asarray(spec.example_inputs[n]) for n in spec.input_names]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from exporters.onnx_export import GraphSpec, export_onnx
+from exporters.convert import GraphSpec, export_onnx
 from exporters.parity import ParityError, check_parity, max_abs_diff, torch_outputs
 
 

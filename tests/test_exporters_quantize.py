@@ -7,7 +7,7 @@ import onnx
 import torch
 from torch import nn
 
-from exporters.onnx_export import GraphSpec, export_onnx
+from exporters.convert import GraphSpec, export_onnx
 from exporters.quantize import compare_int8, quantize_int8, run_graph
 
 
