@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,74 +153,102 @@ def model_updates(rounds: int, keyframe_every: int) -> tuple[list[dict], dict]:
 
 # --- 3. loopback throughput ------------------------------------------------------------------------
 
-def _raw_paho_run(url_port: int, messages: list[tuple[str, bytes]], n_updates: int) -> float:
-    """Seconds to move `n_updates` copies of `messages` publisher -> Mosquitto -> subscriber, raw paho."""
+def _subscriber(mode: str, port: int, n_updates: int, n_elements: int, n_messages: int,
+                ready: Any, result: Any) -> None:
+    """Child process: receive `n_updates` updates (raw: count messages; full: verify and decode),
+    then send the monotonic time of the last one (CLOCK_MONOTONIC is system-wide on Linux)."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    expected = n_updates * len(messages)
     done = threading.Event()
     count = [0]
-    subscribed = threading.Event()
+    if mode == "raw":
+        subscribed = threading.Event()
 
-    def on_message(client, userdata, message) -> None:
-        count[0] += 1
-        if count[0] == expected:
-            done.set()
-
-    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="a2")
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.on_connect = lambda c, *a: c.subscribe("parse/bench/updates/a1/#", qos=1)
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="a1")
-    pub.username_pw_set("a1")  # the generated ACL lets username a1 write a1's topics
-    pub.max_inflight_messages_set(64)
-    for c in (sub, pub):
-        c.connect("127.0.0.1", url_port)
-        c.loop_start()
-    subscribed.wait(10)
-    start = time.perf_counter()
-    infos = [pub.publish(t, p, qos=1) for _ in range(n_updates) for t, p in messages]
-    done.wait(120)
-    elapsed = time.perf_counter() - start
-    for info in infos:
-        info.wait_for_publish(30)
-    assert count[0] == expected, (count[0], expected)
-    for c in (sub, pub):
-        c.disconnect()
-        c.loop_stop()
-    return elapsed
-
-
-def _full_stack_run(url: str, vector: np.ndarray, n_updates: int, spec: str) -> float:
-    """Seconds to encode, publish, receive, verify and decode `n_updates` updates."""
-    n = vector.size
-    receiver = UpdateReceiver("bench", lambda b: (SIG, n))
-    done = threading.Event()
-    got = [0]
-
-    def on_message(topic: str, payload: bytes) -> None:
-        if receiver.feed(topic, payload) is not None:
-            got[0] += 1
-            if got[0] == n_updates:
+        def on_raw(client: Any, userdata: Any, message: Any) -> None:
+            count[0] += 1
+            if count[0] == n_updates * n_messages:
                 done.set()
 
-    sender = UpdateSender("bench", "a1", spec)
-    with MqttClient(url, "a2", on_message=on_message) as sub, \
-            MqttClient(url, "a1", username="a1") as pub:
-        sub.subscribe(topics.updates_filter("bench", "a1"))
-        sub.wait_subscribed(10)
-        start = time.perf_counter()
-        for round_idx in range(n_updates):
-            pub.publish_many(sender.encode(round_idx, BRANCH, SIG, vector))
-        done.wait(120)
-        elapsed = time.perf_counter() - start
-    assert got[0] == n_updates and sum(receiver.rejections.values()) == 0, receiver.rejections
-    return elapsed
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="a2")
+        client.on_message = on_raw
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.on_connect = lambda c, *a: c.subscribe("parse/bench/updates/a1/#", qos=1)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        subscribed.wait(10)
+    else:
+        receiver = UpdateReceiver("bench", lambda b: (SIG, n_elements))
+
+        def on_update(topic: str, payload: bytes) -> None:
+            if receiver.feed(topic, payload) is not None:
+                count[0] += 1
+                if count[0] == n_updates:
+                    done.set()
+
+        mqtt = MqttClient(f"mqtt://127.0.0.1:{port}", "a2", on_message=on_update).start()
+        mqtt.subscribe(topics.updates_filter("bench", "a1"))
+        mqtt.wait_subscribed(10)
+    ready.set()
+    done.wait(120)
+    result.send(time.monotonic() if done.is_set() else None)
+    if mode == "raw":
+        client.disconnect()
+        client.loop_stop()
+    else:
+        mqtt.stop(publish_will=False, flush_timeout_s=0)
+
+
+def _timed_run(mode: str, port: int, vector: np.ndarray, messages: list[tuple[str, bytes]],
+               n_updates: int) -> float:
+    """Seconds from the first publish to the subscriber process holding the last update."""
+    import multiprocessing
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    receive_end, send_end = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_subscriber, args=(mode, port, n_updates, vector.size, len(messages),
+                                                  ready, send_end))
+    child.start()
+    try:
+        assert ready.wait(30), "subscriber process did not get ready"
+        if mode == "raw":
+            pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="a1")
+            pub.username_pw_set("a1")  # the generated ACL lets username a1 write a1's topics
+            pub.max_inflight_messages_set(64)
+            pub.connect("127.0.0.1", port)
+            pub.loop_start()
+            start = time.monotonic()
+            infos = [pub.publish(t, p, qos=1) for _ in range(n_updates) for t, p in messages]
+            assert receive_end.poll(120), "raw run timed out"
+            end = receive_end.recv()
+            for info in infos:
+                info.wait_for_publish(30)
+            pub.disconnect()
+            pub.loop_stop()
+        else:
+            sender = UpdateSender("bench", "a1", "fp32")
+            with MqttClient(f"mqtt://127.0.0.1:{port}", "a1", username="a1") as pub:
+                start = time.monotonic()
+                for round_idx in range(n_updates):
+                    pub.publish_many(sender.encode(round_idx, BRANCH, SIG, vector))
+                assert receive_end.poll(120), "full-stack run timed out"
+                end = receive_end.recv()
+                pub.flush(30)
+        assert end is not None, f"{mode}: not every update arrived"
+        return end - start
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
 
 
 def loopback_throughput(update_mb: float, n_updates: int, reps: int) -> dict:
-    """Full stack vs raw paho through a private Mosquitto, alternating runs."""
+    """Full stack vs raw paho through a private Mosquitto, alternating runs. The publisher runs
+    here and the subscriber in its own process, as two agents would."""
     n = int(update_mb * 1e6 / 4)
     vector = np.random.default_rng(1).normal(size=n).astype(np.float32)
     messages = UpdateSender("bench", "a1", "fp32").encode(0, BRANCH, SIG, vector)
@@ -228,11 +257,11 @@ def loopback_throughput(update_mb: float, n_updates: int, reps: int) -> dict:
         files = write_mosquitto_config(MosquittoSettings("bench", ["a1", "a2"], port=port,
                                                          bind_address="127.0.0.1", persistence=False),
                                        Path(tmp))
-        with MosquittoProcess(files.conf, port) as mosquitto:
+        with MosquittoProcess(files.conf, port):
             raw, full = [], []
             for _ in range(reps):
-                raw.append(_raw_paho_run(port, messages, n_updates))
-                full.append(_full_stack_run(mosquitto.url, vector, n_updates, "fp32"))
+                raw.append(_timed_run("raw", port, vector, messages, n_updates))
+                full.append(_timed_run("full", port, vector, messages, n_updates))
     mb = n_updates * vector.nbytes / 1e6
     raw_mbps, full_mbps = mb / statistics.median(raw), mb / statistics.median(full)
     # runs alternate, so each (raw, full) pair saw the same machine load; the median of the
@@ -272,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['codec']} | {r['steady_update_bytes']:.0f} | {r['update_ratio_vs_fp32']:.1f}x | "
               f"{r['steady_final_rel_error']:.2e} | {r[f'K={k}_mean_bytes_per_round']:.0f} | "
               f"{r[f'K={k}_ratio_vs_fp32']:.1f}x |")
-    print("\n## Loopback exchange through Mosquitto (1 MB fp32 updates)\n")
+    print("\n## Loopback exchange through Mosquitto (1 MB fp32 updates; publisher and subscriber "
+          "in separate processes)\n")
     print("| raw paho MB/s (median) | full stack MB/s (median) | full / raw (median of paired runs) "
           "| min..max of paired runs |")
     print("|---:|---:|---:|---|")
