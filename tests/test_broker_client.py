@@ -236,3 +236,13 @@ def test_publish_from_many_threads_loses_nothing(broker: tuple[str, int]) -> Non
     finally:
         source.stop(publish_will=False)
         sink.stop(publish_will=False)
+
+
+def test_client_socket_has_tcp_nodelay(broker: tuple[str, int]) -> None:
+    import socket
+
+    url, protocol = broker
+    with MqttClient(url, f"{FLEET}-nodelay", protocol=protocol) as client:
+        sock = client._paho.socket()
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

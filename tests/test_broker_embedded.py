@@ -87,3 +87,19 @@ def test_client_drops_retained_messages_it_did_not_subscribe_to() -> None:
         finally:
             late.stop(publish_will=False)
             watcher.stop(publish_will=False)
+
+
+def test_flush_waits_for_acks_across_a_broker_outage() -> None:
+    broker = EmbeddedBroker().start()
+    client = MqttClient(broker.url, "patient", reconnect_min_s=0.1, reconnect_max_s=0.5).start()
+    try:
+        broker.stop()
+        assert wait_for(lambda: not client.is_connected, 10)
+        client.publish("parse/emb/metrics/a1", b"queued while the broker is down")
+        assert not client.flush(0.3)  # nobody to acknowledge it yet
+        broker.start()
+        assert client.flush(15)  # paho resent it after reconnecting; the PUBACK arrived
+        assert client.connect_count == 2
+    finally:
+        client.stop(publish_will=False, flush_timeout_s=0)
+        broker.stop()
