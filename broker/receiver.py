@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # is 5n+4; topk at k=n with block 1 is at most 10n+8), so a forged total_len cannot reserve memory.
 _MAX_BYTES_PER_ELEMENT = 10
 _RECENT_UPDATES = 4096
+_LOG_EVERY_S = 10.0
 
 
 class Update(NamedTuple):
@@ -80,6 +81,8 @@ class UpdateReceiver:
         self._last_round: dict[tuple[str, str], int] = {}
         self._delivered: OrderedDict[_UpdateKey, None] = OrderedDict()
         self._keyframe_wanted: set[tuple[str, str]] = set()
+        self._last_warned: dict[tuple[Reject, str], float] = {}
+        self._clock = clock
         self._lock = threading.Lock()
 
     def feed(self, topic: str, payload: bytes) -> Update | None:
@@ -137,8 +140,15 @@ class UpdateReceiver:
 
     def _reject(self, reason: Reject, detail: str, where: str) -> None:
         self.rejections[reason] += 1
-        level = logging.DEBUG if reason is Reject.DUPLICATE else logging.WARNING
-        log.log(level, "update rejected (%s) on %s: %s", reason.value, where, detail)
+        # Every chunk of a bad update is rejected on its own; warn once per reason and topic per
+        # `_LOG_EVERY_S` so a misconfigured neighbour does not flood the log (counters see all).
+        now_s = self._clock()
+        key = (reason, where)
+        quiet = reason is Reject.DUPLICATE or now_s - self._last_warned.get(key, -1e18) < _LOG_EVERY_S
+        if not quiet:
+            self._last_warned[key] = now_s
+        log.log(logging.DEBUG if quiet else logging.WARNING, "update rejected (%s) on %s: %s",
+                reason.value, where, detail)
 
     def _feed(self, topic: str, data: bytes) -> Update | None:
         header, piece = wire.decode_message(data, self.hmac_key, self.max_message_bytes)

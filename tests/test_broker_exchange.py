@@ -287,6 +287,18 @@ def test_sender_refuses_bad_input() -> None:
         UpdateSender(FLEET, "a/1", "fp32")
 
 
+def test_a_bad_multi_chunk_update_warns_once_but_counts_every_chunk(
+        caplog: pytest.LogCaptureFixture) -> None:
+    n = 10_000
+    messages = UpdateSender(FLEET, "a1", "fp32", chunk_bytes=4096).encode(0, BRANCH, "other-sig",
+                                                                         _vector(n))
+    receiver = _receiver(n)
+    with caplog.at_level(logging.WARNING, logger="broker.receiver"):
+        assert _deliver(receiver, messages) == []
+    assert receiver.rejections[Reject.WRONG_SIGNATURE] == len(messages) > 5
+    assert sum(1 for r in caplog.records if r.levelno == logging.WARNING) == 1
+
+
 def test_parse_keyframe_request_ignores_other_control_messages() -> None:
     assert parse_keyframe_request(b'{"type": "start"}') is None
     assert parse_keyframe_request(b"not json") is None
