@@ -44,10 +44,11 @@ def test_slice_shapes_follow_the_split_ratio(split: tuple[float, ...], mods: tup
 @pytest.mark.parametrize("fusion", ["concat", "sum", "gated", "tensor"])
 @pytest.mark.parametrize("combiner", ["sum", "mean", "gate", "fusion"])
 def test_every_fusion_and_combiner_trains_a_step(fusion: str, combiner: str) -> None:
-    # Prepare
+    # Prepare: a seeded batch large enough that some fused units are active (ReLU)
+    torch.manual_seed(1)
     model = AgentModel(_spec(("a", "b"), fusion=fusion, combiner=combiner))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = _batch(("a", "b")), torch.randint(0, 5, (7,))
+    x, y = _batch(("a", "b"), n=64), torch.randint(0, 5, (64,))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # Execute
     loss = torch.nn.functional.cross_entropy(model(x).logits, y)
