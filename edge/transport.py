@@ -60,7 +60,9 @@ class MqttTransport:
         tls = cfg.broker.tls
         self.client = MqttClient(
             url, f"{cfg.fleet}-{spec.id}", on_message=self._on_message,
-            username=cfg.broker.username, password=cfg.broker.password,
+            # With a password set, the generated Mosquitto ACL knows each agent by its id.
+            username=spec.id if cfg.broker.password else cfg.broker.username,
+            password=cfg.broker.password,
             tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file) if tls else None,
             will=(topics.status_topic(cfg.fleet, spec.id), offline_status(spec.id)))
 
@@ -153,6 +155,11 @@ class MqttTransport:
             return
         if info.kind == "status":
             self.neighbours.observe(topic, payload)
+            status = self.neighbours.status(info.agent or "")
+            if status is not None and not status.online:
+                # It may come back from an older checkpoint: its next update must not be
+                # judged against what it sent before it left.
+                self.receiver.forget(status.agent)
             with self._arrived:
                 self._arrived.notify_all()  # an agent going offline ends a wait for it
         elif info.kind == "update" and info.agent != self.agent_id:
