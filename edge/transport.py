@@ -57,6 +57,7 @@ class MqttTransport:
         self.loss_percent = max([f.loss_percent for f in cfg.faults
                                  if f.kind == "loss" and spec.id in f.agents], default=0.0)
         self.updates_dropped = 0
+        self._announced_on = 0
         tls = cfg.broker.tls
         self.client = MqttClient(
             url, f"{cfg.fleet}-{spec.id}", on_message=self._on_message,
@@ -82,11 +83,17 @@ class MqttTransport:
                     self.client.subscribe(topics.update_topic(fleet, other, key))
         self.client.subscribe(topics.control_topic(fleet))
         self.client.start(timeout_s=timeout_s)
+        self.announce()
+
+    def announce(self) -> None:
+        """Publish our retained status (again after a reconnect: a restarted broker without
+        persistence has forgotten it)."""
         status = AgentStatus(self.agent_id, True, self.spec.modalities,
                              {k: b.signature for k, b in self.branches.items()},
                              self.spec.device, software_version())
-        self.client.publish(topics.status_topic(fleet, self.agent_id), encode_status(status),
-                            retain=True)
+        self.client.publish(topics.status_topic(self.cfg.fleet, self.agent_id),
+                            encode_status(status), retain=True)
+        self._announced_on = self.client.connect_count
 
     def stop(self) -> None:
         """Mark ourselves offline, flush, disconnect."""
@@ -117,6 +124,8 @@ class MqttTransport:
                 timeout_s: float) -> dict[str, dict[str, np.ndarray]]:
         """Neighbours' updates of `round_idx` for every planned branch, waiting at most
         `timeout_s` for online neighbours; late or offline ones are simply absent."""
+        if self.client.connect_count != self._announced_on:
+            self.announce()
         deadline = time.monotonic() + timeout_s
         with self._arrived:
             while True:
