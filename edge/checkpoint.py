@@ -36,6 +36,7 @@ class Checkpoint:
     round_idx: int
     strategy: str
     optimizer_state: dict | None
+    config: dict
     path: str
 
 
@@ -73,6 +74,8 @@ def save_checkpoint(path: Path, cfg: FleetConfig, learner: Learner, agent_id: st
         "software_version": software_version(),
         "agent_id": agent_id,
         "fleet": cfg.fleet,
+        # The whole validated fleet config, as plain data: what this model was trained under.
+        "config": dataclasses.asdict(cfg),
         "strategy": strategy,
         "round_idx": round_idx,
         "spec": spec_to_dict(learner.model.spec),
@@ -112,7 +115,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         examples={"x": {m: v.numpy() for m, v in raw["examples"]["x"].items()},
                   "y": raw["examples"]["y"].numpy()},
         input_shapes=spec.input_shapes, round_idx=raw["round_idx"], strategy=raw["strategy"],
-        optimizer_state=raw.get("optimizer_state"), path=source,
+        optimizer_state=raw.get("optimizer_state"), config=raw.get("config", {}), path=source,
     )
 
 

@@ -39,6 +39,7 @@ def test_save_then_load_gives_the_same_predictions(tmp_path: Path) -> None:
     learner.model.eval()
     assert torch.allclose(ckpt.model(x).logits, learner.model(x).logits)
     assert ckpt.round_idx == 4 and ckpt.strategy == "parse" and ckpt.modalities == ("a", "b")
+    assert ckpt.config["fleet"] == "ckpt-test" and ckpt.config["data"]["dataset"] == "synthetic-pid"
     raw = ckpt.examples["x"]["a"]
     renormalised = (raw - np.asarray(ckpt.norm["a"]["mean"])) / np.asarray(ckpt.norm["a"]["std"])
     np.testing.assert_allclose(renormalised, data.test.x["a"][: len(raw)], atol=1e-4)
