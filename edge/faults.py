@@ -88,7 +88,8 @@ class FaultPlan:
         actions = []
         for i, (f, rec) in enumerate(zip(self.faults, self.records, strict=True)):
             if f.kind == "leave" and f.agent is not None:
-                if rec.status == "pending" and completed.get(f.agent, -1) >= f.round - 1:
+                # Round 0 leaves are held back at launch (see held_back), not stopped here.
+                if rec.status == "pending" and f.round > 0 and completed.get(f.agent, -1) >= f.round - 1:
                     actions.append(Action("stop", i, f.agent))
                 elif rec.status == "injected" and f.return_round is not None \
                         and i not in self._returned:

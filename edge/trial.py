@@ -44,6 +44,9 @@ class TrialOptions:
     stall_timeout_s: float | None = None
     max_restarts: int = 2              # per agent, after a kill the runner did not cause
     plots: bool = True
+    # Agents sharing one host cannot tell their own energy apart on a package-wide meter (RAPL):
+    # the profile estimate is the honest default for a local fleet.
+    energy: str = "estimated"
     poll_s: float = 0.2
     python: str = sys.executable
 
@@ -92,10 +95,10 @@ def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) 
 
 
 def agent_command(python: str, config_path: str, agent_id: str, url: str, out: Path,
-                  strategy: str | None, rounds: int | None) -> list[str]:
+                  strategy: str | None, rounds: int | None, energy: str = "estimated") -> list[str]:
     """The command line of one agent process."""
     cmd = [python, "-m", "edge", "agent", config_path, "--agent", agent_id, "--broker", url,
-           "--out", str(out)]
+           "--out", str(out), "--energy", energy]
     if strategy is not None:
         cmd += ["--strategy", strategy]
     if rounds is not None:
@@ -173,7 +176,7 @@ class TrialRunner:
             env = agent_env(len(self.ids))
             for agent_id in self.ids:
                 cmd = agent_command(self.opts.python, config_path, agent_id, self.url, self.out,
-                                    self.opts.strategy, self.opts.rounds)
+                                    self.opts.strategy, self.opts.rounds, self.opts.energy)
                 self.agents[agent_id] = AgentProcess(agent_id, cmd, self.out / "agents" / agent_id, env)
             held = self.plan.held_back()
             for agent_id, proc in self.agents.items():
@@ -230,10 +233,12 @@ class TrialRunner:
 
     def _loop(self) -> None:
         while True:
-            if self.watch.poll():
+            before = len(self.watch.rows)
+            self.watch.poll()
+            self._check_processes()  # polls again when an agent exited: its last rows count
+            if len(self.watch.rows) > before:
                 self.last_activity = time.monotonic()
                 self._show_progress()
-            self._check_processes()
             for action in self.plan.due(self.watch.completed):
                 self._act(action)
             if self._finished():
@@ -362,7 +367,7 @@ class TrialRunner:
     # --- the record ---------------------------------------------------------------------------
 
     def _finish(self) -> TrialResult:
-        from edge.trial_summary import trial_document, write_record
+        from edge.trial_summary import AgentFacts, TrialFacts, trial_document, write_record
 
         self.watch.poll()
         self.plan.close()
@@ -372,7 +377,18 @@ class TrialRunner:
         exit_code = {"completed": 0, "interrupted": 130}.get(self.status, 1)
         if failed and exit_code == 0:
             exit_code, self.status = 1, "failed"
-        doc = trial_document(self, failed, exit_code)
+        seen = self.monitor.metrics_seen if self.monitor is not None else {}
+        agents = {a: AgentFacts(exit=p.exit_kind.value if p.starts else "not started",
+                                returncode=p.returncode, starts=p.starts, restarts=self.restarts[a],
+                                log_tail=p.log_tail(20) if a in failed else [],
+                                mqtt_metrics_rows=len(seen.get(a, ())))
+                  for a, p in self.agents.items()}
+        doc = trial_document(TrialFacts(
+            cfg=self.cfg, out=self.out, rows=self.watch.rows, status=self.status, exit_code=exit_code,
+            broker_url=self.url, embedded=self.embedded, wall_s=self.ended_s or self.now_s(),
+            agents=agents, failed=failed, reason=self.reason, timeout_s=self.timeout_s,
+            stall_timeout_s=self.stall_timeout_s, events=self.events, faults=self.plan.records,
+            bad_lines=self.watch.bad_lines))
         write_record(self.out, doc, self.watch.rows, plots=self.opts.plots, progress=self.progress)
         return TrialResult(self.status, exit_code, self.out, doc, failed)
 

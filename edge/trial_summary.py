@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from edge.config import FleetConfig
 from edge.counting import cumulative_total
 from edge.coverage import expected_mixes, mix_coverage
-from edge.faults import describe_outcomes
+from edge.faults import FaultRecord, describe_outcomes
 from edge.sharing import combination
 from edge.strategies import get_strategy
 from edge.summary import agent_rows, trial_strategy_summary, wire_bytes
-
-if TYPE_CHECKING:
-    from edge.trial import TrialRunner
 
 
 def read_final(path: Path) -> dict | None:
@@ -63,39 +61,65 @@ def agent_resources(rows: list[dict], final: dict | None, starts: int, rounds: i
     }
 
 
-def trial_document(runner: TrialRunner, failed: list[str], exit_code: int) -> dict:
+@dataclass
+class AgentFacts:
+    """What the runner knows about one agent's processes."""
+
+    exit: str = "not started"          # an ExitKind value, or "not started"
+    returncode: int | None = None
+    starts: int = 0
+    restarts: list[dict] = field(default_factory=list)
+    log_tail: list[str] = field(default_factory=list)
+    mqtt_metrics_rows: int = 0
+
+
+@dataclass
+class TrialFacts:
+    """Everything a trial's record is built from."""
+
+    cfg: FleetConfig
+    out: Path
+    rows: list[dict]
+    status: str
+    exit_code: int
+    broker_url: str
+    embedded: bool
+    wall_s: float
+    agents: dict[str, AgentFacts]
+    failed: list[str] = field(default_factory=list)
+    reason: str = ""
+    timeout_s: float = 0.0
+    stall_timeout_s: float = 0.0
+    events: list[dict] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+    bad_lines: int = 0
+
+
+def trial_document(facts: TrialFacts) -> dict:
     """The whole summary.json of a trial."""
     from edge.version import software_version
 
-    cfg = runner.cfg
-    rows = runner.watch.rows
+    cfg, rows = facts.cfg, facts.rows
     rounds = cfg.training.rounds
-    strategy = get_strategy(cfg.strategy)
-    arch = strategy.arch(cfg.model.arch)
+    arch = get_strategy(cfg.strategy).arch(cfg.model.arch)
     kinds = {a.id: combination(a.modalities) for a in cfg.agent_specs}
-    wall_s = runner.ended_s if runner.ended_s is not None else runner.now_s()
-    block = trial_strategy_summary(cfg.strategy, arch, rows, kinds, wall_s)
+    block = trial_strategy_summary(cfg.strategy, arch, rows, kinds, facts.wall_s)
     by_agent = agent_rows(rows)
     agents_block = {}
     for spec in cfg.agent_specs:
-        proc = runner.agents.get(spec.id)
-        final = read_final(runner.out / "agents" / spec.id / "final.json")
-        res = agent_resources(by_agent.get(spec.id, []), final, proc.starts if proc else 0, rounds)
-        res.update({
-            "exit": proc.exit_kind.value if proc and proc.starts else "not started",
-            "returncode": proc.returncode if proc else None,
-            "starts": proc.starts if proc else 0,
-            "restarts": runner.restarts.get(spec.id, []),
-            "mqtt_metrics_rows": len(runner.monitor.metrics_seen.get(spec.id, ()))
-            if runner.monitor else 0,
-        })
-        for restart in res["restarts"]:
+        known = facts.agents.get(spec.id, AgentFacts())
+        final = read_final(facts.out / "agents" / spec.id / "final.json")
+        res = agent_resources(by_agent.get(spec.id, []), final, known.starts, rounds)
+        restarts = [dict(r) for r in known.restarts]
+        for restart in restarts:
             later = by_agent.get(spec.id, [])[restart["rows_before"]:]
             restart["resumed_at_round"] = int(later[0]["round"]) if later else None
+        res.update({"exit": known.exit, "returncode": known.returncode, "starts": known.starts,
+                    "restarts": restarts, "mqtt_metrics_rows": known.mqtt_metrics_rows})
         agents_block[spec.id] = res
     block["agents"] = agents_block
     coverage = mix_coverage(rows, expected_mixes(cfg, cfg.strategy, rounds))
-    describe_outcomes(runner.plan.records, by_agent, coverage, rounds)
+    describe_outcomes(facts.faults, by_agent, coverage, rounds)
     return {
         "software_version": software_version(),
         "config": cfg.source,
@@ -107,29 +131,28 @@ def trial_document(runner: TrialRunner, failed: list[str], exit_code: int) -> di
                    for a in cfg.agent_specs},
         "strategies": {cfg.strategy: block},
         "trial": {
-            "status": runner.status,
-            "exit_code": exit_code,
-            "reason": runner.reason,
+            "status": facts.status,
+            "exit_code": facts.exit_code,
+            "reason": facts.reason,
             "strategy": cfg.strategy,
             "rounds_planned": rounds,
             "codec": cfg.comm.codec,
             "topology": cfg.topology.kind,
             "deadline_s": cfg.comm.deadline_s,
-            "broker": {"url": runner.url, "kind": "embedded" if runner.embedded else "external"},
-            "out": str(runner.out),
-            "wall_s": wall_s,
-            "timeout_s": runner.timeout_s,
-            "stall_timeout_s": runner.stall_timeout_s,
-            "failed_agents": [{"agent": a, "exit": runner.agents[a].exit_kind.value,
-                               "returncode": runner.agents[a].returncode,
-                               "log_tail": runner.agents[a].log_tail(20)} for a in failed],
-            "faults": [r.to_dict() for r in runner.plan.records],
-            "events": runner.events,
+            "broker": {"url": facts.broker_url, "kind": "embedded" if facts.embedded else "external"},
+            "out": str(facts.out),
+            "wall_s": facts.wall_s,
+            "timeout_s": facts.timeout_s,
+            "stall_timeout_s": facts.stall_timeout_s,
+            "failed_agents": [{"agent": a, "exit": facts.agents[a].exit,
+                               "returncode": facts.agents[a].returncode,
+                               "log_tail": facts.agents[a].log_tail} for a in facts.failed],
+            "faults": [r.to_dict() for r in facts.faults],
+            "events": facts.events,
             "mix_coverage": coverage,
             "metrics_rows": len(rows),
-            "metrics_rows_over_mqtt": sum(len(v) for v in runner.monitor.metrics_seen.values())
-            if runner.monitor else 0,
-            "unreadable_metrics_lines": runner.watch.bad_lines,
+            "metrics_rows_over_mqtt": sum(a.mqtt_metrics_rows for a in facts.agents.values()),
+            "unreadable_metrics_lines": facts.bad_lines,
         },
     }
 

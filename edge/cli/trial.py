@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--max-restarts", type=int, default=2, metavar="N",
                         help="restarts per agent after a kill the runner did not cause "
                              "(default %(default)s)")
+    parser.add_argument("--energy", choices=["auto", "measured", "estimated"], default="estimated",
+                        help="agents' energy source (default %(default)s: agents sharing this host "
+                             "cannot tell their own share of a package-wide power meter apart)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.set_defaults(run=run)
 
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--timeout: expected seconds > 0, got {args.timeout}")
     opts = TrialOptions(out=Path(args.out), config_path=args.config, broker=args.broker,
                         strategy=args.strategy, rounds=args.rounds, timeout_s=args.timeout,
-                        max_restarts=args.max_restarts, plots=not args.no_plots)
+                        max_restarts=args.max_restarts, plots=not args.no_plots,
+                        energy=args.energy)
     # SIGTERM to the runner stops the trial like Ctrl-C: every agent is stopped, the record written.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

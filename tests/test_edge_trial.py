@@ -1,0 +1,230 @@
+"""The field-trial runner end to end: real agent processes, real brokers (amqtt and Mosquitto)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edge.config import load_config
+from edge.faults import FaultPlan
+from edge.trial import TrialOptions, run_trial
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(folder: Path, fleet: str, rounds: int = 4, faults: list[dict] | None = None,
+                 deadline_s: float = 30.0) -> Path:
+    """A small synthetic-pid fleet: 4 agents (a, b, a+b, a+b) on a ring."""
+    doc = {
+        "fleet": fleet,
+        "data": {"dataset": "synthetic-pid",
+                 "synthetic": {"modalities": ["a", "b"], "n_samples": 600, "dim": 8,
+                               "redundant_bits": 1, "unique_bits": 1, "synergy_bits": 0,
+                               "noise": 0.3}},
+        "families": {"a": {"kind": "mlp", "hidden": [32], "latent": 12},
+                     "b": {"kind": "mlp", "hidden": [32], "latent": 12}},
+        "agents": {"count": 4, "multimodal_fraction": 0.5},
+        "topology": {"kind": "ring"},
+        "training": {"rounds": rounds, "local_epochs": 2, "batch_size": 16, "lr": 0.01, "seed": 0},
+        "comm": {"codec": "fp32", "deadline_s": deadline_s},
+        "faults": faults or [],
+    }
+    path = folder / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def slow_rounds(ms: float = 500) -> dict:
+    """Every agent holds its publish for `ms`: rounds last long enough to act on mid-trial."""
+    return {"kind": "delay", "agents": ["a0", "a1", "a2", "a3"], "delay_ms": ms}
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_png(path: Path) -> None:
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert float(np.std(pixels[..., :3])) > 0.05, f"{path} looks blank"
+
+
+def check_record(out: Path, rounds: int, finishers: list[str]) -> dict:
+    """summary.json, metrics.jsonl, report.md and plots agree with each other."""
+    summary = json.loads((out / "summary.json").read_text())
+    rows = read_rows(out / "metrics.jsonl")
+    block = summary["strategies"]["parse"]
+    for agent in finishers:
+        mine = [r for r in rows if r["agent"] == agent]
+        assert sorted(r["round"] for r in mine) == list(range(rounds))
+        last = max(mine, key=lambda r: r["round"])
+        assert block["accuracy"]["per_agent"][agent] == pytest.approx(last["accuracy"])
+        # One process per agent here: its running byte counter's last value is its total.
+        assert block["bytes_sent"]["per_agent"][agent] == last["bytes_sent"]
+        assert block["agents"][agent]["bytes"]["received"] == last["bytes_received"]
+        res = block["agents"][agent]
+        assert res["cpu_s"] > 0 and res["peak_rss_mb"] > 50
+        assert res["energy_j"] > 0 and res["energy_source"].startswith("estimated:")
+        assert res["bytes"]["per_branch"], f"{agent}: no per-branch bytes"
+        assert res["exit"] == "finished"
+    by_kind: dict[str, list[float]] = {}
+    for agent, acc in block["accuracy"]["per_agent"].items():
+        by_kind.setdefault(summary["agents"][agent]["kind"], []).append(acc)
+    for kind, values in by_kind.items():
+        assert block["accuracy"]["by_kind"][kind] == pytest.approx(np.mean(values))
+    assert block["bytes_sent"]["total"] == sum(block["bytes_sent"]["per_agent"].values())
+
+    report = (out / "report.md").read_text()
+    for agent, info in summary["agents"].items():
+        assert f"| {agent} | {info['kind']} |" in report
+    for kind, acc in block["accuracy"]["by_kind"].items():
+        assert f"| {kind} |" in report and f"{acc:.3f}" in report
+    for name in ("accuracy.png", "cumulative_mb.png", "energy.png"):
+        check_png(out / "plots" / name)
+        assert f"(plots/{name})" in report
+    return summary
+
+
+def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path: Path,
+                                                                         fleet_name: str) -> None:
+    # Prepare
+    config = write_config(tmp_path, fleet_name, rounds=4)
+    cfg = load_config(config)
+    out = tmp_path / "trial"
+    # Execute
+    result = run_trial(cfg, TrialOptions(out=out, config_path=str(config)))
+    from edge.simulate import simulate_fleet
+
+    simulated = simulate_fleet(cfg, ["parse"], "sliced")["strategies"]["parse"]["accuracy"]["per_agent"]
+    # Assert
+    assert (result.status, result.exit_code) == ("completed", 0)
+    summary = check_record(out, 4, ["a0", "a1", "a2", "a3"])
+    assert summary["trial"]["broker"]["kind"] == "embedded"
+    assert summary["trial"]["mix_coverage"]["overall"] == 1.0  # generous deadline: nothing missed
+    networked = summary["strategies"]["parse"]["accuracy"]["per_agent"]
+    for agent, acc in simulated.items():
+        assert abs(networked[agent] - acc) <= 0.01, (agent, networked[agent], acc)
+
+
+def test_cli_trial_on_mosquitto_completes_when_an_agent_leaves(tmp_path: Path, fleet_name: str,
+                                                               mosquitto_url: str) -> None:
+    # Prepare: a1 leaves at round 2 and never comes back.
+    config = write_config(tmp_path, fleet_name, rounds=5, deadline_s=10,
+                          faults=[slow_rounds(), {"kind": "leave", "round": 2, "agent": "a1"}])
+    out = tmp_path / "trial"
+    # Execute
+    proc = subprocess.run([sys.executable, "-m", "edge", "trial", str(config), "--broker", mosquitto_url,
+                           "--out", str(out)], capture_output=True, text=True, timeout=240, cwd=REPO)
+    # Assert
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round   5/5" in proc.stderr and "leave at round 2" in proc.stderr
+    summary = check_record(out, 5, ["a0", "a2", "a3"])
+    assert summary["trial"]["broker"] == {"url": mosquitto_url, "kind": "external"}
+    a1 = summary["strategies"]["parse"]["agents"]["a1"]
+    assert a1["exit"] == "stopped" and 2 <= a1["rounds_completed"] <= 3
+    fault = next(f for f in summary["trial"]["faults"] if f["kind"] == "leave")
+    assert fault["status"] == "injected" and fault["stopped_after_round"] in (1, 2)
+    assert "3/4 agents completed all 5 rounds" in fault["outcome"]
+    # Its neighbours stopped mixing it in once it was gone.
+    per_round = summary["trial"]["mix_coverage"]["per_sender_round"]["a1"]
+    assert per_round["4"] == 0.0 and per_round["1"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "| leave | round 2, never back | a1 | injected |" in report
+
+
+def test_agent_killed_mid_trial_is_restarted_and_resumes_from_its_checkpoint(tmp_path: Path,
+                                                                              fleet_name: str) -> None:
+    # Prepare
+    # A short deadline: the restarted agent waits at most that long for neighbours that finished.
+    config = write_config(tmp_path, fleet_name, rounds=6, deadline_s=6, faults=[slow_rounds(1000)])
+    out = tmp_path / "trial"
+    killed: list[int] = []
+
+    def kill_a2_after_round_1() -> None:
+        rows_file = out / "agents" / "a2" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            # Complete lines only: the agent may be halfway through appending one.
+            if rows_file.exists() and rows_file.read_bytes().count(b"\n") >= 2:
+                pid = int((out / "agents" / "a2" / "agent.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a2_after_round_1, daemon=True)
+    # Execute
+    killer.start()
+    result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)))
+    killer.join(5)
+    # Assert
+    assert killed, "a2 never reached round 1"
+    assert (result.status, result.exit_code) == ("completed", 0)
+    summary = check_record(out, 6, ["a0", "a1", "a3"])
+    a2 = summary["strategies"]["parse"]["agents"]["a2"]
+    assert a2["starts"] == 2 and a2["exit"] == "finished" and a2["rounds_completed"] == 6
+    restart = a2["restarts"][0]
+    assert restart["signal"] == signal.SIGKILL and restart["after_round"] >= 1
+    # Resumed after its checkpoint (saved before each row), not from round 0.
+    assert restart["resumed_at_round"] in (restart["after_round"] + 1, restart["after_round"] + 2)
+    rounds = [r["round"] for r in read_rows(out / "agents" / "a2" / "metrics.jsonl")]
+    assert rounds == sorted(set(rounds)) and rounds[-1] == 5
+    assert "restart 1 (killed by signal 9)" in (out / "agents" / "a2" / "agent.log").read_text()
+    assert "| a2 |" in (out / "report.md").read_text().split("restarted:")[1]
+
+
+def test_leave_and_return_plus_broker_restart(tmp_path: Path, fleet_name: str) -> None:
+    # Prepare: a3 leaves at round 1 and returns at round 3; the broker restarts at round 4.
+    config = write_config(tmp_path, fleet_name, rounds=6, deadline_s=5, faults=[
+        slow_rounds(), {"kind": "leave", "round": 1, "agent": "a3", "return_round": 3},
+        {"kind": "broker-restart", "round": 4}])
+    out = tmp_path / "trial"
+    # Execute
+    result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)))
+    # Assert
+    assert (result.status, result.exit_code) == ("completed", 0), result.summary["trial"]["events"]
+    summary = check_record(out, 6, ["a0", "a1", "a2"])
+    leave, restart = [f for f in summary["trial"]["faults"] if f["kind"] != "delay"]
+    assert leave["status"] == "injected" and leave["returned_at_s"] > leave["injected_at_s"]
+    # It resumed from its checkpoint: right after the last round it had run.
+    assert leave["resumed_at_round"] == leave["stopped_after_round"] + 1
+    a3_rounds = [r["round"] for r in read_rows(out / "agents" / "a3" / "metrics.jsonl")]
+    assert a3_rounds == list(range(6))
+    assert restart["status"] == "injected" and "broker down" in restart["note"]
+    assert "6/6 rounds done" in leave["outcome"]
+
+
+def test_fault_plan_triggers_on_reported_rounds(tmp_path: Path, fleet_name: str) -> None:
+    # Prepare
+    config = write_config(tmp_path, fleet_name, rounds=6, faults=[
+        {"kind": "leave", "round": 2, "agent": "a1", "return_round": 4},
+        {"kind": "broker-restart", "round": 3}, {"kind": "leave", "round": 0, "agent": "a2"}])
+    cfg = load_config(config)
+    plan = FaultPlan(cfg.faults, embedded_broker=True)
+    external = FaultPlan(cfg.faults, embedded_broker=False)
+    # Execute / Assert: a1 leaves once it reported round 1, not before.
+    assert plan.held_back() == {"a2"}
+    assert plan.due({"a0": 1, "a1": 0, "a2": -1, "a3": 0}) == []
+    due = plan.due({"a0": 2, "a1": 1, "a2": -1, "a3": 1})
+    assert [(a.verb, a.agent) for a in due] == [("stop", "a1"), ("broker-restart", None)]
+    plan.mark_injected(0, 1.0, "a1 reported round 1")
+    plan.mark_injected(1, 1.0, "an agent reported round 2")
+    # Its return waits for another agent to finish round 3.
+    assert plan.due({"a0": 2, "a1": 1, "a2": -1, "a3": 2}) == []
+    assert [(a.verb, a.agent) for a in plan.due({"a0": 3, "a1": 1, "a2": -1, "a3": 2})] == [("start", "a1")]
+    assert plan.pending_returns() == [0]
+    plan.mark_returned(0, 2.0, "a0 reported round 3")
+    assert plan.due({"a0": 5, "a1": 5, "a2": -1, "a3": 5}) == [] and plan.pending_returns() == []
+    assert external.records[1].status == "skipped"
