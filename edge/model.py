@@ -231,6 +231,12 @@ class AgentModel(nn.Module):
         logits = self.heads["late"](joint)
         return ModelOutput(logits, {"late": logits}, {})
 
+    def export_graphs(self, examples: dict[str, Tensor]) -> list:
+        """Encoder, head and per-subset fused graphs for the ONNX exporter (see edge.graphs)."""
+        from edge.graphs import export_graphs
+
+        return export_graphs(self, examples)
+
     def unit_of(self, param_name: str) -> Unit:
         """Which sharing unit a parameter belongs to (see edge.sharing)."""
         parts = param_name.split(".")
