@@ -102,12 +102,16 @@ def _bandwidth(block: dict, trial: dict) -> list[str]:
            f"branches: {_mb(block['bytes_dense']['per_round'])} MB per round.", ""]
     rows = []
     for agent, r in res.items():
-        dense = r["dense_bytes_per_round"]
-        ratio = r["bytes"]["sent_per_round"] / dense if dense else None
-        rows.append([agent, _mb(r["bytes"]["sent"]), _mb(r["bytes"]["received"]),
-                     f"{r['bytes']['sent_per_round'] / 1e3:.1f}", f"{dense / 1e3:.1f}", ratio])
-    out += _table(["agent", "MB sent", "MB received", "kB sent / round", "dense update kB",
-                   "sent / dense"], rows)
+        b = r["bytes"]
+        update = b.get("update_bytes")
+        rows.append([agent, _mb(b["sent"]), _mb(b["received"]), f"{b['wire_per_round'] / 1e3:.1f}",
+                     f"{update / 1e3:.1f}" if update else None, b.get("wire_per_round_over_update"),
+                     f"{r['dense_bytes_per_round'] / 1e3:.1f}"])
+    out += ["Per agent: wire kB per round (sent + received, all topics) against its encoded update "
+            "(one round's publish of its branches, headers included); dense = fp32 size before the "
+            "codec.", ""]
+    out += _table(["agent", "MB sent", "MB received", "wire kB / round", "update kB",
+                   "wire / update", "dense kB"], rows)
     branches: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for r in res.values():
         for branch, counts in (r["bytes"].get("per_branch") or {}).items():
@@ -164,7 +168,7 @@ def _faults(trial: dict, block: dict) -> list[str]:
     if restarts:
         out += ["Agents killed by a signal the runner did not send, and restarted:", ""]
         out += _table(["agent", "at s", "signal", "after round", "resumed at round"],
-                      [[a, r["t_s"], r["signal"], r["after_round"], r.get("resumed_at_round")]
+                      [[a, f"{r['t_s']:.1f}", r["signal"], r["after_round"], r.get("resumed_at_round")]
                        for a, r in restarts])
     events = [e for e in trial.get("events", []) if e["kind"] != "finished"]
     if events:

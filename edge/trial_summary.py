@@ -42,12 +42,20 @@ def agent_resources(rows: list[dict], final: dict | None, starts: int, rounds: i
     peak_final = float(final.get("peak_rss_mb", 0.0)) if final else 0.0
     source = (final or {}).get("energy_source") or (rows[-1].get("energy_source") if rows else None)
     per_branch = ((final or {}).get("bytes") or {}).get("per_branch", {})
+    # The encoded update: what one round's publish of all its branches costs on the wire. The
+    # last round publishes nothing (nobody mixes after it).
+    published = len({int(r["round"]) for r in rows if int(r["round"]) < rounds - 1})
+    branch_sent = sum(float((b or {}).get("sent_bytes", 0)) for b in per_branch.values())
+    update_bytes = branch_sent / published if published and single and branch_sent else None
+    wire_per_round = (wire["sent"] + wire["received"]) / done if done else 0.0
     return {
         "rounds_completed": done,
         "completed_all": done >= rounds,
         "bytes": {"sent": wire["sent"], "received": wire["received"], "per_branch": per_branch,
                   "sent_per_round": wire["sent"] / done if done else 0.0,
-                  "received_per_round": wire["received"] / done if done else 0.0},
+                  "received_per_round": wire["received"] / done if done else 0.0,
+                  "wire_per_round": wire_per_round, "update_bytes": update_bytes,
+                  "wire_per_round_over_update": wire_per_round / update_bytes if update_bytes else None},
         "dense_bytes_per_round": (sum(float(r.get("dense_bytes_published", 0)) for r in rows) / len(rows)
                                   if rows else 0.0),
         "cpu_s": _counter(rows, final, "cpu_s", single),
