@@ -1,0 +1,187 @@
+"""Field-trial benchmark: real agent processes on this machine, through the embedded broker.
+
+1. scaling: 8, 16 and 32 agents (one process each) on mfeat: wall seconds per round split into
+   training and everything else, peak RSS per agent process, MB per round, and bytes on the wire
+   per agent-round as a multiple of that agent's encoded update;
+2. accuracy versus bytes for parse with codecs fp32 / fp16 / int8 / topk+EF on mfeat (the
+   example fleet: 12 agents, fou + zer, Dirichlet 0.5), side by side in one run.
+
+    python bench/trial.py [--agents 8,16,32] [--rounds 6] [--codec-rounds 30] [--quick]
+                          [--out bench/results/trial.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edge.config import load_config  # noqa: E402
+from edge.trial import TrialOptions, run_trial  # noqa: E402
+
+MFEAT = REPO / "edge" / "examples" / "mfeat.yaml"
+CODECS = {"fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec": "int8"},
+          "topk+EF": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True},
+          # top-k deltas need an fp32 keyframe now and then (default every 10 rounds); with one
+          # keyframe per trial the deltas alone set the cost.
+          "topk+EF,kf1": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True,
+                          "keyframe_every": 1000}}
+
+
+def write_config(folder: Path, name: str, agents: int | None, rounds: int, comm: dict,
+                 topology: dict | None = None) -> Path:
+    """The mfeat example with another agent count, round count, codec (and topology)."""
+    doc = yaml.safe_load(MFEAT.read_text())
+    if topology is not None:
+        doc["topology"] = topology
+    doc["fleet"] = f"bench-{name}-{int(time.time())}"
+    if agents is not None:
+        doc["agents"]["count"] = agents
+    doc["training"]["rounds"] = rounds
+    doc["comm"] = {**doc.get("comm", {}), **comm}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run(config: Path, out: Path) -> tuple[dict, list[dict]]:
+    """One trial; its summary and metrics rows."""
+    result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)))
+    if result.exit_code != 0:
+        raise SystemExit(f"trial {config.name} {result.status}: {result.summary['trial']['reason']} "
+                         f"{result.failed_agents}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return result.summary, rows
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def scaling_row(n_agents: int, summary: dict, rows: list[dict]) -> dict:
+    """What one fleet size measured. Round 0 has nothing to mix (no wait), so it is left out of
+    the per-round split, as are the last round's (no publish)."""
+    block = summary["strategies"]["parse"]
+    agents = block["agents"]
+    rounds = summary["trial"]["rounds_planned"]
+    steady = [r for r in rows if 0 < r["round"] < rounds - 1]
+    round_s = [r["round_s"] for r in steady]
+    train_s = [r["train_s"] for r in steady]
+    wait_s = [r["wait_s"] for r in steady]
+    ratios = [a["bytes"]["wire_per_round_over_update"] for a in agents.values()
+              if a["bytes"]["wire_per_round_over_update"]]
+    wire_total = block["bytes_sent"]["total"] + block["bytes_received"]["total"]
+    return {
+        "agents": n_agents,
+        "rounds": rounds,
+        "trial_wall_s": summary["trial"]["wall_s"],
+        "round_s": _mean(round_s),
+        "train_s": _mean(train_s),
+        "non_train_s": _mean(round_s) - _mean(train_s),
+        "wait_s": _mean(wait_s),
+        "other_s": _mean(round_s) - _mean(train_s) - _mean(wait_s),
+        "peak_rss_mb_max": max(a["peak_rss_mb"] for a in agents.values()),
+        "peak_rss_mb_mean": _mean([a["peak_rss_mb"] for a in agents.values()]),
+        "mb_sent_per_round": block["bytes_sent"]["total"] / rounds / 1e6,
+        "mb_wire_per_round": wire_total / rounds / 1e6,
+        "wire_over_update_mean": _mean(ratios),
+        "wire_over_update_max": max(ratios) if ratios else float("nan"),
+        "update_kb_mean": _mean([a["bytes"]["update_bytes"] / 1e3 for a in agents.values()
+                                 if a["bytes"]["update_bytes"]]),
+        "accuracy": block["accuracy"]["overall"],
+        "mix_coverage": summary["trial"]["mix_coverage"]["overall"],
+    }
+
+
+def update_bytes_sent(agent: dict) -> float:
+    """Bytes of branch updates an agent sent (update topics only, MQTT headers included)."""
+    return sum(float(b.get("sent_bytes", 0)) for b in agent["bytes"]["per_branch"].values())
+
+
+def codec_row(name: str, summary: dict) -> dict:
+    block = summary["strategies"]["parse"]
+    agents = block["agents"]
+    return {
+        "codec": name,
+        "accuracy": block["accuracy"]["overall"],
+        "by_kind": block["accuracy"]["by_kind"],
+        "mb_sent": block["bytes_sent"]["total"] / 1e6,
+        "mb_updates": sum(update_bytes_sent(a) for a in agents.values()) / 1e6,
+        "update_kb_mean": _mean([a["bytes"]["update_bytes"] / 1e3 for a in agents.values()
+                                 if a["bytes"]["update_bytes"]]),
+        "wire_over_update_mean": _mean([a["bytes"]["wire_per_round_over_update"] for a in agents.values()
+                                        if a["bytes"]["wire_per_round_over_update"]]),
+        "trial_wall_s": summary["trial"]["wall_s"],
+        "mix_coverage": summary["trial"]["mix_coverage"]["overall"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", default="8,16,32", help="fleet sizes (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of the scaling trials")
+    parser.add_argument("--codec-rounds", type=int, default=30, help="rounds of the codec trials")
+    parser.add_argument("--codecs", default=",".join(CODECS), help="codecs (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="8 agents only, 4 + 8 rounds")
+    parser.add_argument("--keep", default=None, help="keep the trial folders here")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "trial.json"))
+    args = parser.parse_args(argv)
+    sizes = [8] if args.quick else [int(n) for n in args.agents.split(",")]
+    rounds, codec_rounds = (4, 8) if args.quick else (args.rounds, args.codec_rounds)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        scaling = []
+        for n in sizes:
+            print(f"# scaling: {n} agents, {rounds} rounds", file=sys.stderr, flush=True)
+            config = write_config(work, f"scale{n}", n, rounds, {"codec": "fp32"}, {"kind": "ring"})
+            scaling.append(scaling_row(n, *run(config, work / f"scale{n}")))
+        codecs = []
+        for name in args.codecs.split(","):
+            print(f"# codec {name}: mfeat example, {codec_rounds} rounds", file=sys.stderr, flush=True)
+            config = write_config(work, f"codec-{name.replace('+', '')}", None, codec_rounds, CODECS[name])
+            codecs.append(codec_row(name, run(config, work / f"codec-{name.replace('+', '')}")[0]))
+
+    base = next((c for c in codecs if c["codec"] == "fp32"), None)
+    for c in codecs:
+        c["bytes_vs_fp32"] = base["mb_sent"] / c["mb_sent"] if base and c["mb_sent"] else None
+        c["update_bytes_vs_fp32"] = base["mb_updates"] / c["mb_updates"] if base and c["mb_updates"] else None
+        c["accuracy_vs_fp32_points"] = 100 * (c["accuracy"] - base["accuracy"]) if base else None
+    print("\n## Scaling (mfeat fou+zer, fp32, ring, one process per agent)\n")
+    print("| agents | round s | training s | non-training s (wait + other) | peak RSS MB (max) "
+          "| MB/round (wire) | wire / update (mean, max) | accuracy | trial s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in scaling:
+        print(f"| {r['agents']} | {r['round_s']:.2f} | {r['train_s']:.2f} | {r['non_train_s']:.2f} "
+              f"({r['wait_s']:.2f} + {r['other_s']:.2f}) | {r['peak_rss_mb_max']:.0f} "
+              f"| {r['mb_wire_per_round']:.2f} | {r['wire_over_update_mean']:.2f}, "
+              f"{r['wire_over_update_max']:.2f} | {r['accuracy']:.3f} | {r['trial_wall_s']:.0f} |")
+    print(f"\n## Codecs (mfeat example, parse, {codec_rounds} rounds)\n")
+    print("| codec | accuracy | vs fp32 (points) | MB sent (all topics) | x fewer | MB of updates "
+          "| x fewer | update kB | wire / update |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in codecs:
+        print(f"| {c['codec']} | {c['accuracy']:.3f} | {c['accuracy_vs_fp32_points']:+.1f} | "
+              f"{c['mb_sent']:.2f} | {c['bytes_vs_fp32']:.1f} | {c['mb_updates']:.2f} | "
+              f"{c['update_bytes_vs_fp32']:.1f} | {c['update_kb_mean']:.1f} | "
+              f"{c['wire_over_update_mean']:.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"scaling": scaling, "codecs": codecs, "rounds": rounds,
+                               "codec_rounds": codec_rounds}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
