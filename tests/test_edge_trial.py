@@ -148,7 +148,7 @@ def test_agent_killed_mid_trial_is_restarted_and_resumes_from_its_checkpoint(tmp
                                                                               fleet_name: str) -> None:
     # Prepare
     # A short deadline: the restarted agent waits at most that long for neighbours that finished.
-    config = write_config(tmp_path, fleet_name, rounds=6, deadline_s=6, faults=[slow_rounds(1000)])
+    config = write_config(tmp_path, fleet_name, rounds=5, deadline_s=4, faults=[slow_rounds(800)])
     out = tmp_path / "trial"
     killed: list[int] = []
 
@@ -172,22 +172,22 @@ def test_agent_killed_mid_trial_is_restarted_and_resumes_from_its_checkpoint(tmp
     # Assert
     assert killed, "a2 never reached round 1"
     assert (result.status, result.exit_code) == ("completed", 0)
-    summary = check_record(out, 6, ["a0", "a1", "a3"])
+    summary = check_record(out, 5, ["a0", "a1", "a3"])
     a2 = summary["strategies"]["parse"]["agents"]["a2"]
-    assert a2["starts"] == 2 and a2["exit"] == "finished" and a2["rounds_completed"] == 6
+    assert a2["starts"] == 2 and a2["exit"] == "finished" and a2["rounds_completed"] == 5
     restart = a2["restarts"][0]
     assert restart["signal"] == signal.SIGKILL and restart["after_round"] >= 1
     # Resumed after its checkpoint (saved before each row), not from round 0.
     assert restart["resumed_at_round"] in (restart["after_round"] + 1, restart["after_round"] + 2)
     rounds = [r["round"] for r in read_rows(out / "agents" / "a2" / "metrics.jsonl")]
-    assert rounds == sorted(set(rounds)) and rounds[-1] == 5
+    assert rounds == sorted(set(rounds)) and rounds[-1] == 4
     assert "restart 1 (killed by signal 9)" in (out / "agents" / "a2" / "agent.log").read_text()
     assert "| a2 |" in (out / "report.md").read_text().split("restarted:")[1]
 
 
 def test_leave_and_return_plus_broker_restart(tmp_path: Path, fleet_name: str) -> None:
     # Prepare: a3 leaves at round 1 and returns at round 3; the broker restarts at round 4.
-    config = write_config(tmp_path, fleet_name, rounds=6, deadline_s=5, faults=[
+    config = write_config(tmp_path, fleet_name, rounds=6, deadline_s=3, faults=[
         slow_rounds(), {"kind": "leave", "round": 1, "agent": "a3", "return_round": 3},
         {"kind": "broker-restart", "round": 4}])
     out = tmp_path / "trial"
