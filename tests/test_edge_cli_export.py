@@ -8,12 +8,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from devices.runtime import Predictor
+from edge.checkpoint import load_checkpoint
 from edge.cli import main
 from edge.cli.export import export_checkpoint
 from edge.errors import UserError
+from edge.norm import Norm
 from exporters.manifest import load_manifest
+from tests.conftest import EXAMPLES
 from tests.exporters_toy import LABELS, make_case
 
 
@@ -64,3 +68,46 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
 def test_export_module_keeps_torch_out_of_cli_start_up():
     code = "import sys, edge.cli.export, edge.cli.infer; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _simulate(config: str, out) -> None:
+    subprocess.run([sys.executable, "-m", "edge", "simulate", str(EXAMPLES / config),
+                    "--rounds", "1", "--save-checkpoints", "--quiet", "--out", str(out)],
+                   check=True, stdout=subprocess.DEVNULL, timeout=300)
+
+
+@pytest.mark.parametrize("config, agent, quantize", [
+    ("synthetic.yaml", "a2", "int8"),      # mlp encoders, multimodal (a+b)
+    ("basic-motions.yaml", "a0", None),    # conv1d encoder, unimodal (accel)
+])
+def test_export_of_a_real_checkpoint_serves_every_subset_like_torch(tmp_path, capsys, config,
+                                                                      agent, quantize):
+    # Prepare: one round of the real learning code, with checkpoints
+    _simulate(config, tmp_path / "sim")
+    ckpt = tmp_path / "sim" / "agents" / agent / "checkpoint.pt"
+    bundle = tmp_path / "bundle"
+    # Execute
+    rc = main(["export", str(ckpt), "--out", str(bundle)]
+              + (["--quantize", quantize] if quantize else []))
+    # Assert
+    out = capsys.readouterr().out
+    assert rc == 0 and f"exported agent {agent}" in out
+    ck = load_checkpoint(ckpt)
+    manifest = load_manifest(bundle)
+    assert manifest.labels == list(ck.labels) and manifest.modalities == list(ck.modalities)
+    assert manifest.meta["agent_id"] == agent
+    assert {g.name.removesuffix(".int8") for g in manifest.graphs} >= {
+        f"encoder-{m}" for m in ck.modalities} | {"head-R"}
+    predictor = Predictor(bundle, precision="fp32")
+    for key in manifest.serves:
+        subset = key.split("+")
+        pred = predictor.predict({m: ck.examples["x"][m] for m in subset})
+        x_norm = {m: torch.from_numpy(Norm.from_dict(ck.norm[m]).apply(ck.examples["x"][m]))
+                  for m in subset}
+        with torch.no_grad():
+            logits = ck.model(x_norm).logits
+        np.testing.assert_allclose(pred.probabilities, torch.softmax(logits, -1).numpy(),
+                                   atol=1e-5)
+    if quantize:
+        assert Predictor(bundle).predict(
+            {m: ck.examples["x"][m] for m in ck.modalities}).graph.endswith(".int8")
