@@ -52,50 +52,15 @@ def make_checkpoint(config: str, workdir: Path) -> Path:
     return candidates[0]
 
 
-class _FusedSubset:
-    """Until edge.model offers export_graphs: the model's own forward on one modality subset."""
-
-    def __new__(cls, model: Any, subset: list[str]) -> Any:
-        import torch
-
-        class Fused(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, *xs: Any) -> Any:
-                return self.model(dict(zip(subset, xs, strict=True))).logits
-
-        return Fused()
-
-
-def export_bundle(checkpoint: Path, bundle: Path) -> tuple[Any, float, str]:
-    """Export with int8 through the same path as `parse-edge export`; returns (ck, seconds,
-    which graphs were exported)."""
-    import itertools
-
-    import torch
-
+def export_bundle(checkpoint: Path, bundle: Path) -> tuple[Any, float]:
+    """Export with int8 through the same path as `parse-edge export`; returns (ck, seconds)."""
     from edge.checkpoint import load_checkpoint
     from edge.cli.export import export_checkpoint
-    from exporters.norm import apply_norm, norm_entry
-    from exporters.onnx_export import GraphSpec, export_graphs
 
     ck = load_checkpoint(checkpoint)
     t0 = time.perf_counter()
-    if hasattr(ck.model, "export_graphs"):
-        export_checkpoint(ck, bundle, quantize="int8")
-        return ck, time.perf_counter() - t0, "all (encoders, heads, fused)"
-    mods = list(ck.modalities)
-    xn = {m: apply_norm(ck.examples["x"][m], norm_entry(ck.norm[m]["mean"], ck.norm[m]["std"],
-                                                       ck.input_shapes[m])) for m in mods}
-    specs = [GraphSpec(f"fused-{'+'.join(sub)}", "fused", _FusedSubset(ck.model, list(sub)),
-                       list(sub), ["logits"], sub, {m: xn[m] for m in sub})
-             for k in range(1, len(mods) + 1) for sub in itertools.combinations(mods, k)]
-    with torch.no_grad():
-        export_graphs(specs, bundle, labels=list(ck.labels), norm=ck.norm,
-                      input_shapes=dict(ck.input_shapes), quantize="int8")
-    return ck, time.perf_counter() - t0, "fused only (model has no export_graphs yet)"
+    export_checkpoint(ck, bundle, quantize="int8")
+    return ck, time.perf_counter() - t0
 
 
 def time_calls(fn: Callable[[], Any], n: int) -> list[float]:
@@ -204,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         checkpoint = args.checkpoint or make_checkpoint(args.config, work)
         bundle = work / "bundle"
-        ck, export_s, graphs_exported = export_bundle(checkpoint, bundle)
+        ck, export_s = export_bundle(checkpoint, bundle)
         npz = work / "one.npz"
         np.savez(npz, **{m: np.asarray(ck.examples["x"][m][:1]) for m in ck.modalities})
         lat = latency(ck, bundle, args.iters, args.blocks)
@@ -215,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "agent": ck.agent_id, "modalities": list(ck.modalities),
         "checkpoint": str(checkpoint) if args.checkpoint else f"{args.config} (1 round)",
-        "export_s": export_s, "graphs_exported": graphs_exported, "latency_batch1": lat,
+        "export_s": export_s, "latency_batch1": lat,
         "speedup_vs_torch_eager": {k: eager / v["p50_ms"] for k, v in lat.items()},
         "cold_start": cold, "sizes": size, "targets": TARGETS,
         "threads": 1, "cpu_count": os.cpu_count(),
@@ -243,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{c['peak_rss_mb']:.1f} | {c['torch_loaded']} |")
     print(f"\nsizes: fused fp32 {size['fused_fp32_kb']:.1f} KB, fused int8 "
           f"{size['fused_int8_kb']:.1f} KB, whole bundle {size['bundle_kb']:.1f} KB, "
-          f"checkpoint {size['checkpoint_kb']:.1f} KB; export ({graphs_exported}) took "
+          f"checkpoint {size['checkpoint_kb']:.1f} KB; export (all graphs, fp32 + int8) took "
           f"{export_s:.1f} s")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in ok.items()))
     print(f"wrote {args.out}")
