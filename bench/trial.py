@@ -57,8 +57,8 @@ def run(config: Path, out: Path) -> tuple[dict, list[dict]]:
     """One trial; its summary and metrics rows."""
     result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)))
     if result.exit_code != 0:
-        raise SystemExit(f"trial {config.name} {result.status}: {result.summary['trial']['reason']} "
-                         f"{result.failed_agents}")
+        raise RuntimeError(f"trial {config.name} {result.status}: {result.summary['trial']['reason']} "
+                           f"failed agents {result.failed_agents}; record in {out}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return result.summary, rows
 
@@ -145,18 +145,28 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             print(f"# scaling: {n} agents, {rounds} rounds", file=sys.stderr, flush=True)
             config = write_config(work, f"scale{n}", n, rounds, {"codec": "fp32"}, {"kind": "ring"})
-            scaling.append(scaling_row(n, *run(config, work / f"scale{n}")))
+            try:
+                scaling.append(scaling_row(n, *run(config, work / f"scale{n}")))
+            except RuntimeError as exc:  # reported, and the other sizes still run
+                scaling.append({"agents": n, "error": str(exc)})
         codecs = []
         for name in args.codecs.split(","):
             print(f"# codec {name}: mfeat example, {codec_rounds} rounds", file=sys.stderr, flush=True)
             config = write_config(work, f"codec-{name.replace('+', '')}", None, codec_rounds, CODECS[name])
-            codecs.append(codec_row(name, run(config, work / f"codec-{name.replace('+', '')}")[0]))
+            try:
+                codecs.append(codec_row(name, run(config, work / f"codec-{name.replace('+', '')}")[0]))
+            except RuntimeError as exc:
+                codecs.append({"codec": name, "error": str(exc)})
 
+    failed = [r for r in scaling + codecs if "error" in r]
+    scaling = [r for r in scaling if "error" not in r]
+    codecs = [c for c in codecs if "error" not in c]
     base = next((c for c in codecs if c["codec"] == "fp32"), None)
     for c in codecs:
-        c["bytes_vs_fp32"] = base["mb_sent"] / c["mb_sent"] if base and c["mb_sent"] else None
-        c["update_bytes_vs_fp32"] = base["mb_updates"] / c["mb_updates"] if base and c["mb_updates"] else None
-        c["accuracy_vs_fp32_points"] = 100 * (c["accuracy"] - base["accuracy"]) if base else None
+        c["bytes_vs_fp32"] = base["mb_sent"] / c["mb_sent"] if base and c["mb_sent"] else float("nan")
+        c["update_bytes_vs_fp32"] = (base["mb_updates"] / c["mb_updates"] if base and c["mb_updates"]
+                                     else float("nan"))
+        c["accuracy_vs_fp32_points"] = 100 * (c["accuracy"] - base["accuracy"]) if base else float("nan")
     print("\n## Scaling (mfeat fou+zer, fp32, ring, one process per agent)\n")
     print("| agents | round s | training s | non-training s (wait + other) | peak RSS MB (max) "
           "| MB/round (wire) | wire / update (mean, max) | accuracy | trial s |")
@@ -175,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{c['mb_sent']:.2f} | {c['bytes_vs_fp32']:.1f} | {c['mb_updates']:.2f} | "
               f"{c['update_bytes_vs_fp32']:.1f} | {c['update_kb_mean']:.1f} | "
               f"{c['wire_over_update_mean']:.2f} |")
+    for r in failed:
+        print(f"\nFAILED: {r['error']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"scaling": scaling, "codecs": codecs, "rounds": rounds,
+    out.write_text(json.dumps({"scaling": scaling, "codecs": codecs, "failed": failed, "rounds": rounds,
                                "codec_rounds": codec_rounds}, indent=2))
     print(f"\nwrote {out}")
     return 0

@@ -169,7 +169,7 @@ def write_record(out: Path, doc: dict, rows: list[dict], plots: bool = True,
                  progress: Callable[[str], None] | None = None) -> None:
     """metrics.jsonl, plots, summary.json and report.md in `out`."""
     from edge.report import render_report
-    from edge.trial import write_json
+    from edge.trial_setup import write_json
 
     say = progress or (lambda line: None)
     ordered = sorted(rows, key=lambda r: (int(r["round"]), str(r["agent"])))

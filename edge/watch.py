@@ -11,6 +11,7 @@ from pathlib import Path
 
 from broker import topics
 from broker.client import MqttClient
+from edge.counting import cumulative_total
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +131,17 @@ class FleetWatch:
     @property
     def bad_lines(self) -> int:
         return sum(t.bad_lines for t in self.tails.values())
+
+    def progress_line(self, fleet_round: int, rounds: int, online: str, elapsed_s: float) -> str:
+        """One progress line: the round all running agents reached, accuracy by agent kind (each
+        agent's latest row), MB moved on the wire so far, agents online."""
+        fastest = max(self.completed.values())
+        ahead = f" (fastest {fastest + 1})" if fastest > fleet_round else ""
+        by_kind: dict[str, list[float]] = defaultdict(list)
+        for row in self.latest().values():
+            by_kind[str(row.get("kind", "?"))].append(float(row["accuracy"]))
+        acc = "  ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(by_kind.items()))
+        moved = sum(cumulative_total(r.get("bytes_sent", 0) + r.get("bytes_received", 0) for r in rows)
+                    for rows in self.rows_by_agent.values())
+        return (f"round {fleet_round + 1:>3}/{rounds}{ahead}  online {online}  accuracy {acc}  "
+                f"moved {moved / 1e6:.2f} MB  ({elapsed_s:.1f} s)")
