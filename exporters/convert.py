@@ -19,6 +19,9 @@ from exporters.manifest import BATCH_DIM
 
 # Rows of the example inputs used for tracing: >= 2 so torch.export keeps the batch axis symbolic.
 TRACE_ROWS = 4
+# torchlib emits opset-18 graphs and cannot convert them down; older opsets go to TorchScript.
+DYNAMO_MIN_OPSET = 18
+TORCHSCRIPT_OPSET = 17
 
 
 class ExportError(ValueError):
@@ -41,15 +44,17 @@ class GraphSpec:
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     # The dynamo exporter logs optional-dependency notices and deprecations that are noise here.
-    logger = logging.getLogger("torch.onnx")
-    old_level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    old_levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(old_level)
+        for logger, level in zip(loggers, old_levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -86,38 +91,50 @@ def _trace_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
 
 def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> tuple[str, str | None]:
     """Write `spec` to a single-file ONNX at `path` with a dynamic batch axis; returns the
-    exporter used ("dynamo", or "torchscript" when dynamo cannot handle the module) and, for
-    the fallback, why dynamo failed."""
+    exporter used ("dynamo", or "torchscript" when dynamo cannot serve the module or the
+    opset) and, for the fallback, why."""
     module = spec.module.eval()
     args = _trace_inputs(spec)
     with _quiet_exporter():
-        try:
-            # A ShapesCollection keys the dynamic axis by tensor, so it fits any forward
-            # signature (positional, *args) without knowing its structure.
-            batch = torch.export.Dim(BATCH_DIM, min=1)
-            shapes = torch.export.ShapesCollection()
-            for arg in args:
-                shapes[arg] = {0: batch}
-            program = torch.onnx.export(
-                module, args, input_names=spec.input_names, output_names=spec.output_names,
-                opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=shapes,
-            )
-            program.save(str(path), external_data=False)
-            _name_batch_axis(path)
-            return "dynamo", None
-        except Exception as exc:  # any dynamo failure: fall back and say so in the manifest
-            reason = _first_cause(exc)
-            logging.getLogger(__name__).warning(
-                "dynamo export of %s failed (%s); using the TorchScript exporter", spec.name,
-                reason)
+        if opset is not None and opset < DYNAMO_MIN_OPSET:
+            reason = f"opset {opset} is below the dynamo exporter's minimum {DYNAMO_MIN_OPSET}"
+        else:
+            try:
+                _export_dynamo(spec, module, args, path, opset)
+                return "dynamo", None
+            except Exception as exc:  # any dynamo failure: fall back, say so in the manifest
+                reason = _first_cause(exc)
+                logging.getLogger(__name__).warning(
+                    "dynamo export of %s failed (%s); using the TorchScript exporter",
+                    spec.name, reason)
         names = [*spec.input_names, *spec.output_names]
-        torch.onnx.export(
-            module, args, str(path), input_names=spec.input_names,
-            output_names=spec.output_names, opset_version=opset or 17, dynamo=False,
-            dynamic_axes={n: {0: BATCH_DIM} for n in names},
-        )
+        try:
+            torch.onnx.export(
+                module, args, str(path), input_names=spec.input_names,
+                output_names=spec.output_names, opset_version=opset or TORCHSCRIPT_OPSET,
+                dynamo=False, dynamic_axes={n: {0: BATCH_DIM} for n in names},
+            )
+        except Exception as exc:
+            raise ExportError(f"graph {spec.name!r}: the TorchScript exporter failed too "
+                              f"({_first_cause(exc)}); dynamo: {reason}") from None
         return "torchscript", reason
+
+
+def _export_dynamo(spec: GraphSpec, module: torch.nn.Module, args: tuple[torch.Tensor, ...],
+                   path: Path, opset: int | None) -> None:
+    # A ShapesCollection keys the dynamic axis by tensor, so it fits any forward signature
+    # (positional, *args) without knowing its structure.
+    batch = torch.export.Dim(BATCH_DIM, min=1)
+    shapes = torch.export.ShapesCollection()
+    for arg in args:
+        shapes[arg] = {0: batch}
+    program = torch.onnx.export(
+        module, args, input_names=spec.input_names, output_names=spec.output_names,
+        opset_version=opset, dynamo=True, external_data=False, verbose=False,
+        dynamic_shapes=shapes,
+    )
+    program.save(str(path), external_data=False)
+    _name_batch_axis(path)
 
 
 def _first_cause(exc: Exception) -> str:
@@ -140,8 +157,9 @@ def _name_batch_axis(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def check_onnx(spec: GraphSpec, path: Path) -> int:
-    """onnx.checker plus the contract the runtime relies on; returns the default-domain opset."""
+def check_onnx(spec: GraphSpec, path: Path, opset: int | None = None) -> int:
+    """onnx.checker plus the contract the runtime relies on (and the `opset` asked for);
+    returns the default-domain opset."""
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     if any(init.HasField("data_location") and init.data_location == onnx.TensorProto.EXTERNAL
@@ -155,4 +173,8 @@ def check_onnx(spec: GraphSpec, path: Path) -> int:
         first = value.type.tensor_type.shape.dim[0]
         if not first.dim_param:
             raise ExportError(f"graph {spec.name!r}: input {value.name!r} has a fixed batch axis")
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    actual = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None and actual != opset:
+        raise ExportError(f"graph {spec.name!r}: opset {opset} was asked for, the exporter "
+                          f"wrote opset {actual}")
+    return actual

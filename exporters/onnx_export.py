@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from exporters.convert import (
     ExportError,
@@ -39,6 +40,8 @@ from exporters.quantize import compare_int8, quantize_int8
 __all__ = ["ExportError", "GraphSpec", "export_graphs", "export_onnx"]
 
 QUANTIZE_MODES = ("int8",)
+# Older opsets lack ops these graphs use (e.g. ReduceMean with axes as input is fine from 13).
+MIN_OPSET = 13
 
 
 def software_version() -> str:
@@ -98,6 +101,9 @@ def export_graphs(
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ExportError(f"quantize: {quantize!r}, expected one of {QUANTIZE_MODES}")
+    max_opset = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= max_opset:
+        raise ExportError(f"opset: {opset}, expected {MIN_OPSET}..{max_opset}")
     modalities = list(input_shapes)
     _validate_specs(graphs, modalities)
     missing_norm = [m for m in modalities if m not in norm]
@@ -138,7 +144,7 @@ def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str]
     for spec in graphs:
         path = stage / f"{spec.name}.onnx"
         exporter, exporter_note = export_onnx(spec, path, opset)
-        opsets.add(check_onnx(spec, path))
+        opsets.add(check_onnx(spec, path, opset))
         diff, expected = check_parity(spec.name, spec.module, path, spec.example_inputs,
                                       spec.input_names, tolerance)
         example_arrays = [np.asarray(spec.example_inputs[n]) for n in spec.input_names]

@@ -166,6 +166,36 @@ def test_dynamo_failure_falls_back_to_torchscript_and_says_why(tmp_path):
     assert pred.probabilities.shape == (3, len(LABELS))
 
 
+def _tiny_fused() -> tuple[GraphSpec, dict, dict]:
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+    torch.manual_seed(0)
+    spec = GraphSpec("fused-accel", "fused", nn.Linear(6, 4), ["accel"], ["logits"], ("accel",),
+                     {"accel": x})
+    return spec, {"accel": {"mean": [0.0] * 6, "std": [1.0] * 6}}, {"accel": (6,)}
+
+
+def test_an_opset_below_the_dynamo_minimum_uses_torchscript_and_is_honoured(tmp_path):
+    # Prepare
+    spec, norm, shapes = _tiny_fused()
+    # Execute
+    manifest = export_graphs([spec], tmp_path / "o17", labels=LABELS, norm=norm,
+                             input_shapes=shapes, opset=17)
+    # Assert
+    (entry,) = manifest.graphs
+    assert manifest.opset == 17 and entry.exporter == "torchscript"
+    assert "below the dynamo exporter's minimum 18" in entry.exporter_note
+    model = onnx.load(str(tmp_path / "o17" / "fused-accel.onnx"))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+
+
+def test_an_opset_out_of_range_is_refused_before_exporting(tmp_path):
+    spec, norm, shapes = _tiny_fused()
+    with pytest.raises(ExportError, match=r"opset: 5, expected 13\.\.\d+"):
+        export_graphs([spec], tmp_path / "o5", labels=LABELS, norm=norm, input_shapes=shapes,
+                      opset=5)
+    assert not (tmp_path / "o5").exists()
+
+
 def test_reexport_replaces_the_previous_bundle_files(tmp_path):
     # Prepare
     out = tmp_path / "b"

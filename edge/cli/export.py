@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="also write int8 (onnxruntime dynamic quantization) graphs")
     parser.add_argument("--opset", type=int, default=None,
-                        help="ONNX opset (default: the exporter's recommended one)")
+                        help="ONNX opset, 13 or newer (default: the exporter's choice; "
+                             "below 18 the TorchScript exporter is used, for older runtimes)")
     parser.set_defaults(run=run)
 
 
