@@ -254,15 +254,17 @@ class TrialRunner:
                 self.plan.mark_injected(i, 0.0, "leave at round 0: not started with the others")
                 self.event("fault", agent_id, "leave at round 0: not started with the others")
 
-    def _show_progress(self) -> None:
+    def _show_progress(self, force: bool = False) -> None:
+        # The round every agent still in the trial reached (agents being stopped do not hold it).
         running = [a for a, p in self.agents.items()
-                   if p.alive or p.exit_kind == ExitKind.FINISHED]
+                   if (p.alive and not p.stop_requested) or p.exit_kind == ExitKind.FINISHED]
         if not running:
             return
         fleet_round = min(self.watch.completed[a] for a in running)
         fastest = max(self.watch.completed.values())
         quiet_s = time.monotonic() - self._shown_at
-        if fleet_round <= self._shown_round[0] and not (fastest > self._shown_round[1] and quiet_s > 15):
+        if fleet_round <= self._shown_round[0] and not force \
+                and not (fastest > self._shown_round[1] and quiet_s > 15):
             return
         self._shown_round, self._shown_at = (fleet_round, fastest), time.monotonic()
         online = (f"{self.monitor.online_count()}/{len(self.ids)}"
@@ -276,6 +278,9 @@ class TrialRunner:
         from edge.trial_summary import AgentFacts, TrialFacts, trial_document, write_record
 
         self.watch.poll()
+        if self.watch.rows and self._shown_round != (min(self.watch.completed.values()),
+                                                     max(self.watch.completed.values())):
+            self._show_progress(force=True)
         self.plan.close()
         failed = self._failed()
         if self.status == "running":
