@@ -60,7 +60,7 @@ def test_infer_runs_with_torch_absent_and_prints_json(bundle):
 
 
 # The inference-only install: `pip install --no-deps parse-edge` plus these distributions.
-BOARD_DISTRIBUTIONS = ("numpy", "onnxruntime", "PyYAML", "paho-mqtt")
+BOARD_DISTRIBUTIONS = ("numpy", "onnxruntime", "PyYAML")
 
 
 def _board_site(root: Path) -> Path:

@@ -6,8 +6,6 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from broker.client import TlsFiles, parse_broker_url
-from broker.mosquitto import MosquittoSettings, write_mosquitto_config
 from edge.errors import UserError
 
 
@@ -70,6 +68,8 @@ def run_broker(args: argparse.Namespace) -> int:
 
 
 def _listener_port(url: str, tls: bool, source: str) -> int:
+    from broker.client import parse_broker_url
+
     if url in ("", "embedded"):
         return 8883 if tls else 1883
     try:
@@ -80,6 +80,10 @@ def _listener_port(url: str, tls: bool, source: str) -> int:
 
 def run_mosquitto_conf(args: argparse.Namespace) -> int:
     """Load the fleet config and write the three files."""
+    # Imported here: every CLI module loads at start-up, and a board that only runs
+    # `parse-edge infer` has no paho-mqtt.
+    from broker.client import TlsFiles
+    from broker.mosquitto import MosquittoSettings, write_mosquitto_config
     from edge.config import load_config
 
     cfg = load_config(args.config)
