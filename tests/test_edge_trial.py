@@ -144,45 +144,53 @@ def test_cli_trial_on_mosquitto_completes_when_an_agent_leaves(tmp_path: Path, f
     assert "| leave | round 2, never back | a1 | injected |" in report
 
 
-def test_agent_killed_mid_trial_is_restarted_and_resumes_from_its_checkpoint(tmp_path: Path,
-                                                                              fleet_name: str) -> None:
-    # Prepare
+def test_killed_agent_resumes_from_its_checkpoint_and_fails_when_out_of_restarts(
+        tmp_path: Path, fleet_name: str) -> None:
+    # Prepare: a2 is SIGKILLed after its round 1 (the runner restarts it once), then again after
+    # the restarted process wrote a round (no restarts left: a failed agent).
     # A short deadline: the restarted agent waits at most that long for neighbours that finished.
-    config = write_config(tmp_path, fleet_name, rounds=5, deadline_s=4, faults=[slow_rounds(800)])
+    config = write_config(tmp_path, fleet_name, rounds=6, deadline_s=4, faults=[slow_rounds(800)])
     out = tmp_path / "trial"
+    rows_file, pid_file = out / "agents" / "a2" / "metrics.jsonl", out / "agents" / "a2" / "agent.pid"
     killed: list[int] = []
 
-    def kill_a2_after_round_1() -> None:
-        rows_file = out / "agents" / "a2" / "metrics.jsonl"
+    def kill_a2_at(lines: int) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             # Complete lines only: the agent may be halfway through appending one.
-            if rows_file.exists() and rows_file.read_bytes().count(b"\n") >= 2:
-                pid = int((out / "agents" / "a2" / "agent.pid").read_text())
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
+            if rows_file.exists() and rows_file.read_bytes().count(b"\n") >= lines:
+                pid = int(pid_file.read_text())
+                if pid not in killed:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_a2_after_round_1, daemon=True)
+    killer = threading.Thread(target=lambda: (kill_a2_at(2), kill_a2_at(3)), daemon=True)
     # Execute
     killer.start()
-    result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)))
+    result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config), max_restarts=1))
     killer.join(5)
     # Assert
-    assert killed, "a2 never reached round 1"
-    assert (result.status, result.exit_code) == ("completed", 0)
-    summary = check_record(out, 5, ["a0", "a1", "a3"])
+    assert len(killed) == 2, "a2 was not killed twice"
+    assert (result.status, result.exit_code, result.failed_agents) == ("failed", 1, ["a2"])
+    summary = check_record(out, 6, ["a0", "a1", "a3"])
     a2 = summary["strategies"]["parse"]["agents"]["a2"]
-    assert a2["starts"] == 2 and a2["exit"] == "finished" and a2["rounds_completed"] == 5
+    assert a2["starts"] == 2 and a2["exit"] == "killed" and a2["returncode"] == -signal.SIGKILL
     restart = a2["restarts"][0]
     assert restart["signal"] == signal.SIGKILL and restart["after_round"] >= 1
-    # Resumed after its checkpoint (saved before each row), not from round 0.
+    # Resumed after its checkpoint (saved just before each row), not from round 0.
     assert restart["resumed_at_round"] in (restart["after_round"] + 1, restart["after_round"] + 2)
-    rounds = [r["round"] for r in read_rows(out / "agents" / "a2" / "metrics.jsonl")]
-    assert rounds == sorted(set(rounds)) and rounds[-1] == 4
+    rounds = [r["round"] for r in read_rows(rows_file)]
+    assert rounds == sorted(set(rounds)) and 3 <= len(rounds) < 6
     assert "restart 1 (killed by signal 9)" in (out / "agents" / "a2" / "agent.log").read_text()
-    assert "| a2 |" in (out / "report.md").read_text().split("restarted:")[1]
+    report = (out / "report.md").read_text()
+    assert "| a2 |" in report.split("restarted:")[1]
+    # The failure: named, with its last log lines, in the report and on the record.
+    failed = summary["trial"]["failed_agents"]
+    assert [f["agent"] for f in failed] == ["a2"] and failed[0]["log_tail"]
+    assert "### a2 (killed, exit status -9)" in report
+    assert failed[0]["log_tail"][-1] in report
 
 
 def test_leave_and_return_plus_broker_restart(tmp_path: Path, fleet_name: str) -> None:
@@ -204,6 +212,34 @@ def test_leave_and_return_plus_broker_restart(tmp_path: Path, fleet_name: str) -
     assert a3_rounds == list(range(6))
     assert restart["status"] == "injected" and "broker down" in restart["note"]
     assert "6/6 rounds done" in leave["outcome"]
+
+
+def test_ctrl_c_stops_every_agent_and_still_writes_the_record(tmp_path: Path, fleet_name: str) -> None:
+    # Prepare: rounds slow enough that the trial is still running when Ctrl-C comes.
+    config = write_config(tmp_path, fleet_name, rounds=8, faults=[slow_rounds(1500)])
+    out = tmp_path / "trial"
+    runner = subprocess.Popen([sys.executable, "-m", "edge", "trial", str(config), "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    rows_file = out / "agents" / "a0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (rows_file.exists() and rows_file.read_bytes().count(b"\n") >= 1):
+        assert time.monotonic() < deadline and runner.poll() is None, "no round was reported"
+        time.sleep(0.05)
+    pids = [int((out / "agents" / a / "agent.pid").read_text()) for a in ("a0", "a1", "a2", "a3")]
+    # Execute
+    runner.send_signal(signal.SIGINT)
+    _, stderr = runner.communicate(timeout=60)
+    # Assert
+    assert runner.returncode == 130, stderr[-2000:]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trial"]["status"] == "interrupted"
+    assert all(a["exit"] == "stopped" for a in summary["strategies"]["parse"]["agents"].values())
+    rows = read_rows(out / "metrics.jsonl")
+    assert rows and len(rows) == summary["trial"]["metrics_rows"] < 4 * 8
+    assert "**interrupted**" in (out / "report.md").read_text()
 
 
 def test_fault_plan_triggers_on_reported_rounds(tmp_path: Path, fleet_name: str) -> None:
