@@ -62,7 +62,7 @@ def _what_ran(doc: dict, trial: dict, block: dict) -> list[str]:
         ["seed", doc["seed"]],
         ["software", doc["software_version"]],
     ]
-    return ["## What ran", "", *_table(["", ""], rows)]
+    return ["## What ran", "", *_table(["item", "value"], rows)]
 
 
 def _accuracy(doc: dict, block: dict) -> list[str]:
@@ -123,6 +123,13 @@ def _bandwidth(block: dict, trial: dict) -> list[str]:
         out += ["Per branch (summed over agents, from their final.json):", ""]
         out += _table(["branch", *keys], [[b, *[int(c.get(k, 0)) for k in keys]]
                                           for b, c in sorted(branches.items())])
+    rejected: dict[str, int] = defaultdict(int)
+    for r in res.values():
+        for reason, count in (r.get("rejected") or {}).items():
+            rejected[reason] += int(count)
+    if rejected:
+        out += ["Updates rejected by receivers (never reached a model): "
+                + ", ".join(f"{reason} {n}" for reason, n in sorted(rejected.items())) + ".", ""]
     cov = trial.get("mix_coverage") or {}
     if cov.get("expected"):
         out += [f"Mix coverage: {cov['mixed']} of {cov['expected']} expected neighbour updates were "
