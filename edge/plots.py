@@ -52,8 +52,9 @@ def write_plots(doc: dict, rows: list[dict], folder: Path) -> dict[str, Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for kind, points in accuracy_by_kind(rows).items():
-        ax.plot([p[0] + 1 for p in points], [p[1] for p in points], marker="o", label=kind)
-    ax.set(xlabel="round", ylabel="test accuracy", title=f"Accuracy by agent kind: {title}")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=kind)
+    # Round indices as in metrics.jsonl and the fault config (0-based).
+    ax.set(xlabel="round index", ylabel="test accuracy", title=f"Accuracy by agent kind: {title}")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -61,8 +62,8 @@ def write_plots(doc: dict, rows: list[dict], folder: Path) -> dict[str, Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for agent, points in cumulative_mb(rows).items():
-        ax.plot([p[0] + 1 for p in points], [p[1] for p in points], marker=".", label=agent)
-    ax.set(xlabel="round", ylabel="MB on the wire (sent + received)",
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=agent)
+    ax.set(xlabel="round index", ylabel="MB on the wire (sent + received)",
            title=f"Cumulative MB per agent: {title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
