@@ -151,14 +151,18 @@ def describe_outcomes(records: list[FaultRecord], rows_by_agent: dict[str, list[
             # mixing rounds r+1..back.
             gone = sender_coverage(coverage, rec.agent, range(rec.round + 1, back + 1))
             before = sender_coverage(coverage, rec.agent, range(1, rec.round + 1))
-            text = (f"{rec.agent} stopped after its round {rec.stopped_after_round}; neighbours "
-                    f"mixed its updates in {_pct(gone)} of the expected slots while it was away "
-                    f"({_pct(before)} before)")
+            if rec.round == 0:
+                text = f"{rec.agent} was not started with the others"
+            else:
+                text = (f"{rec.agent} stopped after its round {rec.stopped_after_round}; neighbours "
+                        f"mixed its updates in {_pct(gone)} of the expected slots while it was away "
+                        f"({_pct(before)} before)")
             if rec.rows_before_return is not None:
                 if len(rows) > rec.rows_before_return:
                     rec.resumed_at_round = int(rows[rec.rows_before_return]["round"])
-                    text += (f"; it came back and resumed at round {rec.resumed_at_round} "
-                             f"(from its checkpoint), {completed.get(rec.agent, 0)}/{rounds} rounds done")
+                    how = "from its checkpoint" if rec.resumed_at_round > 0 else "no checkpoint yet"
+                    text += (f"; it came back and started at round {rec.resumed_at_round} ({how}), "
+                             f"{completed.get(rec.agent, 0)}/{rounds} rounds done")
                 else:
                     text += "; it was restarted but wrote no further rounds"
             rec.outcome = f"{text}; {everyone}"

@@ -91,15 +91,15 @@ class TrialRunner:
                 cmd = agent_command(self.opts.python, config_path, agent_id, self.url, self.out,
                                     self.opts.strategy, self.opts.rounds, self.opts.energy)
                 self.agents[agent_id] = AgentProcess(agent_id, cmd, self.out / "agents" / agent_id, env)
+            self.progress(f"[trial] {len(self.ids)} agents, {self.cfg.training.rounds} rounds, "
+                          f"strategy {self.cfg.strategy}, broker {self.url} "
+                          f"({'embedded' if self.embedded else 'external'}), out {self.out}")
             held = self.plan.held_back()
             for agent_id, proc in self.agents.items():
                 if agent_id not in held:
                     proc.start()
             for agent_id in held:
                 self._inject_leave_at_start(agent_id)
-            self.progress(f"[trial] {len(self.ids)} agents, {self.cfg.training.rounds} rounds, "
-                          f"strategy {self.cfg.strategy}, broker {self.url} "
-                          f"({'embedded' if self.embedded else 'external'}), out {self.out}")
             self._loop()
         except KeyboardInterrupt:
             self.status, self.reason = "interrupted", "interrupted (Ctrl-C): stopped every process"
