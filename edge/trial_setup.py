@@ -82,16 +82,15 @@ def agent_command(python: str, config_path: str, agent_id: str, url: str, out: P
 
 
 def prepare_out(out: Path) -> None:
-    """Clear the record of an earlier trial in `out` (agents would resume from old checkpoints)."""
+    """Clear the record of an earlier trial in `out` (agents would resume from old checkpoints).
+    Refuses when `out/agents` holds something that is not an agent folder of a trial."""
     agents = out / "agents"
     if agents.is_dir():
         for folder in agents.iterdir():
-            strange = [p.name for p in folder.iterdir()
-                       if p.name not in AGENT_FILES and not p.name.endswith(".tmp")] \
-                if folder.is_dir() else [folder.name]
-            if strange:
-                raise UserError(f"--out {out}: {folder} holds files a trial did not write "
-                                f"({', '.join(sorted(strange)[:3])}); expected a trial folder")
+            ours = folder.is_dir() and any((folder / name).exists() for name in AGENT_FILES)
+            if not ours and not (folder.is_dir() and not any(folder.iterdir())):
+                raise UserError(f"--out {out}: {folder} is not an agent folder of an earlier trial; "
+                                "expected a trial output folder (or a new one)")
         shutil.rmtree(agents)
     for name in OUTPUT_FILES:
         (out / name).unlink(missing_ok=True)

@@ -264,3 +264,24 @@ def test_fault_plan_triggers_on_reported_rounds(tmp_path: Path, fleet_name: str)
     plan.mark_returned(0, 2.0, "a0 reported round 3")
     assert plan.due({"a0": 5, "a1": 5, "a2": -1, "a3": 5}) == [] and plan.pending_returns() == []
     assert external.records[1].status == "skipped"
+
+
+def test_out_folder_of_an_earlier_trial_is_cleared_and_a_foreign_one_refused(tmp_path: Path) -> None:
+    # Prepare: an earlier trial's record (a checkpoint would make the agent resume, not start).
+    from edge.errors import UserError
+    from edge.trial_setup import prepare_out
+
+    old = tmp_path / "agents" / "a0"
+    old.mkdir(parents=True)
+    (old / "checkpoint.pt").write_bytes(b"old")
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "plots").mkdir()
+    # Execute
+    prepare_out(tmp_path)
+    # Assert
+    assert [p.name for p in tmp_path.rglob("*")] == ["agents"]
+    (tmp_path / "agents" / "notes").mkdir()
+    (tmp_path / "agents" / "notes" / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an agent folder"):
+        prepare_out(tmp_path)
+    assert (tmp_path / "agents" / "notes" / "mine.txt").read_text() == "keep me"
