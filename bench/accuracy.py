@@ -34,13 +34,13 @@ def _mfeat(topology: dict, counts: dict | None = None) -> dict:
 
 
 def _synthetic_synergy() -> dict:
-    # 6 label bits: 1 redundant, 1 unique per modality, 3 synergistic -> half the label
-    # information is only in the combination.
+    # 3 label bits: 1 redundant (in both modalities), 2 synergistic (XOR across them): two
+    # thirds of the label information is only in the combination; 8 classes.
     return {
         "fleet": "bench-synergy",
         "data": {"dataset": "synthetic-pid",
                  "synthetic": {"n_samples": 6000, "dim": 16, "redundant_bits": 1,
-                               "unique_bits": 1, "synergy_bits": 3, "noise": 0.3},
+                               "unique_bits": 0, "synergy_bits": 2, "noise": 0.3},
                  "partition": {"kind": "iid", "test_fraction": 0.25}},
         "families": {"a": {"hidden": [64], "latent": 48}, "b": {"hidden": [64], "latent": 48}},
         "agents": {"count": 12, "multimodal_fraction": 0.34},
@@ -65,8 +65,28 @@ SETTINGS = {
 }
 
 
+# Design ablations run beside the strategies: parse with another combiner or shared heads.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "mfeat-chordal": {"share_heads": {"share_heads": True}},
+    "synthetic-synergy": {"mean": {"combiner": "mean"}, "gate": {"combiner": "gate"}},
+}
+
+
+def _row(block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "overall": block["accuracy"]["overall"],
+        "by_kind": block["accuracy"]["by_kind"],
+        "per_head": block["per_head"],
+        "bytes_per_round": block["bytes_sent"]["per_round"],
+        "wall_s": block["wall_s"],
+        "gradient_conflict": block.get("gradient_conflict", {}),
+    }
+
+
 def run_one(setting: str, seed: int, strategies: tuple[str, ...]) -> dict[str, Any]:
     """All strategies x both architectures for one (setting, seed); returns per-run results."""
+    from dataclasses import replace
+
     import torch
 
     from edge.config import parse_config
@@ -79,14 +99,12 @@ def run_one(setting: str, seed: int, strategies: tuple[str, ...]) -> dict[str, A
         names = [s for s in strategies if arch == "sliced" or s != "parse"]
         summary = simulate_fleet(cfg, names, arch, seed=seed)
         for name, block in summary["strategies"].items():
-            out[f"{name}/{arch}"] = {
-                "overall": block["accuracy"]["overall"],
-                "by_kind": block["accuracy"]["by_kind"],
-                "per_head": block["per_head"],
-                "bytes_per_round": block["bytes_sent"]["per_round"],
-                "wall_s": block["wall_s"],
-                "gradient_conflict": block.get("gradient_conflict", {}),
-            }
+            out[f"{name}/{arch}"] = _row(block)
+    if "parse" in strategies:
+        for label, model_overrides in VARIANTS.get(setting, {}).items():
+            variant = replace(cfg, model=replace(cfg.model, **model_overrides))
+            block = simulate_fleet(variant, ["parse"], "sliced", seed=seed)["strategies"]["parse"]
+            out[f"parse[{label}]/sliced"] = _row(block)
     return {"setting": setting, "seed": seed, "runs": out}
 
 

@@ -51,6 +51,13 @@ class ModelSpec:
     def multimodal(self) -> bool:
         return len(self.modalities) > 1
 
+    @property
+    def fused_width(self) -> int:
+        """Width of the fused synergy feature: a whole latent's width, because XOR-like
+        structure needs hidden units (a slice-wide fusion, 16 at the defaults, learnt one
+        synergistic bit out of two on synthetic-pid: 54.6% vs 99.2% at 48 wide)."""
+        return max(self.families[m].latent for m in self.modalities) if self.multimodal else 0
+
 
 class Slices(NamedTuple):
     r: Tensor
@@ -183,7 +190,7 @@ class AgentModel(nn.Module):
             heads = {"R": head(r_width, spec.n_classes, spec.head_hidden)}
             heads |= {f"U_{m}": head(widths[m][1], spec.n_classes, spec.head_hidden) for m in mods}
             if spec.multimodal:
-                s_out = max(w[2] for w in widths.values())
+                s_out = spec.fused_width
                 self.fusion = Fusion(spec.fusion, [widths[m][2] for m in mods], s_out,
                                      spec.tensor_rank)
                 heads["S"] = head(s_out, spec.n_classes, spec.head_hidden)
@@ -268,9 +275,8 @@ class Combiner(nn.Module):
             self.modalities = spec.modalities
             r_width = next(iter(widths.values()))[0]
             self.u_widths = [widths[m][1] for m in spec.modalities]
-            s_width = max(w[2] for w in widths.values()) if spec.multimodal else 0
-            self.s_width = s_width
-            total = r_width + sum(self.u_widths) + s_width
+            self.s_width = spec.fused_width
+            total = r_width + sum(self.u_widths) + self.s_width
             self.mlp = nn.Sequential(nn.Linear(total, total), nn.ReLU(),
                                      nn.Linear(total, spec.n_classes))
 
