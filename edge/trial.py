@@ -10,7 +10,6 @@ checkpoint), and always writes what was measured - after success, failure, timeo
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,7 +82,7 @@ class TrialRunner:
     def run(self) -> TrialResult:
         prepare_out(self.out)
         config_path = str(self.opts.config_path or BUILTIN_EXAMPLE)
-        shutil.copyfile(config_path, self.out / "config.yaml")
+        self._copy_config(config_path)
         try:
             self._start_broker()
             env = agent_env(len(self.ids))
@@ -110,6 +109,13 @@ class TrialRunner:
         finally:
             self._shutdown()
         return self._finish()
+
+    def _copy_config(self, config_path: str) -> None:
+        """DIR/config.yaml: the config the agents read, headed by the overrides passed to them."""
+        overrides = [f"--{k} {v}" for k, v in (("rounds", self.opts.rounds), ("strategy", self.opts.strategy))
+                     if v is not None]
+        head = f"# parse-edge trial ran {config_path}" + (f" with {' '.join(overrides)}" if overrides else "")
+        (self.out / "config.yaml").write_text(head + "\n" + Path(config_path).read_text())
 
     def _start_broker(self) -> None:
         if self.embedded:
