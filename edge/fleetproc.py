@@ -27,11 +27,25 @@ class ExitKind(str, Enum):
     FAILED = "failed"          # non-zero exit status the runner did not cause
 
 
+def _load_prctl() -> object | None:
+    # Resolved once in the runner: the child between fork and exec should only call it (loading
+    # a library there could wait forever on a lock another runner thread held at fork time).
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     # Linux: the agent gets SIGTERM when the runner dies, even by SIGKILL, so no orphans learn
     # on after a crashed trial. Runs in the child between fork and exec.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))  # type: ignore[operator]
 
 
 def tail_lines(path: Path, lines: int = 20) -> list[str]:
@@ -88,7 +102,7 @@ class AgentProcess:
             self.process = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                preexec_fn=_die_with_parent if _PRCTL is not None else None)
         self.pid_path.write_text(f"{self.process.pid}\n")
         self.starts += 1
         self.started_at = time.monotonic()
