@@ -38,6 +38,7 @@ class _SenderBranch:
     reference: np.ndarray | None = None
     previous: np.ndarray | None = None  # last true vector, used only without error feedback
     reference_round: int = -1
+    public: np.ndarray | None = None  # what receivers decoded from the last message, in full
     deltas_since_keyframe: int = 0
     keyframe_requested: bool = False
 
@@ -68,6 +69,13 @@ class UpdateSender:
             for key, state in self._branches.items():
                 if branch_key is None or key == branch_key:
                     state.keyframe_requested = True
+
+    def public_copy(self, branch_key: str) -> np.ndarray | None:
+        """The branch as receivers now hold it (None before the first message): the copy a
+        CHOCO-style mix must take differences against, so a lossy codec's lag cancels."""
+        with self._lock:
+            state = self._branches.get(branch_key)
+            return None if state is None or state.public is None else state.public.copy()
 
     def encode(self, round_idx: int, branch_key: str, signature: str,
                vector: np.ndarray) -> list[tuple[str, bytes]]:
@@ -115,6 +123,8 @@ class UpdateSender:
             state.keyframe_requested = False
         if not self.spec.error_feedback:
             state.previous = flat.copy()
+        state.public = (state.reference.copy() if state.reference is not None
+                        else codecs.decode(codec, payload, flat.size))
         state.reference_round = round_idx
         return codec, ref_round, payload
 

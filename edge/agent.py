@@ -66,7 +66,8 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
     _install_signal_handlers()
     try:
         transport.start()
-        transport.wait_for_neighbours(set(graph[agent_id]), cfg.comm.deadline_s)
+        transport.wait_for_neighbours(set(graph[agent_id]), cfg.comm.deadline_s,
+                                      offline_is_final=start_round > 0)
         for round_idx in range(start_round, rounds):
             round_started = time.perf_counter()
             graph = build_graph(cfg.topology, ids, cfg.training.seed, round_idx, cfg.source)
@@ -76,7 +77,9 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
             waited = time.perf_counter()
             received = transport.collect(round_idx - 1, plan, wait_s) if round_idx else {}
             wait_s = time.perf_counter() - waited
-            result, outbox = run_round(learner, agent_id, round_idx, plan, received, local_epochs)
+            public = transport.public_copies(plan)
+            result, outbox = run_round(learner, agent_id, round_idx, plan, received, local_epochs,
+                                       public)
             if round_idx < rounds - 1:  # nobody mixes after the last round
                 transport.publish(round_idx, outbox)
             save_checkpoint(ckpt_path, cfg, learner, agent_id, round_idx, strategy.name)

@@ -134,7 +134,10 @@ class CommConfig:
     topk_fraction: float = 0.02
     error_feedback: bool = True
     difference_coding: bool = False
+    # Full updates: every N messages (0: only on first contact and when a receiver asks),
+    # in this codec (None: fp32 for topk, else the codec itself).
     keyframe_every: int = 10
+    keyframe_codec: Literal["fp32", "fp16", "int8"] | None = None
     chunk_kib: int = 256
     deadline_s: float = 30.0
 
@@ -376,8 +379,9 @@ def _check_comm(cfg: FleetConfig) -> None:
         raise ConfigError(src, "comm.topk_fraction", f"expected (0, 1], got {c.topk_fraction}")
     if not 1 <= c.chunk_kib <= 256:
         raise ConfigError(src, "comm.chunk_kib", f"expected 1 to 256, got {c.chunk_kib}")
-    if c.keyframe_every < 1:
-        raise ConfigError(src, "comm.keyframe_every", "expected an integer >= 1")
+    if c.keyframe_every < 0:
+        raise ConfigError(src, "comm.keyframe_every",
+                          "expected an integer >= 0 (0: keyframes only when needed)")
     if c.deadline_s <= 0:
         raise ConfigError(src, "comm.deadline_s", "expected a number of seconds > 0")
     url = cfg.broker.url

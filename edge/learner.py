@@ -121,16 +121,20 @@ class Learner:
                 offset += p.numel()
 
     def mix(self, key: str, weights: dict[str, float], received: dict[str, np.ndarray],
-            self_id: str) -> list[str]:
-        """Gossip-average one branch; weights of neighbours that sent nothing go back to self.
-        Returns the neighbours whose copies were used."""
+            self_id: str, public: np.ndarray | None = None) -> list[str]:
+        """Gossip-average one branch: x_i += sum_j w_ij (x_j - x̂_i), where x̂_i is our copy as
+        neighbours hold it (`public`; None: our exact parameters, as with fp32). Taking the
+        difference against x̂_i rather than x_i is CHOCO-gossip: with a lossy codec the
+        neighbours' copies lag, and the lag then cancels instead of pulling us back. Weights of
+        neighbours that sent nothing stay with us. Returns the neighbours whose copies were used."""
         used = [j for j in weights if j != self_id and j in received]
         if not used:
             return []
-        own_weight = 1.0 - sum(weights[j] for j in used)
-        mixed = own_weight * self.branch_vector(key).astype(np.float64)
+        own = self.branch_vector(key).astype(np.float64)
+        base = own if public is None else public.astype(np.float64)
+        mixed = own.copy()
         for j in used:
-            mixed += weights[j] * received[j].astype(np.float64)
+            mixed += weights[j] * (received[j].astype(np.float64) - base)
         self.set_branch(key, mixed.astype(np.float32))
         return used
 

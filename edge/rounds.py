@@ -50,12 +50,16 @@ def mixing_plan(agent_id: str, graph: Graph, holdings: Holdings) -> Plan:
 
 
 def run_round(learner: Learner, agent_id: str, round_idx: int, plan: Plan,
-              received: dict[str, dict[str, np.ndarray]],
-              local_epochs: int) -> tuple[RoundResult, dict[str, np.ndarray]]:
-    """Mix -> train -> evaluate -> the branches to publish (key -> flat vector)."""
+              received: dict[str, dict[str, np.ndarray]], local_epochs: int,
+              public: dict[str, np.ndarray] | None = None) -> tuple[RoundResult, dict[str, np.ndarray]]:
+    """Mix -> train -> evaluate -> the branches to publish (key -> flat vector).
+
+    `public` holds, per branch, our own copy as the neighbours decoded it (lossy codecs);
+    missing entries mean the neighbours hold our exact parameters."""
     mixed_from = {}
+    public = public or {}
     for key, weights in plan.items():
-        used = learner.mix(key, weights, received.get(key, {}), agent_id)
+        used = learner.mix(key, weights, received.get(key, {}), agent_id, public.get(key))
         if used:
             mixed_from[key] = used
     started = time.perf_counter()

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -43,13 +44,15 @@ class MqttTransport:
         hmac_key = cfg.broker.hmac_key.encode() if cfg.broker.hmac_key else None
         self.sender = UpdateSender(
             cfg.fleet, spec.id,
-            codec_spec(comm.codec, comm.topk_fraction, comm.difference_coding, comm.error_feedback),
+            codec_spec(comm.codec, comm.topk_fraction, comm.difference_coding, comm.error_feedback,
+                       keyframe_codec=comm.keyframe_codec),
             keyframe_every=comm.keyframe_every, hmac_key=hmac_key, chunk_bytes=comm.chunk_kib * 1024)
         self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=hmac_key,
                                        reassembly_timeout_s=max(30.0, comm.deadline_s))
         self.neighbours = NeighbourTable(cfg.fleet, graph)
         self.holdings = holdings
         self._inbox: dict[tuple[int, str], dict[str, np.ndarray]] = defaultdict(dict)
+        self._latest_round: dict[str, int] = {}  # newest round seen from each sender
         self._arrived = threading.Condition()
         self._rng = random.Random(f"{cfg.training.seed}/{spec.id}/loss")
         self.delay_ms = sum(f.delay_ms for f in cfg.faults
@@ -99,12 +102,18 @@ class MqttTransport:
         """Mark ourselves offline, flush, disconnect."""
         self.client.stop(publish_will=True)
 
-    def wait_for_neighbours(self, neighbours: set[str], timeout_s: float) -> set[str]:
-        """Block until the given agents are online (or timeout); return the ones that are."""
+    def wait_for_neighbours(self, neighbours: set[str], timeout_s: float,
+                            offline_is_final: bool = False) -> set[str]:
+        """Block until the given agents are online (or timeout); return the ones that are.
+
+        With `offline_is_final` (a resumed agent), a neighbour that announced it is offline
+        is not waited for: it has finished or left, and waiting would only cost the timeout."""
         deadline = time.monotonic() + timeout_s
         while True:
             online = neighbours & self.neighbours.online_agents()
-            if online == neighbours or time.monotonic() >= deadline:
+            known = {n for n in neighbours if self.neighbours.status(n) is not None}
+            settled = known == neighbours if offline_is_final else online == neighbours
+            if settled or time.monotonic() >= deadline:
                 return online
             time.sleep(0.05)
 
@@ -146,8 +155,16 @@ class MqttTransport:
         # anything else would be rejected on arrival anyway.
         live = {key: self.neighbours.live_neighbours(self.agent_id, key, self.branches[key].signature)
                 for key in plan}
+        # A neighbour already past this round sent its update of it, or it was lost (e.g. we
+        # were not subscribed yet after a restart): either way there is nothing to wait for.
         return [(key, j) for key, weights in plan.items() for j in weights
-                if j in live[key] and j not in self._inbox.get((round_idx, key), {})]
+                if j in live[key] and self._latest_round.get(j, -1) <= round_idx
+                and j not in self._inbox.get((round_idx, key), {})]
+
+    def public_copies(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """Our branches as the neighbours decoded them (for CHOCO-style mixing)."""
+        copies = {key: self.sender.public_copy(key) for key in keys}
+        return {key: copy for key, copy in copies.items() if copy is not None}
 
     def publish_metrics(self, row: dict) -> None:
         self.client.publish(topics.metrics_topic(self.cfg.fleet, self.agent_id),
@@ -169,6 +186,8 @@ class MqttTransport:
                 # It may come back from an older checkpoint: its next update must not be
                 # judged against what it sent before it left.
                 self.receiver.forget(status.agent)
+                with self._arrived:
+                    self._latest_round.pop(status.agent, None)
             with self._arrived:
                 self._arrived.notify_all()  # an agent going offline ends a wait for it
         elif info.kind == "update" and info.agent != self.agent_id:
@@ -176,6 +195,8 @@ class MqttTransport:
             if update is not None:
                 with self._arrived:
                     self._inbox[(update.round_idx, update.branch_key)][update.sender] = update.vector
+                    self._latest_round[update.sender] = max(
+                        update.round_idx, self._latest_round.get(update.sender, -1))
                     self._arrived.notify_all()
             for sender, key in self.receiver.pop_keyframe_requests():
                 request = KeyframeRequest(self.agent_id, sender, key)
