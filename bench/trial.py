@@ -30,11 +30,12 @@ from edge.trial import TrialOptions, run_trial  # noqa: E402
 
 MFEAT = REPO / "edge" / "examples" / "mfeat.yaml"
 CODECS = {"fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec": "int8"},
-          "topk+EF": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True},
-          # top-k deltas need an fp32 keyframe now and then (default every 10 rounds); with one
-          # keyframe per trial the deltas alone set the cost.
-          "topk+EF-1kf": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True,
-                          "keyframe_every": 1000}}
+          # Top-k deltas against the copy receivers hold (error feedback), keyframes only on
+          # first contact or request, sent as int8: the low-bandwidth setting.
+          "topk+EF": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True,
+                      "keyframe_every": 0, "keyframe_codec": "int8"},
+          # The config default: an fp32 keyframe every 10 rounds, which dominates the bytes.
+          "topk+EF-kf10": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True}}
 
 
 def write_config(folder: Path, name: str, agents: int | None, rounds: int, comm: dict,

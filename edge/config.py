@@ -140,6 +140,8 @@ class CommConfig:
     keyframe_codec: Literal["fp32", "fp16", "int8"] | None = None
     chunk_kib: int = 256
     deadline_s: float = 30.0
+    # CHOCO consensus step gamma: x_i += gamma * sum_j w_ij (x̂_j - x̂_i); 1 is plain gossip.
+    consensus_step: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -382,6 +384,9 @@ def _check_comm(cfg: FleetConfig) -> None:
     if c.keyframe_every < 0:
         raise ConfigError(src, "comm.keyframe_every",
                           "expected an integer >= 0 (0: keyframes only when needed)")
+    if not 0 < c.consensus_step <= 1:
+        raise ConfigError(src, "comm.consensus_step",
+                          f"expected a step in (0, 1], got {c.consensus_step}")
     if c.deadline_s <= 0:
         raise ConfigError(src, "comm.deadline_s", "expected a number of seconds > 0")
     url = cfg.broker.url

@@ -122,7 +122,7 @@ class Learner:
 
     def mix(self, key: str, weights: dict[str, float], received: dict[str, np.ndarray],
             self_id: str, public: np.ndarray | None = None) -> list[str]:
-        """Gossip-average one branch: x_i += sum_j w_ij (x_j - x̂_i), where x̂_i is our copy as
+        """Gossip-average one branch: x_i += γ sum_j w_ij (x_j - x̂_i), where x̂_i is our copy as
         neighbours hold it (`public`; None: our exact parameters, as with fp32). Taking the
         difference against x̂_i rather than x_i is CHOCO-gossip: with a lossy codec the
         neighbours' copies lag, and the lag then cancels instead of pulling us back. Weights of
@@ -133,8 +133,9 @@ class Learner:
         own = self.branch_vector(key).astype(np.float64)
         base = own if public is None else public.astype(np.float64)
         mixed = own.copy()
+        step = self.cfg.comm.consensus_step
         for j in used:
-            mixed += weights[j] * (received[j].astype(np.float64) - base)
+            mixed += step * weights[j] * (received[j].astype(np.float64) - base)
         self.set_branch(key, mixed.astype(np.float32))
         return used
 

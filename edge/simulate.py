@@ -20,6 +20,7 @@ from edge.sharing import combination
 from edge.strategies import get_strategy
 from edge.summary import strategy_summary
 from edge.topology import build_graph
+from edge.updates import update_sender
 
 Progress = Callable[[str], None]
 
@@ -54,6 +55,9 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
     kinds = {a.id: combination(a.modalities) for a in cfg.agent_specs}
     strategy.prepare(list(learners.values()))
 
+    # The same codecs as on the wire: what a neighbour mixes is our branch as it decodes it.
+    senders = {a: update_sender(cfg, a) for a in ids}
+    encoded_bytes = 0
     history: list[dict[str, RoundResult]] = []
     outboxes: dict[str, dict[str, np.ndarray]] = {}
     conflict: dict = {}
@@ -68,8 +72,15 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
             received = {key: {j: outboxes[j][key] for j in weights
                               if j != agent and key in outboxes.get(j, {})}
                         for key, weights in plans[agent].items()}
-            results[agent], new_outboxes[agent] = run_round(
-                learners[agent], agent, round_idx, plans[agent], received, local_epochs)
+            results[agent], outbox = run_round(
+                learners[agent], agent, round_idx, plans[agent], received, local_epochs,
+                public=outboxes.get(agent, {}))
+            new_outboxes[agent] = {}
+            for key, vector in outbox.items():
+                branch = learners[agent].branches[key]
+                messages = senders[agent].encode(round_idx, key, branch.signature, vector)
+                encoded_bytes += sum(len(payload) for _, payload in messages)
+                new_outboxes[agent][key] = senders[agent].public_copy(key)
         outboxes = new_outboxes
         history.append(results)
         if progress:
@@ -77,6 +88,8 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
     summary = strategy_summary(strategy_name, model_arch, history, kinds,
                                time.perf_counter() - started)
     summary["gradient_conflict"] = conflict
+    summary["bytes_encoded"] = {"codec": cfg.comm.codec, "total": encoded_bytes,
+                                "per_round": encoded_bytes / rounds if rounds else 0.0}
     if checkpoint_dir is not None:
         for agent, learner in learners.items():
             save_checkpoint(checkpoint_dir / "agents" / agent / "checkpoint.pt", cfg, learner,

@@ -14,17 +14,16 @@ import numpy as np
 
 from broker import topics
 from broker.client import MqttClient, TlsFiles
-from broker.codec_spec import codec_spec
 from broker.discovery import AgentStatus, NeighbourTable, encode_status, offline_status
 from broker.exchange import (
     KeyframeRequest,
     UpdateReceiver,
-    UpdateSender,
     encode_keyframe_request,
     parse_keyframe_request,
 )
 from edge.config import AgentSpec, FleetConfig
 from edge.learner import Branch
+from edge.updates import update_sender
 from edge.version import software_version
 
 log = logging.getLogger(__name__)
@@ -42,11 +41,7 @@ class MqttTransport:
         self.branches = branches
         comm = cfg.comm
         hmac_key = cfg.broker.hmac_key.encode() if cfg.broker.hmac_key else None
-        self.sender = UpdateSender(
-            cfg.fleet, spec.id,
-            codec_spec(comm.codec, comm.topk_fraction, comm.difference_coding, comm.error_feedback,
-                       keyframe_codec=comm.keyframe_codec),
-            keyframe_every=comm.keyframe_every, hmac_key=hmac_key, chunk_bytes=comm.chunk_kib * 1024)
+        self.sender = update_sender(cfg, spec.id)
         self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=hmac_key,
                                        reassembly_timeout_s=max(30.0, comm.deadline_s))
         self.neighbours = NeighbourTable(cfg.fleet, graph)
