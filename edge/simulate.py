@@ -18,7 +18,7 @@ from edge.fleet import make_learner
 from edge.rounds import RoundResult, mixing_plan, run_round
 from edge.sharing import combination
 from edge.strategies import get_strategy
-from edge.summary import strategy_summary
+from edge.summary import fleet_header, strategy_summary
 from edge.topology import build_graph
 from edge.updates import update_sender
 
@@ -127,8 +127,6 @@ def simulate_fleet(cfg: FleetConfig, strategies: list[str], arch: str, rounds: i
                    seed: int | None = None, progress: Progress | None = None,
                    checkpoint_dir: Path | None = None) -> dict:
     """Every requested strategy on the same partitions; the whole summary.json document."""
-    from edge.version import software_version
-
     cfg = with_overrides(cfg, rounds, seed)
     data = agent_data(cfg)
     info = fleet_info(cfg)
@@ -137,14 +135,7 @@ def simulate_fleet(cfg: FleetConfig, strategies: list[str], arch: str, rounds: i
         ckpt = checkpoint_dir if len(strategies) == 1 else (
             checkpoint_dir / name if checkpoint_dir is not None else None)
         blocks[name] = simulate_strategy(cfg, name, arch, data, info, progress, ckpt)
-    return {
-        "software_version": software_version(),
-        "config": cfg.source,
-        "fleet": cfg.fleet,
-        "dataset": cfg.data.dataset,
-        "seed": cfg.training.seed,
-        "agents": {a.id: {"modalities": list(a.modalities), "kind": combination(a.modalities),
-                          "n_train": len(data[a.id].train.y), "n_test": len(data[a.id].test.y)}
-                   for a in cfg.agent_specs},
-        "strategies": blocks,
-    }
+    agents = {a.id: {"modalities": list(a.modalities), "kind": combination(a.modalities),
+                     "n_train": len(data[a.id].train.y), "n_test": len(data[a.id].test.y)}
+              for a in cfg.agent_specs}
+    return {**fleet_header(cfg, agents), "strategies": blocks}

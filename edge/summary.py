@@ -7,8 +7,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from edge.config import FleetConfig
 from edge.counting import cumulative_total
 from edge.rounds import RoundResult
+from edge.version import software_version
 
 
 def head_label(head: str, kind: str) -> str:
@@ -180,3 +182,15 @@ def final_rows_per_round(rows: list[dict]) -> list[dict]:
     """One agent's rows with a re-run round counted once (the later row)."""
     by_round = {int(r["round"]): r for r in rows}
     return [by_round[k] for k in sorted(by_round)]
+
+
+def fleet_header(cfg: FleetConfig, agents: dict[str, dict]) -> dict:
+    """The top of summary.json, shared by simulate and trial: what ran, on what, and who."""
+    return {
+        "software_version": software_version(),
+        "config": cfg.source,
+        "fleet": cfg.fleet,
+        "dataset": cfg.data.dataset,
+        "seed": cfg.training.seed,
+        "agents": agents,
+    }

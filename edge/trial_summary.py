@@ -14,7 +14,7 @@ from edge.coverage import expected_mixes, mix_coverage
 from edge.faults import FaultRecord, describe_outcomes
 from edge.sharing import combination
 from edge.strategies import get_strategy
-from edge.summary import agent_rows, trial_strategy_summary, wire_bytes
+from edge.summary import agent_rows, fleet_header, trial_strategy_summary, wire_bytes
 
 
 def read_final(path: Path) -> dict | None:
@@ -105,7 +105,6 @@ class TrialFacts:
 
 def trial_document(facts: TrialFacts) -> dict:
     """The whole summary.json of a trial."""
-    from edge.version import software_version
 
     cfg, rows = facts.cfg, facts.rows
     rounds = cfg.training.rounds
@@ -129,14 +128,10 @@ def trial_document(facts: TrialFacts) -> dict:
     coverage = mix_coverage(rows, expected_mixes(cfg, cfg.strategy, rounds))
     describe_outcomes(facts.faults, by_agent, coverage, rounds)
     return {
-        "software_version": software_version(),
-        "config": cfg.source,
-        "fleet": cfg.fleet,
-        "dataset": cfg.data.dataset,
-        "seed": cfg.training.seed,
-        "agents": {a.id: {"modalities": list(a.modalities), "kind": kinds[a.id], "device": a.device,
-                          "n_test": int(by_agent[a.id][-1].get("n_test", 0)) if by_agent.get(a.id) else 0}
-                   for a in cfg.agent_specs},
+        **fleet_header(cfg, {
+            a.id: {"modalities": list(a.modalities), "kind": kinds[a.id], "device": a.device,
+                   "n_test": int(by_agent[a.id][-1].get("n_test", 0)) if by_agent.get(a.id) else 0}
+            for a in cfg.agent_specs}),
         "strategies": {cfg.strategy: block},
         "trial": {
             "status": facts.status,
