@@ -303,3 +303,16 @@ def test_parse_keyframe_request_ignores_other_control_messages() -> None:
     assert parse_keyframe_request(b'{"type": "start"}') is None
     assert parse_keyframe_request(b"not json") is None
     assert parse_keyframe_request(b'{"type": "keyframe_request", "requester": 1}') is None
+
+
+@pytest.mark.parametrize("spec", ["fp32", "fp16", "int8", "topk:0.05", "choco+int8"])
+def test_public_copy_is_exactly_what_the_receiver_decodes(spec: str) -> None:
+    # Prepare
+    sender = UpdateSender(FLEET, "a1", spec, keyframe_every=3)
+    receiver = _receiver(500)
+    assert sender.public_copy(BRANCH) is None
+    # Execute / Assert: round after round, keyframes and deltas alike
+    for round_idx in range(5):
+        vector = _vector(500, seed=round_idx)
+        (update,) = _deliver(receiver, sender.encode(round_idx, BRANCH, SIG, vector))
+        np.testing.assert_array_equal(sender.public_copy(BRANCH), update.vector)

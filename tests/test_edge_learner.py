@@ -87,3 +87,18 @@ def test_training_lowers_the_loss(learners: dict) -> None:
         last = learners["a2"].train(1)["loss"]
     # Assert
     assert last < first
+
+
+def test_mix_against_the_public_copy_cancels_a_lossy_lag(learners: dict) -> None:
+    # Prepare: neighbours hold a lagging copy of a3 (public = own - 1); a peer's copy lags the
+    # same way. A plain average would drag a3 back by the lag; CHOCO's difference does not.
+    learner = learners["a3"]
+    own = learner.branch_vector("fuse/a+b")
+    public = own - 1.0
+    peer = own - 1.0
+    # Execute
+    learner.mix("fuse/a+b", {"a3": 0.5, "a2": 0.5}, {"a2": peer}, "a3", public=public)
+    mixed = learner.branch_vector("fuse/a+b")
+    learner.set_branch("fuse/a+b", own)
+    # Assert
+    np.testing.assert_allclose(mixed, own, atol=1e-6)

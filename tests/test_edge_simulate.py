@@ -128,3 +128,21 @@ def test_impossible_split_ratio_is_a_one_line_error(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"error: {config}: model.split: ratio 1:1:100 of latent 24")
+
+
+def test_a_lossy_codec_is_simulated_through_the_real_encoder() -> None:
+    # Prepare
+    raw = {**SMALL, "training": {**SMALL["training"], "rounds": 3},
+           "comm": {"codec": "topk", "topk_fraction": 0.05, "keyframe_every": 0,
+                    "keyframe_codec": "int8", "consensus_step": 0.3}}
+    lossy = parse_config(raw, "inline")
+    exact = parse_config({**raw, "comm": {"codec": "fp32"}}, "inline")
+    # Execute
+    topk = simulate_fleet(lossy, ["parse"], "sliced")["strategies"]["parse"]
+    fp32 = simulate_fleet(exact, ["parse"], "sliced")["strategies"]["parse"]
+    # Assert: same dense accounting, far fewer encoded bytes, different (lossy) mixing
+    assert topk["bytes_sent"] == fp32["bytes_sent"]
+    assert topk["bytes_encoded"]["total"] * 5 < fp32["bytes_encoded"]["total"]
+    assert fp32["bytes_encoded"]["total"] >= fp32["bytes_sent"]["total"]
+    assert topk["accuracy"]["per_agent"] != fp32["accuracy"]["per_agent"]
+    assert topk["accuracy"]["overall"] > 2 / 16
