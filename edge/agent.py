@@ -94,7 +94,7 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
                 "bytes_received": received_bytes,
                 "dense_bytes_published": result.dense_bytes_published,
                 "cpu_s": usage.cpu_s, "rss_mb": usage.peak_rss_mb,
-                "energy_j": energy.stop(usage, sent + received_bytes).energy_j,
+                "energy_j": energy.read(usage, sent + received_bytes).energy_j,
                 "energy_source": energy.source,
             }
             _append_jsonl(agent_dir / "metrics.jsonl", row)
@@ -138,6 +138,7 @@ def _resume(learner, ckpt_path: Path, strategy: str, agent_id: str) -> int:
 
 def _energy_fields(energy: EnergyMeter, usage, wire_bytes: int) -> dict:
     result = energy.stop(usage, wire_bytes)
+    energy.close()
     return {"energy_j": result.energy_j, "energy_source": result.source}
 
 
