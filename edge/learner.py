@@ -133,7 +133,7 @@ class Learner:
         own = self.branch_vector(key).astype(np.float64)
         base = own if public is None else public.astype(np.float64)
         mixed = own.copy()
-        step = self.cfg.comm.consensus_step
+        step = self.cfg.comm.mixing_step
         for j in used:
             mixed += step * weights[j] * (received[j].astype(np.float64) - base)
         self.set_branch(key, mixed.astype(np.float32))
