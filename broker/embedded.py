@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any
 
+from broker.process import terminate
+
 READY_LINE = "amqtt-ready"
 
 
@@ -123,18 +125,7 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the broker process (SIGTERM, then SIGKILL)."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        terminate(process, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

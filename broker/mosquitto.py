@@ -28,6 +28,7 @@ from typing import NamedTuple
 from broker import topics
 from broker.chunking import MAX_MESSAGE_BYTES
 from broker.client import TlsFiles
+from broker.process import terminate
 
 # A chunk is at most 256 KiB of MQTT payload; the PUBLISH packet adds the topic and a few bytes.
 MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + 8 * 1024
@@ -231,17 +232,7 @@ class MosquittoProcess:
     def stop(self) -> None:
         """Terminate mosquitto (SIGTERM, then SIGKILL)."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        terminate(process)
 
     def __enter__(self) -> MosquittoProcess:
         return self.start()

@@ -62,6 +62,13 @@ def history_block(history: list[dict[str, RoundResult]], kinds: dict[str, str]) 
     return rows
 
 
+def bytes_block(per_agent: dict[str, int], rounds: int) -> dict:
+    """Total, per-round and per-agent bytes."""
+    total = sum(per_agent.values())
+    return {"total": total, "per_round": total / rounds if rounds else 0.0,
+            "per_agent": dict(per_agent)}
+
+
 def strategy_summary(name: str, arch: str, history: list[dict[str, RoundResult]],
                      kinds: dict[str, str], wall_s: float) -> dict:
     """The `strategies.<name>` block of summary.json."""
@@ -71,17 +78,12 @@ def strategy_summary(name: str, arch: str, history: list[dict[str, RoundResult]]
         for agent, res in round_results.items():
             sent[agent] += res.dense_bytes_published
     rounds = len(history)
-    total = sum(sent.values())
     return {
         "strategy": name,
         "arch": arch,
         "accuracy": accuracy_block(final, kinds),
         "per_head": per_head_block(final, kinds),
-        "bytes_sent": {
-            "total": total,
-            "per_round": total / rounds if rounds else 0.0,
-            "per_agent": dict(sent),
-        },
+        "bytes_sent": bytes_block(sent, rounds),
         "rounds": rounds,
         "wall_s": wall_s,
         "history": history_block(history, kinds),
@@ -156,21 +158,9 @@ def trial_strategy_summary(name: str, arch: str, rows: list[dict], kinds: dict[s
         "arch": arch,
         "accuracy": accuracy_block(final, kinds),
         "per_head": per_head_block(final, kinds),
-        "bytes_sent": {
-            "total": sum(sent.values()),
-            "per_round": sum(sent.values()) / rounds if rounds else 0.0,
-            "per_agent": sent,
-        },
-        "bytes_received": {
-            "total": sum(received.values()),
-            "per_round": sum(received.values()) / rounds if rounds else 0.0,
-            "per_agent": received,
-        },
-        "bytes_dense": {
-            "total": sum(dense.values()),
-            "per_round": sum(dense.values()) / rounds if rounds else 0.0,
-            "per_agent": dense,
-        },
+        "bytes_sent": bytes_block(sent, rounds),
+        "bytes_received": bytes_block(received, rounds),
+        "bytes_dense": bytes_block(dense, rounds),
         "rounds": rounds,
         "rounds_completed": {a: len({int(r["round"]) for r in rs}) for a, rs in per_agent.items()},
         "wall_s": wall_s,
