@@ -136,3 +136,15 @@ def test_unit_of_maps_every_parameter_to_its_sharing_unit() -> None:
     assert units["heads.R.weight"] == ("head_r", "")
     assert units["heads.S.bias"] == ("head_s", "")
     assert units["combiner.gate_logits"] == ("comb", "")
+
+
+def test_head_hidden_gives_every_slice_head_a_hidden_layer() -> None:
+    # Prepare
+    model = AgentModel(_spec(("a", "b"), head_hidden=20))
+    # Execute
+    out = model(_batch(("a", "b")))
+    # Assert
+    for name in ("R", "U_a", "U_b", "S"):
+        head = model.heads[name]
+        assert isinstance(head, torch.nn.Sequential) and head[0].out_features == 20
+    assert out.logits.shape == (7, 5)
