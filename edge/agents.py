@@ -6,11 +6,6 @@ from edge.config import SAFE_ID, AgentsConfig, AgentSpec, check_device
 from edge.errors import ConfigError
 
 
-def kind_of(modalities: tuple[str, ...]) -> str:
-    """The agent kind label of a modality set, e.g. 'accel+gyro' (modalities in fleet order)."""
-    return "+".join(modalities)
-
-
 def resolve_agents(cfg: AgentsConfig, fleet: tuple[str, ...], source: str) -> tuple[AgentSpec, ...]:
     """Expand counts / the multimodal-fraction knob, append the explicit list, validate all."""
     if cfg.counts and cfg.count:

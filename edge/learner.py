@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from edge.config import FleetConfig
 from edge.data import AgentData
@@ -196,8 +196,3 @@ class Learner:
             grads[key] = torch.cat(flat).numpy().copy()
         self.model.zero_grad(set_to_none=True)
         return grads
-
-
-def dense_size(model: nn.Module) -> int:
-    """Parameter count of a model."""
-    return sum(p.numel() for p in model.parameters())

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.learner import Learner
 from edge.sharing import metropolis_weights
+
+if TYPE_CHECKING:  # the summary reads RoundResult without paying for torch
+    from edge.learner import Learner
 
 # agent -> its neighbours; agent -> {branch key: signature}
 Graph = dict[str, tuple[str, ...]]

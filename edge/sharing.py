@@ -111,10 +111,3 @@ def metropolis_weights(agent: str, holders: dict[str, tuple[str, ...]]) -> dict[
     weights = {j: 1.0 / (1.0 + max(len(nbrs), len(holders[j]))) for j in nbrs}
     weights[agent] = 1.0 - sum(weights.values())
     return weights
-
-
-def subgraph(graph: dict[str, tuple[str, ...]], holds: dict[str, set[str]],
-             key_sig: str) -> dict[str, tuple[str, ...]]:
-    """Restrict `graph` to the agents whose branch set `holds[agent]` contains `key_sig`."""
-    members = {a for a, keys in holds.items() if key_sig in keys}
-    return {a: tuple(n for n in graph[a] if n in members) for a in graph if a in members}

@@ -69,14 +69,9 @@ def bytes_block(per_agent: dict[str, int], rounds: int) -> dict:
             "per_agent": dict(per_agent)}
 
 
-def strategy_summary(name: str, arch: str, history: list[dict[str, RoundResult]],
-                     kinds: dict[str, str], wall_s: float) -> dict:
-    """The `strategies.<name>` block of summary.json."""
-    final = history[-1] if history else {}
-    sent: dict[str, int] = defaultdict(int)
-    for round_results in history:
-        for agent, res in round_results.items():
-            sent[agent] += res.dense_bytes_published
+def _strategy_block(name: str, arch: str, history: list[dict[str, RoundResult]],
+                    final: dict[str, RoundResult], kinds: dict[str, str], sent: dict[str, int],
+                    wall_s: float) -> dict:
     rounds = len(history)
     return {
         "strategy": name,
@@ -88,6 +83,17 @@ def strategy_summary(name: str, arch: str, history: list[dict[str, RoundResult]]
         "wall_s": wall_s,
         "history": history_block(history, kinds),
     }
+
+
+def strategy_summary(name: str, arch: str, history: list[dict[str, RoundResult]],
+                     kinds: dict[str, str], wall_s: float) -> dict:
+    """The `strategies.<name>` block of summary.json."""
+    sent: dict[str, int] = defaultdict(int)
+    for round_results in history:
+        for agent, res in round_results.items():
+            sent[agent] += res.dense_bytes_published
+    final = history[-1] if history else {}
+    return _strategy_block(name, arch, history, final, kinds, dict(sent), wall_s)
 
 
 # --- the networked trial: the same blocks, built from the agents' metrics rows -----------------
@@ -153,19 +159,13 @@ def trial_strategy_summary(name: str, arch: str, rows: list[dict], kinds: dict[s
     dense = {a: sum(int(r.get("dense_bytes_published", 0)) for r in final_rows_per_round(rs))
              for a, rs in per_agent.items()}
     rounds = len(history)
-    return {
-        "strategy": name,
-        "arch": arch,
-        "accuracy": accuracy_block(final, kinds),
-        "per_head": per_head_block(final, kinds),
-        "bytes_sent": bytes_block(sent, rounds),
+    block = _strategy_block(name, arch, history, final, kinds, sent, wall_s)
+    block.update({
         "bytes_received": bytes_block(received, rounds),
         "bytes_dense": bytes_block(dense, rounds),
-        "rounds": rounds,
         "rounds_completed": {a: len({int(r["round"]) for r in rs}) for a, rs in per_agent.items()},
-        "wall_s": wall_s,
-        "history": history_block(history, kinds),
-    }
+    })
+    return block
 
 
 def final_rows_per_round(rows: list[dict]) -> list[dict]:

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.agents import kind_of, multimodal_mix
+from edge.agents import multimodal_mix
 from edge.cli import main
 from edge.config import FleetConfig, parse_config
 from edge.data import agent_data, cut_windows, input_shapes, n_classes
 from edge.datasets import load_pool
+from edge.sharing import combination as kind_of
 
 
 def _cfg(raw: dict[str, Any], source: str = "fleet.yaml") -> FleetConfig:
