@@ -89,8 +89,8 @@ def run_one(setting: str, seed: int, strategies: tuple[str, ...]) -> dict[str, A
 
     import torch
 
-    from edge.config import parse_config
-    from edge.simulate import simulate_fleet
+    from edge.config.load import parse_config
+    from edge.learning.simulate import simulate_fleet
 
     torch.set_num_threads(1)
     cfg = parse_config(SETTINGS[setting](), f"<bench {setting}>")

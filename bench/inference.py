@@ -43,7 +43,7 @@ def make_checkpoint(config: str, workdir: Path) -> Path:
     subprocess.run([sys.executable, "-m", "edge", "simulate", config, "--rounds", "1",
                     "--save-checkpoints", "--quiet", "--out", str(out)], check=True,
                    stdout=subprocess.DEVNULL)
-    from edge.checkpoint import load_checkpoint
+    from edge.learning.checkpoint import load_checkpoint
 
     candidates = sorted(out.glob("agents/*/checkpoint.pt"))
     for path in candidates:
@@ -54,8 +54,8 @@ def make_checkpoint(config: str, workdir: Path) -> Path:
 
 def export_bundle(checkpoint: Path, bundle: Path) -> tuple[Any, float]:
     """Export with int8 through the same path as `parse-edge export`; returns (ck, seconds)."""
-    from edge.checkpoint import load_checkpoint
-    from edge.cli.export import export_checkpoint
+    from edge.learning.checkpoint import load_checkpoint
+    from edge.learning.export import export_checkpoint
 
     ck = load_checkpoint(checkpoint)
     t0 = time.perf_counter()

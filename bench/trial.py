@@ -25,8 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge.config import load_config  # noqa: E402
-from edge.trial import TrialOptions, run_trial  # noqa: E402
+from edge.config.load import load_config  # noqa: E402
+from edge.trial.runner import TrialOptions, run_trial  # noqa: E402
 
 MFEAT = REPO / "edge" / "examples" / "mfeat.yaml"
 CODECS = {"fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec": "int8"},

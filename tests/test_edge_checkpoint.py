@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from edge.checkpoint import load_checkpoint, save_checkpoint
-from edge.config import parse_config
-from edge.data import agent_data, fleet_info
+from edge.config.load import parse_config
+from edge.data.fleet_data import agent_data, fleet_info
 from edge.errors import ConfigError
-from edge.fleet import make_learner
-from edge.strategies import get_strategy
+from edge.learning.checkpoint import load_checkpoint, save_checkpoint
+from edge.learning.learner import make_learner
+from edge.learning.strategies import get_strategy
 
 RAW = {
     "fleet": "ckpt-test",
@@ -28,7 +28,7 @@ def test_save_then_load_gives_the_same_predictions(tmp_path: Path) -> None:
     cfg = parse_config(RAW, "inline")
     spec = cfg.agent_specs[1]
     data = agent_data(cfg)[spec.id]
-    learner = make_learner(cfg, spec, data, fleet_info(cfg), get_strategy("parse"), "sliced")
+    learner = make_learner(cfg, spec, data, fleet_info(cfg), get_strategy("parse").sharing, "sliced")
     learner.train(1)
     path = tmp_path / "agents" / spec.id / "checkpoint.pt"
     # Execute

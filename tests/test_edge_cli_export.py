@@ -4,44 +4,51 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from devices.runtime import Predictor
-from edge.checkpoint import load_checkpoint
 from edge.cli import main
-from edge.cli.export import export_checkpoint
+from edge.config.load import parse_config
+from edge.data.fleet_data import agent_data, fleet_info
+from edge.data.norm import Norm
 from edge.errors import UserError
-from edge.norm import Norm
+from edge.learning.checkpoint import load_checkpoint, save_checkpoint
+from edge.learning.export import export_checkpoint
+from edge.learning.learner import make_learner
+from edge.learning.strategies import get_strategy
 from exporters.manifest import load_manifest
 from tests.conftest import EXAMPLES
-from tests.exporters_toy import LABELS, make_case
 
 
-def _toy_checkpoint(tmp_path, kind: str = "conv1d"):
-    agent, raw, norm, shapes = make_case(kind, ("accel", "gyro"), n=20)
-    agent.export_roles = ("fused",)  # every graph kind is covered by test_exporters_onnx_export
+def _real_checkpoint(tmp_path):
+    """A trained multimodal agent (modalities a, b) of a small synthetic fleet, saved and loaded."""
+    cfg = parse_config({
+        "fleet": "export-test",
+        "data": {"dataset": "synthetic-pid", "synthetic": {"n_samples": 400, "dim": 6}},
+        "families": {"a": {"hidden": [16], "latent": 12}, "b": {"hidden": [16], "latent": 12}},
+        "agents": {"counts": {"a": 1, "a+b": 1}}, "topology": {"kind": "ring"}}, "inline")
+    spec = cfg.agent_specs[1]
+    learner = make_learner(cfg, spec, agent_data(cfg)[spec.id], fleet_info(cfg),
+                           get_strategy("parse").sharing, "sliced")
+    learner.train(2)
     path = tmp_path / "checkpoint.pt"
-    path.write_bytes(b"stand-in for the torch file: only hashed")
-    y = np.random.default_rng(0).integers(0, len(LABELS), size=20)
-    return SimpleNamespace(model=agent, agent_id="a7", modalities=("accel", "gyro"),
-                           labels=tuple(LABELS), norm=norm, examples={"x": raw, "y": y},
-                           input_shapes=shapes, round_idx=3, strategy="parse", path=str(path))
+    save_checkpoint(path, cfg, learner, spec.id, 3, "parse")
+    return load_checkpoint(path)
 
 
 def test_export_checkpoint_normalises_examples_and_checks_every_subset(tmp_path):
     # Prepare
-    ck = _toy_checkpoint(tmp_path)
+    ck = _real_checkpoint(tmp_path)
     # Execute
     manifest, checks = export_checkpoint(ck, tmp_path / "bundle", quantize="int8")
     # Assert
-    assert manifest.meta["agent_id"] == "a7" and manifest.meta["round_idx"] == 3
+    assert manifest.meta["agent_id"] == "a1" and manifest.meta["round_idx"] == 3
     assert manifest.source_checkpoint["path"].endswith("checkpoint.pt")
     assert len(manifest.source_checkpoint["sha256"]) == 64
-    assert [row["modalities"] for row in checks] == ["accel", "gyro", "accel+gyro"]
+    assert [row["modalities"] for row in checks] == ["a", "b", "a+b"]
     for row in checks:
         assert row["fp32_argmax_agreement"] == 1.0
         assert row["fp32_max_prob_diff"] < 1e-5
@@ -52,9 +59,9 @@ def test_export_checkpoint_normalises_examples_and_checks_every_subset(tmp_path)
 
 
 def test_statistics_that_do_not_fit_the_inputs_are_a_user_error(tmp_path):
-    ck = _toy_checkpoint(tmp_path)
-    ck.norm["gyro"] = {"mean": [0.0] * 5, "std": [1.0] * 5}
-    with pytest.raises(UserError, match=r"norm.gyro: 5 statistics fit neither"):
+    ck = _real_checkpoint(tmp_path)
+    ck.norm["b"] = {"mean": [0.0] * 5, "std": [1.0] * 5}
+    with pytest.raises(UserError, match=r"norm.b: 5 statistics fit neither"):
         export_checkpoint(ck, tmp_path / "bundle")
 
 

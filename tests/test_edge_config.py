@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from edge.cli import main
-from edge.config import load_config, parse_config, slice_widths
+from edge.config.load import load_config, parse_config
+from edge.learning.model import slice_widths
 
 from .conftest import EXAMPLES
 

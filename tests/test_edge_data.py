@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.agents import multimodal_mix
 from edge.cli import main
-from edge.config import FleetConfig, parse_config
-from edge.data import agent_data, cut_windows, input_shapes, n_classes
-from edge.datasets import load_pool
-from edge.sharing import combination as kind_of
+from edge.config.agents import multimodal_mix
+from edge.config.load import parse_config
+from edge.config.schema import FleetConfig
+from edge.data.fleet_data import agent_data, cut_windows, fleet_info, load_pool
+from edge.learning.sharing import combination as kind_of
 
 
 def _cfg(raw: dict[str, Any], source: str = "fleet.yaml") -> FleetConfig:
@@ -36,7 +36,7 @@ SYNTHETIC = {"data": {"dataset": "synthetic-pid",
 def test_every_agent_gets_its_own_modalities_with_the_fleet_shapes(raw: dict[str, Any]) -> None:
     # Prepare
     cfg = _cfg(raw)
-    shapes = input_shapes(cfg)
+    shapes = fleet_info(cfg).input_shapes
 
     # Execute
     data = agent_data(cfg)
@@ -50,18 +50,18 @@ def test_every_agent_gets_its_own_modalities_with_the_fleet_shapes(raw: dict[str
             assert set(split.x) == set(spec.modalities)
             for m, x in split.x.items():
                 assert x.shape == (len(split), *shapes[m]) and x.dtype == np.float32
-            assert split.y.dtype == np.int64 and split.y.max() < n_classes(cfg)
+            assert split.y.dtype == np.int64 and split.y.max() < len(fleet_info(cfg).labels)
         assert len(agent.test) >= 1 and set(agent.norm) == set(spec.modalities)
 
 
 def test_input_shapes_and_classes_per_data_set() -> None:
     # Execute / Assert
-    assert input_shapes(_cfg(MFEAT)) == {"fou": (76,), "zer": (47,)}
-    assert n_classes(_cfg(MFEAT)) == 10
-    assert input_shapes(_cfg(MOTIONS)) == {"accel": (3, 40), "gyro": (3, 40)}
-    assert n_classes(_cfg(MOTIONS)) == 4
-    assert input_shapes(_cfg(SYNTHETIC)) == {"a": (5,), "b": (5,), "c": (5,)}
-    assert n_classes(_cfg(SYNTHETIC)) == 2 ** (1 + 3 + 1)
+    assert fleet_info(_cfg(MFEAT)).input_shapes == {"fou": (76,), "zer": (47,)}
+    assert len(fleet_info(_cfg(MFEAT)).labels) == 10
+    assert fleet_info(_cfg(MOTIONS)).input_shapes == {"accel": (3, 40), "gyro": (3, 40)}
+    assert len(fleet_info(_cfg(MOTIONS)).labels) == 4
+    assert fleet_info(_cfg(SYNTHETIC)).input_shapes == {"a": (5,), "b": (5,), "c": (5,)}
+    assert len(fleet_info(_cfg(SYNTHETIC)).labels) == 2 ** (1 + 3 + 1)
 
 
 @pytest.mark.parametrize("raw", [MFEAT, MOTIONS], ids=["mfeat", "motions"])
@@ -204,7 +204,7 @@ def test_npz_fleet_file_is_partitioned_over_agents(tmp_path: Path) -> None:
 
     # Assert
     assert [len(d.train) + len(d.test) for d in data.values()] == [30, 30, 30]
-    assert input_shapes(cfg) == {"accel": (3, 16), "gyro": (3, 16)}
+    assert fleet_info(cfg).input_shapes == {"accel": (3, 16), "gyro": (3, 16)}
     joined = np.concatenate([np.r_[d.train.origin, d.test.origin] for d in data.values()])
     assert sorted(joined.tolist()) == list(range(90))
 
@@ -242,7 +242,7 @@ def test_npz_fleet_file_and_own_files_mix_and_share_class_names(tmp_path: Path) 
     # Assert
     assert [len(d.train) + len(d.test) for d in data.values()] == [20, 20, 20, 12]
     assert all(d.labels == ("w", "x", "y", "z") for d in data.values())
-    assert n_classes(cfg) == 4
+    assert len(fleet_info(cfg).labels) == 4
 
 
 def test_config_check_loads_npz_data_and_prints_sizes(tmp_path: Path,

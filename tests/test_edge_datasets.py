@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge import datasets
-from edge.config import parse_config
-from edge.datasets import MFEAT_DIMS, load_pool
+from edge.config.load import parse_config
+from edge.data import bundled as datasets
+from edge.data.bundled import MFEAT_DIMS
+from edge.data.fleet_data import load_pool
 from edge.errors import ConfigError
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.config import parse_config
-from edge.data import agent_data, fleet_info
-from edge.fleet import agent_branches, make_learner
-from edge.strategies import get_strategy
+from edge.config.load import parse_config
+from edge.data.fleet_data import agent_data, fleet_info
+from edge.learning.learner import agent_branches, make_learner
+from edge.learning.strategies import get_strategy
 
 RAW = {
     "fleet": "learner-test",
@@ -25,7 +25,7 @@ def learners() -> dict:
     cfg = parse_config(RAW, "inline")
     data, info = agent_data(cfg), fleet_info(cfg)
     strategy = get_strategy("parse")
-    return {a.id: make_learner(cfg, a, data[a.id], info, strategy, "sliced")
+    return {a.id: make_learner(cfg, a, data[a.id], info, strategy.sharing, "sliced")
             for a in cfg.agent_specs}
 
 
@@ -71,7 +71,7 @@ def test_signatures_from_shapes_match_the_built_models(learners: dict) -> None:
     cfg = parse_config(RAW, "inline")
     info = fleet_info(cfg)
     # Execute
-    from_shapes = {a.id: agent_branches(cfg, a, info, get_strategy("parse"), "sliced")
+    from_shapes = {a.id: agent_branches(cfg, a, info, get_strategy("parse").sharing, "sliced")
                    for a in cfg.agent_specs}
     # Assert
     for agent, learner in learners.items():
@@ -97,7 +97,7 @@ def test_mix_against_the_public_copy_cancels_a_lossy_lag(learners: dict) -> None
     public = own - 1.0
     peer = own - 1.0
     # Execute
-    learner.mix("fuse/a+b", {"a3": 0.5, "a2": 0.5}, {"a2": peer}, "a3", public=public)
+    learner.mix("fuse/a+b", {"a3": 0.5, "a2": 0.5}, {"a2": peer}, "a3", public_copy=public)
     mixed = learner.branch_vector("fuse/a+b")
     learner.set_branch("fuse/a+b", own)
     # Assert

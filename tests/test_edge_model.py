@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edge.config import FamilyConfig, slice_widths
-from edge.model import AgentModel, ModelSpec
+from edge.config.schema import FamilyConfig
+from edge.learning.model import AgentModel, ModelSpec, slice_widths
 
 MLP = FamilyConfig(kind="mlp", hidden=(16,), latent=12)
 CONV = FamilyConfig(kind="conv1d", hidden=(8, 8), latent=12, kernel=3)

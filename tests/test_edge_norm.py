@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from edge.norm import Norm, fit_norm
+from edge.data.norm import Norm, fit_norm
 
 
 def test_vector_stats_are_per_feature() -> None:

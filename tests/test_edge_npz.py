@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge.data.npz import agree, read_npz
 from edge.errors import ConfigError
-from edge.npz import agree, read_npz
 
 
 def _write(path: Path, **arrays: Any) -> Path:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.config import PartitionConfig
+from edge.config.schema import PartitionConfig
+from edge.data.partition import MAX_DRAWS, partition, train_test_split
 from edge.errors import ConfigError
-from edge.partition import MAX_DRAWS, partition, train_test_split
 
 Y = np.repeat(np.arange(10), 200)  # 2000 samples, 10 balanced classes (like mfeat)
 

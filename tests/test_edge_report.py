@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.config import FleetConfig, load_config
-from edge.counting import cumulative_total
-from edge.coverage import expected_mixes, mix_coverage
-from edge.faults import FaultPlan
-from edge.report import render_report
-from edge.sharing import combination
-from edge.trial_summary import AgentFacts, TrialFacts, trial_document, write_record
+from edge.config.load import load_config
+from edge.config.schema import FleetConfig
+from edge.learning.sharing import combination
+from edge.summary import cumulative_total
+from edge.trial.coverage import expected_mixes, mix_coverage
+from edge.trial.faults import FaultPlan
+from edge.trial.report import render_report
+from edge.trial.summary import AgentFacts, TrialFacts, trial_document, write_record
 
 ROUNDS = 5
 

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from edge.config import STRATEGIES
-from edge.rounds import mixing_plan
-from edge.sharing import TABLE, branches_for, metropolis_weights
+from edge.learning.gossip import metropolis_weights, mixing_plan
+from edge.learning.sharing import KINDS, branches_for
+from edge.learning.strategies import STRATEGIES, get_strategy
 
 # A hand-made fleet: x holds a, y holds b, z and w hold both. Edges x-z, y-z, z-w, x-y.
 MODS = {"x": ("a",), "y": ("b",), "z": ("a", "b"), "w": ("a", "b")}
@@ -67,7 +67,7 @@ def _holdings(strategy: str, arch: str, share_heads: bool) -> dict[str, dict[str
     # except the late head of a plain model, whose input width depends on the modality set.
     out = {}
     for agent, mods in MODS.items():
-        keys = branches_for(strategy, mods, arch, share_heads)
+        keys = branches_for(get_strategy(strategy).sharing, mods, arch, share_heads)
         out[agent] = {k: (f"{k}:{'+'.join(mods)}" if k.startswith("late/") else k) for k in keys}
     return out
 
@@ -87,8 +87,9 @@ def test_which_branch_goes_to_which_neighbour(strategy: str, arch: str, share_he
 
 def test_every_strategy_has_a_table_row_and_table_covers_all_kinds() -> None:
     # Assert
-    assert tuple(TABLE) == STRATEGIES
-    assert all(len(row) == 8 for row in TABLE.values())
+    assert set(STRATEGIES) == {"parse", "local", "dsgd-task", "dsgd-modality", "dsgd-hybrid",
+                               "monolithic", "centralized"}
+    assert all(len(s.sharing) == len(KINDS) for s in STRATEGIES.values())
 
 
 @pytest.mark.parametrize(("mods", "expected"), [
@@ -98,15 +99,15 @@ def test_every_strategy_has_a_table_row_and_table_covers_all_kinds() -> None:
 ])
 def test_branches_each_agent_kind_holds_under_parse(mods: tuple[str, ...], expected: set[str]) -> None:
     # Execute
-    held = branches_for("parse", mods, "sliced", share_heads=False)
+    held = branches_for(get_strategy("parse").sharing, mods, "sliced", share_heads=False)
     # Assert
     assert set(held) == expected
 
 
 def test_syn_branch_of_a_pair_is_not_the_syn_branch_of_a_triple() -> None:
     # Execute
-    pair = branches_for("parse", ("a", "b"), "sliced", False)
-    triple = branches_for("parse", ("a", "b", "c"), "sliced", False)
+    pair = branches_for(get_strategy("parse").sharing, ("a", "b"), "sliced", False)
+    triple = branches_for(get_strategy("parse").sharing, ("a", "b", "c"), "sliced", False)
     # Assert: same modality, other combination -> another branch (no averaging across them)
     assert "syn/a@a+b" in pair and "syn/a@a+b+c" in triple and "syn/a@a+b" not in triple
     assert "enc/a" in pair and "enc/a" in triple

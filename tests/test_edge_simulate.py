@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from edge.cli import main
-from edge.config import parse_config
-from edge.simulate import simulate_fleet
+from edge.config.load import parse_config
+from edge.learning.simulate import simulate_fleet
 
 SMALL = {
     "fleet": "sim-test",
@@ -62,15 +62,20 @@ def test_identical_seeds_give_identical_summaries_and_other_seeds_differ() -> No
     assert first["strategies"]["parse"]["accuracy"] != other["strategies"]["parse"]["accuracy"]
 
 
-def test_bytes_sent_is_dense_fp32_of_the_published_branches() -> None:
+def test_bytes_dense_is_fp32_of_the_published_branches_and_bytes_sent_what_was_encoded() -> None:
     # Prepare
     cfg = parse_config({**SMALL, "training": {**SMALL["training"], "rounds": 2}}, "inline")
     # Execute
     blocks = simulate_fleet(cfg, ["parse", "local", "monolithic"], "sliced")["strategies"]
     # Assert
-    assert blocks["local"]["bytes_sent"]["total"] == 0
-    assert 0 < blocks["parse"]["bytes_sent"]["per_round"] < blocks["monolithic"]["bytes_sent"]["per_round"]
-    assert blocks["parse"]["bytes_sent"]["total"] % 4 == 0
+    assert blocks["local"]["bytes_dense"]["total"] == blocks["local"]["bytes_sent"]["total"] == 0
+    assert 0 < blocks["parse"]["bytes_dense"]["per_round"] < blocks["monolithic"]["bytes_dense"]["per_round"]
+    assert blocks["parse"]["bytes_dense"]["total"] % 4 == 0
+    # fp32 on the wire: the dense floats plus our header per message
+    assert blocks["parse"]["bytes_sent"]["total"] > blocks["parse"]["bytes_dense"]["total"]
+    # Only round 0 publishes: nobody mixes what is published after the last round.
+    history = blocks["parse"]["history"]
+    assert history[0]["dense_bytes"] > 0 and history[1]["dense_bytes"] == 0
 
 
 def test_cli_runs_all_strategies_on_the_plain_arch_and_writes_summary(tmp_path: Path) -> None:
@@ -141,8 +146,8 @@ def test_a_lossy_codec_is_simulated_through_the_real_encoder() -> None:
     topk = simulate_fleet(lossy, ["parse"], "sliced")["strategies"]["parse"]
     fp32 = simulate_fleet(exact, ["parse"], "sliced")["strategies"]["parse"]
     # Assert: same dense accounting, far fewer encoded bytes, different (lossy) mixing
-    assert topk["bytes_sent"] == fp32["bytes_sent"]
-    assert topk["bytes_encoded"]["total"] * 5 < fp32["bytes_encoded"]["total"]
-    assert fp32["bytes_encoded"]["total"] >= fp32["bytes_sent"]["total"]
+    assert topk["bytes_dense"] == fp32["bytes_dense"]
+    assert topk["bytes_sent"]["total"] * 5 < fp32["bytes_sent"]["total"]
+    assert fp32["bytes_sent"]["total"] >= fp32["bytes_dense"]["total"]
     assert topk["accuracy"]["per_agent"] != fp32["accuracy"]["per_agent"]
     assert topk["accuracy"]["overall"] > 2 / 16

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge.config import SyntheticConfig
-from edge.synthetic import label_bits, pid_bits, synthetic_pool
+from edge.config.schema import SyntheticConfig
+from edge.data.synthetic import label_bits, pid_bits, synthetic_pool
 
 SYN = SyntheticConfig(modalities=("a", "b"), n_samples=3000, dim=16, redundant_bits=1,
                       unique_bits=1, synergy_bits=1, noise=0.5)

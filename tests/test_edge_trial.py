@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.config import load_config
-from edge.faults import FaultPlan
-from edge.trial import TrialOptions, run_trial
+from edge.config.load import load_config
+from edge.trial.faults import FaultPlan
+from edge.trial.runner import TrialOptions, run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path
     out = tmp_path / "trial"
     # Execute
     result = run_trial(cfg, TrialOptions(out=out, config_path=str(config)))
-    from edge.simulate import simulate_fleet
+    from edge.learning.simulate import simulate_fleet
 
     simulated = simulate_fleet(cfg, ["parse"], "sliced")["strategies"]["parse"]["accuracy"]["per_agent"]
     # Assert
@@ -269,7 +269,7 @@ def test_fault_plan_triggers_on_reported_rounds(tmp_path: Path, fleet_name: str)
 def test_out_folder_of_an_earlier_trial_is_cleared_and_a_foreign_one_refused(tmp_path: Path) -> None:
     # Prepare: an earlier trial's record (a checkpoint would make the agent resume, not start).
     from edge.errors import UserError
-    from edge.trial_setup import prepare_out
+    from edge.trial.setup import prepare_out
 
     old = tmp_path / "agents" / "a0"
     old.mkdir(parents=True)

@@ -7,8 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.config import STRATEGIES, load_config
+from edge.config.load import load_config
 from edge.errors import UserError
+from edge.learning.strategies import strategy_names
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -24,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="mqtt://host:port (default: the config's broker.url)")
     parser.add_argument("--out", default="runs/agent", metavar="DIR",
                         help="writes DIR/agents/<id>/{metrics.jsonl,checkpoint.pt,final.json}")
-    parser.add_argument("--strategy", default=None, help=f"one of {', '.join(STRATEGIES[:-1])}")
+    parser.add_argument("--strategy", default=None,
+                        help=f"one of {', '.join(strategy_names(networked=True))}")
     parser.add_argument("--arch", choices=["sliced", "plain"], default=None)
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
     parser.add_argument("--energy", choices=["auto", "measured", "estimated"], default="auto",
@@ -37,13 +39,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent to its last round."""
-    from edge.agent import run_agent
-    from edge.simulate import with_overrides
+    from edge.config.overrides import with_overrides
+    from edge.net.agent import run_agent
 
-    cfg = load_config(args.config)
-    if args.rounds is not None and args.rounds < 1:
-        raise UserError(f"--rounds: expected an integer >= 1, got {args.rounds}")
-    cfg = with_overrides(cfg, rounds=args.rounds)
+    cfg = with_overrides(load_config(args.config), rounds=args.rounds)
     url = args.broker or cfg.broker.url
     if url == "embedded":
         raise UserError("--broker: an agent needs a broker URL (mqtt://host:port); the embedded "

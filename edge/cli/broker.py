@@ -84,7 +84,7 @@ def run_mosquitto_conf(args: argparse.Namespace) -> int:
     # `parse-edge infer` has no paho-mqtt.
     from broker.client import TlsFiles
     from broker.mosquitto import MosquittoSettings, write_mosquitto_config
-    from edge.config import load_config
+    from edge.config.load import load_config
 
     cfg = load_config(args.config)
     tls_cfg = cfg.broker.tls

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from edge.config import FleetConfig, load_config
-from edge.sharing import branches_for, combination
-from edge.topology import build_graph, edge_count
+from edge.config.load import load_config
+from edge.config.schema import FleetConfig
+from edge.config.topology import build_graph, edge_count
+from edge.learning.sharing import branches_for, combination
+from edge.learning.strategies import get_strategy
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
     sizes: dict[str, tuple[int, int]] = {}
     if not args.no_data:
-        from edge.data import agent_data
+        from edge.data.fleet_data import agent_data
 
         sizes = {a: (len(d.train.y), len(d.test.y)) for a, d in agent_data(cfg).items()}
     print(summary(cfg, sizes))
@@ -63,9 +65,11 @@ def summary(cfg: FleetConfig, sizes: dict[str, tuple[int, int]]) -> str:
     resample = ", re-drawn every round" if cfg.topology.resample_each_round else ""
     lines += ["", f"topology {cfg.topology.kind}: {edge_count(graph)} edges{resample}"]
     lines.append("")
+    strategy = get_strategy(cfg.strategy)
     lines.append("agent        device            data (train/test)  neighbours -> branches")
     for a in cfg.agent_specs:
-        keys = branches_for(cfg.strategy, a.modalities, cfg.model.arch, cfg.model.share_heads)
+        keys = branches_for(strategy.sharing, a.modalities, strategy.arch(cfg.model.arch),
+                            cfg.model.share_heads)
         n_train, n_test = sizes.get(a.id, (0, 0))
         data_text = f"{n_train}/{n_test}" if a.id in sizes else "-"
         lines.append(f"  {a.id:<10} {a.device:<17} {data_text:>17}  "

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from edge.config import STRATEGIES, load_config
-from edge.errors import UserError
+from edge.config.load import load_config
+from edge.learning.strategies import get_strategy, strategy_names
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                     "memory), for one strategy or all, and write DIR/summary.json.")
     parser.add_argument("config", metavar="CONFIG", help="fleet config (YAML)")
     parser.add_argument("--strategy", default=None,
-                        help=f"one of {', '.join(STRATEGIES)}, or 'all' (default: the config's)")
+                        help=f"one of {', '.join(strategy_names())}, or 'all' (default: the config's)")
     parser.add_argument("--arch", choices=["sliced", "plain"], default=None,
                         help="model architecture (default: the config's model.arch)")
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
@@ -35,24 +35,22 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything first, then simulate each strategy and write the summary."""
-    from edge.simulate import simulate_fleet
+    from edge.config.overrides import with_overrides
+    from edge.learning.simulate import simulate_fleet
 
-    cfg = load_config(args.config)
-    if args.rounds is not None and args.rounds < 1:
-        raise UserError(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    cfg = with_overrides(load_config(args.config), rounds=args.rounds, seed=args.seed)
     names = _strategies(args.strategy, cfg.strategy, args.arch or cfg.model.arch)
     out = Path(args.out)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.perf_counter()
-    summary = simulate_fleet(cfg, names, args.arch or cfg.model.arch, rounds=args.rounds,
-                             seed=args.seed, progress=progress,
+    summary = simulate_fleet(cfg, names, args.arch or cfg.model.arch, progress=progress,
                              checkpoint_dir=out if args.save_checkpoints else None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     for name, block in summary["strategies"].items():
         kinds = "  ".join(f"{k} {v:.3f}" for k, v in block["accuracy"]["by_kind"].items())
         print(f"{name:<14} accuracy {block['accuracy']['overall']:.3f}  ({kinds})  "
-              f"{block['bytes_sent']['per_round'] / 1e6:.3f} MB/round")
+              f"{block['bytes_sent']['per_round'] / 1e6:.3f} MB/round sent ({block.get('codec')})")
     print(f"wrote {out / 'summary.json'} in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -61,9 +59,5 @@ def _strategies(requested: str | None, default: str, arch: str) -> list[str]:
     if requested is None:
         return [default]
     if requested == "all":
-        # parse has no plain form: it is the fission model.
-        return [s for s in STRATEGIES if arch == "sliced" or s != "parse"]
-    if requested not in STRATEGIES:
-        raise UserError(f"--strategy: unknown strategy {requested!r}; expected one of "
-                        f"{', '.join(STRATEGIES)} or all")
-    return [requested]
+        return strategy_names(arch=arch)
+    return [get_strategy(requested).name]

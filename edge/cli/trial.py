@@ -7,8 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from edge.config import STRATEGIES, load_config
+from edge.config.load import load_config
 from edge.errors import UserError
+from edge.learning.strategies import strategy_names
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="fleet config (YAML); default: the built-in basic-motions example")
     parser.add_argument("--broker", default=None,
                         help="'embedded' or mqtt://host:port (default: the config's broker.url)")
-    parser.add_argument("--strategy", default=None, choices=[s for s in STRATEGIES if s != "centralized"],
+    parser.add_argument("--strategy", default=None, choices=strategy_names(networked=True),
                         metavar="NAME", help="strategy (default: the config's)")
     parser.add_argument("--out", default="runs/trial", help="output folder (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
@@ -45,7 +46,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, run the trial, print where the record is; the exit status says how it went."""
-    from edge.trial import TrialOptions, run_trial
+    from edge.trial.runner import TrialOptions, run_trial
 
     cfg = load_config(args.config)
     if args.broker is not None and args.broker != "embedded":

@@ -1,0 +1,1 @@
+"""Fleet configuration: typed sections (schema), the YAML loader, agents, topology, overrides."""

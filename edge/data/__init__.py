@@ -1,0 +1,1 @@
+"""Data: bundled and synthetic data sets, user npz files, partitions and per-agent splits."""

@@ -1,0 +1,1 @@
+"""Learning: models, losses, sharing, strategies and the round loop."""

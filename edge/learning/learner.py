@@ -1,0 +1,223 @@
+"""One agent's learning state: model, optimizer, data, branches; train, evaluate, read/write branches."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from edge.config.schema import AgentSpec, FleetConfig, consensus_step
+from edge.data.fleet_data import AgentData, DataInfo
+from edge.learning.gossip import Holdings
+from edge.learning.gossip import consensus_step as choco_step
+from edge.learning.losses import objective
+from edge.learning.model import AgentModel, ModelSpec
+from edge.learning.sharing import SharingRow, branch_key, scope_of
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A group of parameters that travels as one flat float32 vector."""
+
+    key: str
+    signature: str
+    names: tuple[str, ...]     # parameter names, in flatten order
+    size: int                  # elements
+
+    @property
+    def dense_bytes(self) -> int:
+        return 4 * self.size
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    n_test: int
+    head_accuracy: dict[str, float]
+
+
+def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict[str, tuple[int, ...]],
+               n_classes: int, arch: str) -> ModelSpec:
+    """The model an agent holding `modalities` builds under `cfg`."""
+    m = cfg.model
+    return ModelSpec(modalities=modalities,
+                     input_shapes={k: input_shapes[k] for k in modalities},
+                     families=dict(cfg.families), n_classes=n_classes, arch=arch, split=m.split,
+                     fusion=m.fusion, tensor_rank=m.tensor_rank, combiner=m.combiner,
+                     head_hidden=m.head_hidden)
+
+
+def build_model(spec: ModelSpec, seed: int) -> AgentModel:
+    """Build a model whose every submodule is initialised from (seed, its name), so agents that
+    share a branch start from the same weights and the first average is not of strangers."""
+    model = AgentModel(spec)
+    for name, module in model.named_modules():
+        if hasattr(module, "reset_parameters") and name:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(zlib.crc32(f"{seed}/{name}".encode()))
+                module.reset_parameters()
+    return model
+
+
+def branches_of(model: AgentModel, row: SharingRow, share_heads: bool) -> dict[str, Branch]:
+    """Cut a model's parameters into branches by a strategy's sharing row."""
+    mods = model.spec.modalities
+    names: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        unit = model.unit_of(name)
+        key = branch_key(unit, scope_of(row, unit, share_heads), mods)
+        if key is not None:
+            names.setdefault(key, []).append(name)
+    params = dict(model.named_parameters())
+    out = {}
+    for key, group in names.items():
+        shapes = [(n, tuple(params[n].shape)) for n in group]
+        digest = hashlib.sha256(repr((key, shapes)).encode()).hexdigest()[:16]
+        out[key] = Branch(key, digest, tuple(group), sum(params[n].numel() for n in group))
+    return out
+
+
+class Learner:
+    """Trains and evaluates one agent's model on its own data."""
+
+    def __init__(self, cfg: FleetConfig, data: AgentData, model: AgentModel,
+                 branches: dict[str, Branch], seed: int) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.model = model
+        self.branches = branches
+        self.params = dict(model.named_parameters())
+        t = cfg.training
+        if t.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        else:
+            cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+            self.optimizer = cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.train_x = {m: torch.from_numpy(v) for m, v in data.train.x.items()}
+        self.train_y = torch.from_numpy(data.train.y.astype(np.int64))
+        self.test_x = {m: torch.from_numpy(v) for m, v in data.test.x.items()}
+        self.test_y = torch.from_numpy(data.test.y.astype(np.int64))
+
+    # --- branches ---------------------------------------------------------------------------
+    def branch_vector(self, key: str) -> np.ndarray:
+        """The branch's parameters flattened into one float32 vector (a copy)."""
+        with torch.no_grad():
+            flat = torch.cat([self.params[n].reshape(-1) for n in self.branches[key].names])
+        return flat.numpy().copy()
+
+    def set_branch(self, key: str, vector: np.ndarray) -> None:
+        """Write a flat vector back into the branch's parameters."""
+        offset = 0
+        with torch.no_grad():
+            for name in self.branches[key].names:
+                p = self.params[name]
+                chunk = torch.from_numpy(vector[offset: offset + p.numel()])
+                p.copy_(chunk.view_as(p))
+                offset += p.numel()
+
+    def mix(self, key: str, weights: dict[str, float], received: dict[str, np.ndarray],
+            self_id: str, public_copy: np.ndarray | None = None) -> list[str]:
+        """Gossip-average one branch with the CHOCO consensus step (edge.learning.gossip).
+
+        `public_copy` is our branch as the neighbours decoded it (None: they hold it exactly).
+        Weights of neighbours that sent nothing stay with us. Returns the neighbours used."""
+        used = {j: received[j] for j in weights if j != self_id and j in received}
+        if not used:
+            return []
+        mixed = choco_step(self.branch_vector(key), public_copy, used, weights,
+                           consensus_step(self.cfg.comm))
+        self.set_branch(key, mixed)
+        return list(used)
+
+    # --- training and evaluation ----------------------------------------------------------
+    def batches(self) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """One epoch of shuffled mini-batches (a trailing batch of one is folded in)."""
+        n = len(self.train_y)
+        order = torch.randperm(n, generator=self.generator)
+        size = self.cfg.training.batch_size
+        starts = list(range(0, n, size))
+        if len(starts) > 1 and n - starts[-1] < 2:
+            starts.pop()
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else n
+            idx = order[start:end]
+            yield {m: v[idx] for m, v in self.train_x.items()}, self.train_y[idx]
+
+    def train(self, epochs: int) -> dict[str, float]:
+        """Local training; returns mean loss parts over the steps."""
+        self.model.train()
+        totals = {"loss": 0.0, "combined": 0.0, "align": 0.0, "orth": 0.0}
+        steps = 0
+        for _ in range(epochs):
+            for x, y in self.batches():
+                parts = objective(self.model(x), y, self.cfg.losses)
+                self.optimizer.zero_grad(set_to_none=True)
+                parts.total.backward()
+                self.optimizer.step()
+                totals["loss"] += parts.total.item()
+                totals["combined"] += parts.combined
+                totals["align"] += parts.align
+                totals["orth"] += parts.orth
+                steps += 1
+        return {k: v / max(steps, 1) for k, v in totals.items()} | {"steps": steps}
+
+    @torch.no_grad()
+    def evaluate(self, modalities: tuple[str, ...] | None = None) -> Evaluation:
+        """Accuracy on the agent's own test split, overall and per head, with any subset of its
+        modalities (None: all of them)."""
+        self.model.eval()
+        mods = modalities or self.data.modalities
+        out = self.model({m: self.test_x[m] for m in mods})
+        y = self.test_y
+        accuracy = (out.logits.argmax(-1) == y).float().mean().item()
+        heads = {h: (lg.argmax(-1) == y).float().mean().item() for h, lg in out.head_logits.items()}
+        return Evaluation(accuracy, len(y), heads)
+
+    def mean_gradients(self) -> dict[str, np.ndarray]:
+        """The mean gradient over the whole training split, per shared branch (diagnostics)."""
+        self.model.train()
+        self.model.zero_grad(set_to_none=True)
+        parts = objective(self.model(self.train_x), self.train_y, self.cfg.losses)
+        parts.total.backward()
+        grads = {}
+        for key, branch in self.branches.items():
+            flat = [self.params[n].grad.reshape(-1) if self.params[n].grad is not None
+                    else torch.zeros(self.params[n].numel()) for n in branch.names]
+            grads[key] = torch.cat(flat).numpy().copy()
+        self.model.zero_grad(set_to_none=True)
+        return grads
+
+
+def make_learner(cfg: FleetConfig, spec: AgentSpec, data: AgentData, info: DataInfo,
+                 row: SharingRow, arch: str) -> Learner:
+    """An agent's learner: its model (seeded per unit), branches by the sharing row, optimizer."""
+    seed = cfg.training.seed
+    model = build_model(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels), arch),
+                        seed)
+    branches = branches_of(model, row, cfg.model.share_heads)
+    agent_seed = seed * 1000 + cfg.agent_ids.index(spec.id)
+    return Learner(cfg, data, model, branches, agent_seed)
+
+
+def agent_branches(cfg: FleetConfig, spec: AgentSpec, info: DataInfo, row: SharingRow,
+                   arch: str) -> dict[str, Branch]:
+    """The branches an agent holds, computed from shapes alone (no weights allocated)."""
+    with torch.device("meta"):
+        model = AgentModel(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels),
+                                      arch))
+    return branches_of(model, row, cfg.model.share_heads)
+
+
+def holdings(cfg: FleetConfig, info: DataInfo, row: SharingRow, arch: str) -> Holdings:
+    """Every agent's {branch key: signature}: what each agent can average with whom."""
+    return {
+        spec.id: {k: b.signature for k, b in agent_branches(cfg, spec, info, row, arch).items()}
+        for spec in cfg.agent_specs
+    }

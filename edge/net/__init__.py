@@ -1,0 +1,1 @@
+"""The networked agent: the round loop over MQTT, as it runs on a board."""

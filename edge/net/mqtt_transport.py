@@ -1,0 +1,198 @@
+"""The networked agent's transport: its branches published over MQTT, an inbox of its neighbours'.
+
+Implements `edge.learning.transport.Transport`; trial impairments wrap it (edge.net.impaired)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+
+from broker import topics
+from broker.client import MqttClient, TlsFiles
+from broker.discovery import AgentStatus, NeighbourTable, encode_status, offline_status
+from broker.exchange import (
+    KeyframeRequest,
+    UpdateReceiver,
+    encode_keyframe_request,
+    parse_keyframe_request,
+)
+from edge.config.schema import AgentSpec, FleetConfig
+from edge.learning.gossip import Graph, Holdings, Plan
+from edge.learning.learner import Branch
+from edge.learning.transport import Received, update_sender
+from edge.version import software_version
+
+log = logging.getLogger(__name__)
+
+
+class MqttTransport:
+    """One agent's connection: status, its updates out, neighbours' updates in (by round)."""
+
+    def __init__(self, cfg: FleetConfig, spec: AgentSpec, branches: dict[str, Branch],
+                 url: str, graph: Graph, holdings: Holdings) -> None:
+        self.cfg = cfg
+        self.agent_id = spec.id
+        self.spec = spec
+        self.branches = branches
+        comm = cfg.comm
+        hmac_key = cfg.broker.hmac_key.encode() if cfg.broker.hmac_key else None
+        self.sender = update_sender(cfg, spec.id)
+        self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=hmac_key,
+                                       reassembly_timeout_s=max(30.0, comm.deadline_s))
+        self.neighbours = NeighbourTable(cfg.fleet, graph)
+        self.holdings = holdings
+        self._inbox: dict[tuple[int, str], dict[str, np.ndarray]] = defaultdict(dict)
+        self._latest_round: dict[str, int] = {}  # newest round seen from each sender
+        self._arrived = threading.Condition()
+        self._announced_on = 0
+        tls = cfg.broker.tls
+        self.client = MqttClient(
+            url, f"{cfg.fleet}-{spec.id}", on_message=self._on_message,
+            # With a password set, the generated Mosquitto ACL knows each agent by its id.
+            username=spec.id if cfg.broker.password else cfg.broker.username,
+            password=cfg.broker.password,
+            tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file) if tls else None,
+            will=(topics.status_topic(cfg.fleet, spec.id), offline_status(spec.id)))
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Connect, subscribe (before announcing, so no update meant for us is missed), announce."""
+        fleet = self.cfg.fleet
+        self.client.subscribe(topics.status_filter(fleet))
+        # Only the branches we can average, from the agents that can be our neighbours: a wider
+        # subscription would make every agent receive updates it must throw away.
+        candidates = (set(self.holdings) - {self.agent_id}
+                      if self.cfg.topology.resample_each_round
+                      else self.neighbours.configured_neighbours(self.agent_id))
+        for other in sorted(candidates):
+            for key, branch in self.branches.items():
+                if self.holdings.get(other, {}).get(key) == branch.signature:
+                    self.client.subscribe(topics.update_topic(fleet, other, key))
+        self.client.subscribe(topics.control_topic(fleet))
+        self.client.start(timeout_s=timeout_s)
+        self.announce()
+
+    def announce(self) -> None:
+        """Publish our retained status (again after a reconnect: a restarted broker without
+        persistence has forgotten it)."""
+        status = AgentStatus(self.agent_id, True, self.spec.modalities,
+                             {k: b.signature for k, b in self.branches.items()},
+                             self.spec.device, software_version())
+        self.client.publish(topics.status_topic(self.cfg.fleet, self.agent_id),
+                            encode_status(status), retain=True)
+        self._announced_on = self.client.connect_count
+
+    def stop(self) -> None:
+        """Mark ourselves offline, flush, disconnect."""
+        self.client.stop(publish_will=True)
+
+    def wait_for_neighbours(self, neighbours: set[str], timeout_s: float,
+                            offline_is_final: bool = False) -> set[str]:
+        """Block until the given agents are online (or timeout); return the ones that are.
+
+        With `offline_is_final` (a resumed agent), a neighbour that announced it is offline
+        is not waited for: it has finished or left, and waiting would only cost the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            online = neighbours & self.neighbours.online_agents()
+            known = {n for n in neighbours if self.neighbours.status(n) is not None}
+            settled = known == neighbours if offline_is_final else online == neighbours
+            if settled or time.monotonic() >= deadline:
+                return online
+            time.sleep(0.05)
+
+    # --- updates ------------------------------------------------------------------------------
+    def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
+        """Encode and publish this round's branches."""
+        for key, vector in outbox.items():
+            branch = self.branches[key]
+            self.client.publish_many(self.sender.encode(round_idx, key, branch.signature, vector))
+
+    def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
+        """Neighbours' updates of `round_idx` for every planned branch, waiting (with `wait`) at
+        most `comm.deadline_s` for online neighbours; late or offline ones are simply absent."""
+        if self.client.connect_count != self._announced_on:
+            self.announce()
+        deadline = time.monotonic() + (self.cfg.comm.deadline_s if wait else 0.0)
+        with self._arrived:
+            while True:
+                missing = self._missing(round_idx, plan)
+                remaining = deadline - time.monotonic()
+                if not missing or remaining <= 0:
+                    break
+                self._arrived.wait(min(remaining, 0.25))
+            received = {key: {j: v for j, v in self._inbox.get((round_idx, key), {}).items()
+                              if j in weights}
+                        for key, weights in plan.items()}
+            for r, key in [k for k in self._inbox if k[0] <= round_idx]:
+                del self._inbox[(r, key)]
+        return received
+
+    def _missing(self, round_idx: int, plan: Plan) -> list[tuple[str, str]]:
+        # Wait only for neighbours that are online *and* announce the branch at our signature:
+        # anything else would be rejected on arrival anyway.
+        live = {key: self.neighbours.live_neighbours(self.agent_id, key, self.branches[key].signature)
+                for key in plan}
+        # A neighbour already past this round sent its update of it, or it was lost (e.g. we
+        # were not subscribed yet after a restart): either way there is nothing to wait for.
+        return [(key, j) for key, weights in plan.items() for j in weights
+                if j in live[key] and self._latest_round.get(j, -1) <= round_idx
+                and j not in self._inbox.get((round_idx, key), {})]
+
+    def public_copies(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """Our branches as the neighbours decoded them (for CHOCO-style mixing)."""
+        copies = {key: self.sender.public_copy(key) for key in keys}
+        return {key: copy for key, copy in copies.items() if copy is not None}
+
+    def publish_metrics(self, row: dict) -> None:
+        self.client.publish(topics.metrics_topic(self.cfg.fleet, self.agent_id),
+                            json.dumps(row).encode())
+
+    # --- network thread -----------------------------------------------------------------------
+    def _expected(self, key: str) -> tuple[str, int] | None:
+        branch = self.branches.get(key)
+        return (branch.signature, branch.size) if branch else None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        info = topics.parse_topic(topic)
+        if info is None or info.fleet != self.cfg.fleet:
+            return
+        if info.kind == "status":
+            self.neighbours.observe(topic, payload)
+            status = self.neighbours.status(info.agent or "")
+            if status is not None and not status.online:
+                # It may come back from an older checkpoint: its next update must not be
+                # judged against what it sent before it left.
+                self.receiver.forget(status.agent)
+                with self._arrived:
+                    self._latest_round.pop(status.agent, None)
+            with self._arrived:
+                self._arrived.notify_all()  # an agent going offline ends a wait for it
+        elif info.kind == "update" and info.agent != self.agent_id:
+            update = self.receiver.feed(topic, payload)
+            if update is not None:
+                with self._arrived:
+                    self._inbox[(update.round_idx, update.branch_key)][update.sender] = update.vector
+                    self._latest_round[update.sender] = max(
+                        update.round_idx, self._latest_round.get(update.sender, -1))
+                    self._arrived.notify_all()
+            for sender, key in self.receiver.pop_keyframe_requests():
+                request = KeyframeRequest(self.agent_id, sender, key)
+                self.client.publish(topics.control_topic(self.cfg.fleet),
+                                    encode_keyframe_request(request))
+        elif info.kind == "control":
+            request = parse_keyframe_request(payload)
+            if request is not None and request.target == self.agent_id:
+                self.sender.request_keyframe(request.branch_key)
+
+    # --- accounting ---------------------------------------------------------------------------
+    def wire_bytes(self) -> tuple[int, int]:
+        """(sent, received) MQTT bytes so far, payload plus header."""
+        counters = self.client.counters
+        return counters.sent.total_bytes, counters.received.total_bytes

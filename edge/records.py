@@ -1,0 +1,150 @@
+"""The result documents, typed: one metrics row per agent and round, an agent's final.json, and the
+blocks of summary.json. Every field with its unit, in one place.
+
+Conventions: `round` is the 0-based round index (files, plots and reports use it as is); byte
+counts are bytes (reports show MB = 10^6 B for traffic); memory is MiB (2^20 B); times are seconds;
+energy is joules. Counters named `bytes_*`, `cpu_s` and `energy_j` in metrics rows are running
+totals of one agent process (they restart from zero when the process restarts; see
+`edge.summary.cumulative_total`).
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class _MetricsRowRequired(TypedDict):
+    agent: str
+    kind: str                          # modality combination, e.g. "accel+gyro"
+    round: int                         # 0-based round index
+    rounds: int                        # rounds planned
+    accuracy: float                    # test accuracy of the model after local training
+    head_accuracy: dict[str, float]    # per head: "R", "U_<m>", "S", or "late"
+    n_test: int                        # test samples
+    train_loss: float                  # mean training loss over the round's steps
+    train_s: float                     # local training time
+    wait_s: float                      # time spent waiting for neighbours' updates
+    round_s: float                     # the whole round, collect to checkpoint
+    mixed_from: dict[str, list[str]]   # branch key -> neighbours whose updates were mixed
+    bytes_sent: int                    # running total: payload + header of everything published
+    bytes_received: int                # running total: payload + header of everything received
+    dense_bytes_published: int         # fp32 size of the branches published this round
+
+
+class MetricsRow(_MetricsRowRequired, total=False):
+    """One agent's measurements after one round (metrics.jsonl, and the MQTT metrics topic)."""
+
+    cpu_s: float                       # running total of the process's CPU seconds
+    rss_mb: float                      # peak resident set so far, MiB
+    energy_j: float                    # running total of energy
+    energy_source: str                 # measured:<backend>:<sensor> | estimated:<profile>
+
+
+class BranchBytes(TypedDict):
+    """Traffic of one branch, summed over an agent's process (payload + header)."""
+
+    sent_bytes: int
+    received_bytes: int
+    sent_messages: int
+    received_messages: int
+
+
+class AgentBytes(TypedDict):
+    """An agent's MQTT traffic as its client counted it."""
+
+    sent: dict[str, int]               # messages, payload_bytes, header_bytes
+    received: dict[str, int]           # the same, received
+    per_branch: dict[str, BranchBytes]
+    sent_total: int
+    received_total: int
+
+
+class FinalDoc(TypedDict):
+    """An agent's final.json, written when its process ends."""
+
+    agent: str
+    kind: str
+    rounds_completed: int
+    resumed_from_round: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float                 # MiB
+    energy_j: float
+    energy_source: str
+    bytes: AgentBytes
+    rejected: dict[str, int]           # updates rejected by reason (never reached the model)
+    updates_dropped_by_fault: int      # updates an injected `loss` fault dropped
+    faults: dict[str, float]           # delay_ms, loss_percent applied to this agent
+
+
+class AccuracyBlock(TypedDict):
+    """Test accuracy of each agent's final model: mean over agents, by kind and per agent."""
+
+    overall: float
+    by_kind: dict[str, float]
+    per_agent: dict[str, float]
+
+
+class BytesBlock(TypedDict):
+    """A traffic total over the run, per round and per agent (bytes)."""
+
+    total: int
+    per_round: float
+    per_agent: dict[str, int]
+
+
+class HistoryRow(TypedDict):
+    """Accuracy of one round over the agents that reported it."""
+
+    round: int
+    overall: float
+    by_kind: dict[str, float]
+    dense_bytes: int
+
+
+class _StrategyBlockRequired(TypedDict):
+    strategy: str
+    arch: str
+    accuracy: AccuracyBlock
+    per_head: dict[str, float]         # head label (R, U/<m>, S/<combination>, late) -> accuracy
+    bytes_sent: BytesBlock             # encoded updates (simulate) / MQTT traffic (trial)
+    bytes_received: BytesBlock
+    bytes_dense: BytesBlock            # fp32 size of the published branches
+    rounds: int                        # rounds with at least one row
+    rounds_completed: dict[str, int]   # per agent
+    wall_s: float
+    history: list[HistoryRow]
+
+
+class StrategyBlock(_StrategyBlockRequired, total=False):
+    """summary.json `strategies.<name>`: the same keys from simulate and from a trial."""
+
+    codec: str
+    gradient_conflict: dict[str, dict[str, float | None]]   # simulate only
+    agents: dict[str, dict[str, object]]                    # trial only: per-agent resources
+
+
+class AgentInfo(TypedDict, total=False):
+    """summary.json `agents.<id>`."""
+
+    modalities: list[str]
+    kind: str
+    device: str
+    n_train: int
+    n_test: int
+
+
+class _SummaryRequired(TypedDict):
+    software_version: str
+    config: str
+    fleet: str
+    dataset: str
+    seed: int
+    agents: dict[str, AgentInfo]
+    strategies: dict[str, StrategyBlock]
+
+
+class SummaryDoc(_SummaryRequired, total=False):
+    """summary.json of `parse-edge simulate` and `parse-edge trial` (the latter adds `trial`)."""
+
+    trial: dict[str, object]

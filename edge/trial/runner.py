@@ -1,0 +1,314 @@
+"""The field-trial runner: a broker, one process per agent, faults on cue, and the trial's record.
+
+The runner never learns anything itself: agents are `python -m edge agent ...` processes that talk
+over MQTT. The runner watches their metrics files (the record) and their MQTT presence (the live
+view), stops / restarts agents and the broker as the config's faults say (see edge.faults for the
+trigger rule), restarts an agent killed by a signal it did not send (it resumes from its
+checkpoint), and always writes what was measured - after success, failure, timeout or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.config.schema import BUILTIN_EXAMPLE, FleetConfig
+from edge.trial.faults import Action, FaultPlan
+from edge.trial.processes import AgentProcess, ExitKind, agent_env, stop_all
+from edge.trial.setup import TrialOptions, agent_command, default_timeouts, effective_config, prepare_out
+from edge.trial.summary import AgentFacts, TrialFacts, trial_document, write_record
+from edge.trial.watch import FleetWatch, PresenceMonitor
+
+Progress = Callable[[str], None]
+__all__ = ["TrialOptions", "TrialResult", "TrialRunner", "run_trial"]
+
+
+@dataclass
+class TrialResult:
+    """How the trial ended and where its record is."""
+
+    status: str                        # completed | failed | timed out | interrupted
+    exit_code: int
+    out: Path
+    summary: dict = field(default_factory=dict)
+    failed_agents: list[str] = field(default_factory=list)
+
+
+class TrialRunner:
+    """Runs one trial; `run()` returns a TrialResult and has written the record."""
+
+    def __init__(self, cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None) -> None:
+        self.cfg = effective_config(cfg, opts.rounds, opts.strategy)
+        self.opts = opts
+        self.out = Path(opts.out)
+        self.progress = progress or (lambda line: None)
+        self.ids = [a.id for a in self.cfg.agent_specs]
+        self.url = opts.broker or self.cfg.broker.url
+        self.embedded = self.url == "embedded"
+        self.plan = FaultPlan(self.cfg.faults, self.embedded)
+        self.watch = FleetWatch(self.out, self.ids)
+        self.events: list[dict] = []
+        self.restarts: dict[str, list[dict]] = {a: [] for a in self.ids}
+        self.broker = None
+        self.monitor: PresenceMonitor | None = None
+        self.agents: dict[str, AgentProcess] = {}
+        self.started = time.monotonic()
+        self.last_activity = self.started
+        self.status = "running"
+        self.ended_s: float | None = None
+        self.reason = ""
+        self._shown_round = (-1, -1)
+        self._shown_at = time.monotonic()
+        overall, stall = default_timeouts(self.cfg, len(self.ids))
+        self.timeout_s = opts.timeout_s or overall
+        self.stall_timeout_s = opts.stall_timeout_s or stall
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def now_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def event(self, kind: str, agent: str | None = None, detail: str = "", **extra: object) -> None:
+        self.events.append({"t_s": round(self.now_s(), 3), "kind": kind, "agent": agent,
+                            "detail": detail, **extra})
+        who = f"{agent}: " if agent else ""
+        self.progress(f"[trial {self.now_s():6.1f} s] {kind}: {who}{detail}")
+        self.last_activity = time.monotonic()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def run(self) -> TrialResult:
+        prepare_out(self.out)
+        config_path = str(self.opts.config_path or BUILTIN_EXAMPLE)
+        self._copy_config(config_path)
+        try:
+            self._start_broker()
+            env = agent_env(len(self.ids))
+            for agent_id in self.ids:
+                cmd = agent_command(self.opts.python, config_path, agent_id, self.url, self.out,
+                                    self.opts.strategy, self.opts.rounds, self.opts.energy)
+                self.agents[agent_id] = AgentProcess(agent_id, cmd, self.out / "agents" / agent_id, env)
+            self.progress(f"[trial] {len(self.ids)} agents, {self.cfg.training.rounds} rounds, "
+                          f"strategy {self.cfg.strategy}, broker {self.url} "
+                          f"({'embedded' if self.embedded else 'external'}), out {self.out}")
+            held = self.plan.held_back()
+            for agent_id, proc in self.agents.items():
+                if agent_id not in held:
+                    proc.start()
+            for agent_id in held:
+                self._inject_leave_at_start(agent_id)
+            self._loop()
+        except KeyboardInterrupt:
+            self.status, self.reason = "interrupted", "interrupted (Ctrl-C): stopped every process"
+            self.progress(f"[trial] {self.reason}")
+        except RuntimeError as exc:  # the broker would not (re)start
+            self.status, self.reason = "failed", str(exc)
+            self.progress(f"[trial] error: {exc}")
+        finally:
+            self._shutdown()
+        return self._finish()
+
+    def _copy_config(self, config_path: str) -> None:
+        """DIR/config.yaml: the config the agents read, headed by the overrides passed to them."""
+        overrides = [f"--{k} {v}" for k, v in (("rounds", self.opts.rounds), ("strategy", self.opts.strategy))
+                     if v is not None]
+        head = f"# parse-edge trial ran {config_path}" + (f" with {' '.join(overrides)}" if overrides else "")
+        (self.out / "config.yaml").write_text(head + "\n" + Path(config_path).read_text())
+
+    def _start_broker(self) -> None:
+        if self.embedded:
+            from broker.embedded import EmbeddedBroker
+
+            self.broker = EmbeddedBroker().start()
+            self.url = self.broker.url
+        kwargs: dict = {}
+        if self.cfg.broker.username:
+            kwargs.update(username=self.cfg.broker.username, password=self.cfg.broker.password)
+        if self.cfg.broker.tls is not None and not self.embedded:
+            from broker.client import TlsFiles
+
+            tls = self.cfg.broker.tls
+            kwargs["tls"] = TlsFiles(str(self.cfg.resolve_path(tls.ca_file)),
+                                     tls.cert_file and str(self.cfg.resolve_path(tls.cert_file)),
+                                     tls.key_file and str(self.cfg.resolve_path(tls.key_file)))
+        self.monitor = PresenceMonitor(self.url, self.cfg.fleet,
+                                       f"trial-{self.cfg.fleet}-{os.getpid()}", **kwargs).start()
+
+    def _shutdown(self) -> None:
+        self.ended_s = self.now_s()
+        alive = [p for p in self.agents.values() if p.alive]
+        if alive:
+            stop_all(alive)
+            for proc in alive:
+                self.event("stopped", proc.agent_id, f"by the runner at the end ({self.status})")
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    # --- the watch loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            before = len(self.watch.rows)
+            self.watch.poll()
+            self._check_processes()  # polls again when an agent exited: its last rows count
+            if len(self.watch.rows) > before:
+                self.last_activity = time.monotonic()
+                self._show_progress()
+            for action in self.plan.due(self.watch.completed):
+                self._act(action)
+            if self._finished():
+                finished = all(p.exit_kind == ExitKind.FINISHED for p in self.agents.values()
+                               if p.starts and not self._left_for_good(p.agent_id))
+                self.status = "completed" if finished and not self._failed() else "failed"
+                return
+            if time.monotonic() - self.started > self.timeout_s:
+                self.status = "timed out"
+                self.reason = f"timed out after {self.timeout_s:.0f} s (overall limit)"
+                self.progress(f"[trial] {self.reason}")
+                return
+            if time.monotonic() - self.last_activity > self.stall_timeout_s:
+                self.status = "timed out"
+                self.reason = (f"timed out: no agent reported a round for {self.stall_timeout_s:.0f} s "
+                               f"(rounds reached: {self._round_summary()})")
+                self.progress(f"[trial] {self.reason}")
+                return
+            time.sleep(self.opts.poll_s)
+
+    def _finished(self) -> bool:
+        # Classified exits only: a process that ended after this loop's poll counts next time.
+        started = [p for p in self.agents.values() if p.starts]
+        return all(p.exit_kind != ExitKind.RUNNING for p in started) and not self.plan.pending_returns()
+
+    def _failed(self) -> list[str]:
+        return [a for a, p in self.agents.items() if p.exit_kind in (ExitKind.FAILED, ExitKind.KILLED)]
+
+    def _left_for_good(self, agent_id: str) -> bool:
+        return any(f.kind == "leave" and f.agent == agent_id and f.return_round is None
+                   and rec.status == "injected"
+                   for f, rec in zip(self.plan.faults, self.plan.records, strict=True))
+
+    def _round_summary(self) -> str:
+        return ", ".join(f"{a} {r + 1}" for a, r in self.watch.completed.items())
+
+    def _check_processes(self) -> None:
+        for agent_id, proc in self.agents.items():
+            kind = proc.poll()
+            if kind is None:
+                continue
+            self.watch.poll()  # the rows it wrote just before exiting
+            done = self.watch.completed[agent_id] + 1
+            if kind == ExitKind.FINISHED:
+                self.event("finished", agent_id, f"exit 0 after {done} rounds")
+            elif kind == ExitKind.STOPPED:
+                self.event("stopped", agent_id, f"exit {proc.returncode} (stopped by the runner)")
+            elif kind == ExitKind.KILLED and len(self.restarts[agent_id]) < self.opts.max_restarts:
+                restart = {"t_s": round(self.now_s(), 3), "signal": -(proc.returncode or 0),
+                           "after_round": done - 1, "rows_before": self.watch.row_count(agent_id)}
+                self.restarts[agent_id].append(restart)
+                self.event("killed", agent_id, f"signal {-(proc.returncode or 0)} after round "
+                           f"{done - 1}; restarting (it resumes from its checkpoint)")
+                proc.start(note=f"killed by signal {-(proc.returncode or 0)}")
+            else:
+                tail = proc.log_tail(12)
+                self.event("failed", agent_id, f"exit {proc.returncode} after {done} rounds; "
+                           f"last log lines:\n    " + "\n    ".join(tail), log_tail=tail)
+
+    def _act(self, action: Action) -> None:
+        rec = self.plan.records[action.fault_idx]
+        if action.verb == "stop" and action.agent is not None:
+            proc = self.agents[action.agent]
+            done = self.watch.completed[action.agent]
+            if not proc.alive:
+                rec.status, rec.note = "skipped", "the agent was not running at its leave round"
+                return
+            proc.request_stop()
+            rec.stopped_after_round = done
+            self.plan.mark_injected(action.fault_idx, self.now_s(), f"{action.agent} reported round {done}")
+            self.event("fault", action.agent, f"leave at round {rec.round}: stopped (SIGTERM) "
+                       f"after its round {done}")
+        elif action.verb == "start" and action.agent is not None:
+            proc = self.agents[action.agent]
+            if proc.alive:
+                proc.wait_stopped(10.0)
+                self._check_processes()
+            others = max(r for a, r in self.watch.completed.items() if a != action.agent)
+            rec.rows_before_return = self.watch.row_count(action.agent)
+            self.plan.mark_returned(action.fault_idx, self.now_s(), f"another agent reported round {others}")
+            proc.start(note=f"returns at round {rec.return_round}")
+            self.event("fault", action.agent, f"returns at round {rec.return_round}: restarted "
+                       "with the same --out (resumes from its checkpoint)")
+        elif action.verb == "broker-restart":
+            assert self.broker is not None
+            t0 = time.monotonic()
+            self.broker.stop()
+            self.broker.start()
+            down_s = time.monotonic() - t0
+            fastest = max(self.watch.completed.values())
+            self.plan.mark_injected(action.fault_idx, self.now_s(), f"an agent reported round {fastest}",
+                                    note=f"broker down {down_s:.2f} s (stopped and started on port "
+                                         f"{self.broker.port})")
+            self.event("fault", None, f"broker restart at round {rec.round}: down {down_s:.2f} s")
+
+    def _inject_leave_at_start(self, agent_id: str) -> None:
+        for i, f in enumerate(self.plan.faults):
+            if f.kind == "leave" and f.agent == agent_id and f.round == 0:
+                self.plan.records[i].stopped_after_round = -1
+                self.plan.mark_injected(i, 0.0, "leave at round 0: not started with the others")
+                self.event("fault", agent_id, "leave at round 0: not started with the others")
+
+    def _show_progress(self, force: bool = False) -> None:
+        # The round every agent still in the trial reached (agents being stopped do not hold it).
+        running = [a for a, p in self.agents.items()
+                   if (p.alive and not p.stop_requested) or p.exit_kind == ExitKind.FINISHED]
+        if not running:
+            return
+        fleet_round = min(self.watch.completed[a] for a in running)
+        fastest = max(self.watch.completed.values())
+        quiet_s = time.monotonic() - self._shown_at
+        if fleet_round <= self._shown_round[0] and not force \
+                and not (fastest > self._shown_round[1] and quiet_s > 15):
+            return
+        self._shown_round, self._shown_at = (fleet_round, fastest), time.monotonic()
+        online = (f"{self.monitor.online_count()}/{len(self.ids)}"
+                  if self.monitor is not None and self.monitor.connected
+                  else f"{sum(p.alive for p in self.agents.values())}/{len(self.ids)} (processes)")
+        self.progress(self.watch.progress_line(fleet_round, self.cfg.training.rounds, online, self.now_s()))
+
+    # --- the record ---------------------------------------------------------------------------
+
+    def _finish(self) -> TrialResult:
+        self.watch.poll()
+        if self.watch.rows and self._shown_round != (min(self.watch.completed.values()),
+                                                     max(self.watch.completed.values())):
+            self._show_progress(force=True)
+        self.plan.close()
+        failed = self._failed()
+        if self.status == "running":
+            self.status = "failed"
+        exit_code = {"completed": 0, "interrupted": 130}.get(self.status, 1)
+        if failed and exit_code == 0:
+            exit_code, self.status = 1, "failed"
+        seen = self.monitor.metrics_seen if self.monitor is not None else {}
+        agents = {a: AgentFacts(exit=p.exit_kind.value if p.starts else "not started",
+                                returncode=p.returncode, starts=p.starts, restarts=self.restarts[a],
+                                log_tail=p.log_tail(20) if a in failed else [],
+                                mqtt_metrics_rows=len(seen.get(a, ())))
+                  for a, p in self.agents.items()}
+        doc = trial_document(TrialFacts(
+            cfg=self.cfg, out=self.out, rows=self.watch.rows, status=self.status, exit_code=exit_code,
+            broker_url=self.url, embedded=self.embedded, wall_s=self.ended_s or self.now_s(),
+            agents=agents, failed=failed, reason=self.reason, timeout_s=self.timeout_s,
+            stall_timeout_s=self.stall_timeout_s, events=self.events, faults=self.plan.records,
+            bad_lines=self.watch.bad_lines))
+        write_record(self.out, doc, self.watch.rows, plots=self.opts.plots, progress=self.progress)
+        return TrialResult(self.status, exit_code, self.out, doc, failed)
+
+
+def run_trial(cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None) -> TrialResult:
+    """Run a field trial of `cfg` (see TrialRunner)."""
+    return TrialRunner(cfg, opts, progress).run()

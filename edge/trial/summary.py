@@ -1,0 +1,186 @@
+"""A trial's record: summary.json (simulate's schema plus what the network measured), metrics.jsonl,
+report.md and plots, built from the agents' metrics rows and final.json files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.config.schema import FleetConfig
+from edge.learning.sharing import combination
+from edge.learning.strategies import get_strategy
+from edge.records import AgentInfo
+from edge.summary import agent_rows, cumulative_total, fleet_header, strategy_block, wire_bytes
+from edge.trial.coverage import expected_mixes, mix_coverage
+from edge.trial.faults import FaultRecord, describe_outcomes
+from edge.trial.report import render_report
+from edge.trial.setup import write_json
+
+
+def read_final(path: Path) -> dict | None:
+    """An agent's final.json, or None when it did not write one (or it is unreadable)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _counter(rows: list[dict], final: dict | None, key: str, single_run: bool) -> float:
+    # The agent's final.json covers its last process; rows carry per-process running totals.
+    if final is not None and single_run and isinstance(final.get(key), (int, float)):
+        return float(final[key])
+    return cumulative_total(float(r.get(key, 0.0)) for r in rows)
+
+
+def agent_resources(rows: list[dict], final: dict | None, starts: int, rounds: int) -> dict:
+    """Per agent: bytes on the wire (total, per round, per branch), CPU, peak RSS, energy."""
+    wire = wire_bytes(rows)
+    done = len({int(r["round"]) for r in rows})
+    single = starts <= 1
+    peak_rows = max((float(r.get("rss_mb", 0.0)) for r in rows), default=0.0)
+    peak_final = float(final.get("peak_rss_mb", 0.0)) if final else 0.0
+    source = (final or {}).get("energy_source") or (rows[-1].get("energy_source") if rows else None)
+    per_branch = ((final or {}).get("bytes") or {}).get("per_branch", {})
+    # The encoded update: what one round's publish of all its branches costs on the wire. The
+    # last round publishes nothing (nobody mixes after it).
+    published = len({int(r["round"]) for r in rows if int(r["round"]) < rounds - 1})
+    branch_sent = sum(float((b or {}).get("sent_bytes", 0)) for b in per_branch.values())
+    update_bytes = branch_sent / published if published and single and branch_sent else None
+    wire_per_round = (wire["sent"] + wire["received"]) / done if done else 0.0
+    return {
+        "rounds_completed": done,
+        "completed_all": done >= rounds,
+        "bytes": {"sent": wire["sent"], "received": wire["received"], "per_branch": per_branch,
+                  "sent_per_round": wire["sent"] / done if done else 0.0,
+                  "received_per_round": wire["received"] / done if done else 0.0,
+                  "wire_per_round": wire_per_round, "update_bytes": update_bytes,
+                  "wire_per_round_over_update": wire_per_round / update_bytes if update_bytes else None},
+        "dense_bytes_per_round": (sum(float(r.get("dense_bytes_published", 0)) for r in rows) / len(rows)
+                                  if rows else 0.0),
+        "cpu_s": _counter(rows, final, "cpu_s", single),
+        "train_s": sum(float(r.get("train_s", 0.0)) for r in rows),
+        "peak_rss_mb": max(peak_rows, peak_final),
+        "energy_j": _counter(rows, final, "energy_j", single),
+        "energy_source": source,
+        "wall_s": float(final["wall_s"]) if final and single and "wall_s" in final else None,
+        "rejected": (final or {}).get("rejected", {}),
+        "final_json": final is not None,
+    }
+
+
+@dataclass
+class AgentFacts:
+    """What the runner knows about one agent's processes."""
+
+    exit: str = "not started"          # an ExitKind value, or "not started"
+    returncode: int | None = None
+    starts: int = 0
+    restarts: list[dict] = field(default_factory=list)
+    log_tail: list[str] = field(default_factory=list)
+    mqtt_metrics_rows: int = 0
+
+
+@dataclass
+class TrialFacts:
+    """Everything a trial's record is built from."""
+
+    cfg: FleetConfig
+    out: Path
+    rows: list[dict]
+    status: str
+    exit_code: int
+    broker_url: str
+    embedded: bool
+    wall_s: float
+    agents: dict[str, AgentFacts]
+    failed: list[str] = field(default_factory=list)
+    reason: str = ""
+    timeout_s: float = 0.0
+    stall_timeout_s: float = 0.0
+    events: list[dict] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+    bad_lines: int = 0
+
+
+def trial_document(facts: TrialFacts) -> dict:
+    """The whole summary.json of a trial."""
+
+    cfg, rows = facts.cfg, facts.rows
+    rounds = cfg.training.rounds
+    arch = get_strategy(cfg.strategy).arch(cfg.model.arch)
+    block = strategy_block(cfg.strategy, arch, rows, facts.wall_s)
+    block["codec"] = cfg.comm.codec
+    by_agent = agent_rows(rows)
+    agents_block = {}
+    for spec in cfg.agent_specs:
+        known = facts.agents.get(spec.id, AgentFacts())
+        final = read_final(facts.out / "agents" / spec.id / "final.json")
+        res = agent_resources(by_agent.get(spec.id, []), final, known.starts, rounds)
+        restarts = [dict(r) for r in known.restarts]
+        for restart in restarts:
+            later = by_agent.get(spec.id, [])[restart["rows_before"]:]
+            restart["resumed_at_round"] = int(later[0]["round"]) if later else None
+        res.update({"exit": known.exit, "returncode": known.returncode, "starts": known.starts,
+                    "restarts": restarts, "mqtt_metrics_rows": known.mqtt_metrics_rows})
+        agents_block[spec.id] = res
+    block["agents"] = agents_block
+    coverage = mix_coverage(rows, expected_mixes(cfg, cfg.strategy, rounds))
+    describe_outcomes(facts.faults, by_agent, coverage, rounds)
+    agents: dict[str, AgentInfo] = {
+        a.id: {"modalities": list(a.modalities), "kind": combination(a.modalities),
+               "device": a.device,
+               "n_test": int(by_agent[a.id][-1]["n_test"]) if by_agent.get(a.id) else 0}
+        for a in cfg.agent_specs}
+    doc = fleet_header(cfg, agents, {cfg.strategy: block})
+    doc["trial"] = {
+        "status": facts.status,
+        "exit_code": facts.exit_code,
+        "reason": facts.reason,
+        "strategy": cfg.strategy,
+        "rounds_planned": rounds,
+        "codec": cfg.comm.codec,
+        "topology": cfg.topology.kind,
+        "deadline_s": cfg.comm.deadline_s,
+        "broker": {"url": facts.broker_url, "kind": "embedded" if facts.embedded else "external"},
+        "out": str(facts.out),
+        "wall_s": facts.wall_s,
+        "timeout_s": facts.timeout_s,
+        "stall_timeout_s": facts.stall_timeout_s,
+        "failed_agents": [{"agent": a, "exit": facts.agents[a].exit,
+                           "returncode": facts.agents[a].returncode,
+                           "log_tail": facts.agents[a].log_tail} for a in facts.failed],
+        "faults": [r.to_dict() for r in facts.faults],
+        "events": facts.events,
+        "mix_coverage": coverage,
+        "metrics_rows": len(rows),
+        "metrics_rows_over_mqtt": sum(a.mqtt_metrics_rows for a in facts.agents.values()),
+        "unreadable_metrics_lines": facts.bad_lines,
+    }
+    return doc
+
+
+def write_record(out: Path, doc: dict, rows: list[dict], plots: bool = True,
+                 progress: Callable[[str], None] | None = None) -> None:
+    """metrics.jsonl, plots, summary.json and report.md in `out`."""
+    say = progress or (lambda line: None)
+    ordered = sorted(rows, key=lambda r: (int(r["round"]), str(r["agent"])))
+    with (out / "metrics.jsonl").open("w") as fh:
+        for row in ordered:
+            fh.write(json.dumps(row, default=float) + "\n")
+    doc["trial"]["plots"] = {}
+    if plots and rows:
+        try:
+            from edge.trial.plots import write_plots
+
+            doc["trial"]["plots"] = {k: str(p.relative_to(out)) for k, p in
+                                     write_plots(doc, ordered, out / "plots").items()}
+        except ImportError as exc:
+            doc["trial"]["plots_error"] = f"no plots: {exc} (install the 'report' extra)"
+            say(f"[trial] {doc['trial']['plots_error']}")
+    write_json(out / "summary.json", doc)
+    (out / "report.md").write_text(render_report(doc))
+    say(f"[trial] wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'metrics.jsonl'}"
+        + (f" and {len(doc['trial']['plots'])} plots" if doc["trial"]["plots"] else ""))

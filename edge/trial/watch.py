@@ -1,0 +1,147 @@
+"""What a trial runner sees of its fleet: metrics rows tailed from the agents' JSONL files, and
+presence plus live metrics over MQTT (the files are the record; MQTT is the live view)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+from broker import topics
+from broker.client import MqttClient
+from edge.summary import cumulative_total
+
+log = logging.getLogger(__name__)
+
+
+class JsonlTail:
+    """Reads the complete lines appended to a JSONL file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.bad_lines = 0
+
+    def read_new(self) -> list[dict]:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []  # a line still being written
+        self.offset += end + 1
+        rows = []
+        for line in data[: end + 1].splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                self.bad_lines += 1
+                continue
+            if isinstance(row, dict) and "round" in row:
+                rows.append(row)
+            else:
+                self.bad_lines += 1
+        return rows
+
+
+class PresenceMonitor:
+    """A runner-side MQTT client: which agents say they are online, and which metrics rows
+    arrived over the wire. Connects in the background and rides out broker restarts."""
+
+    def __init__(self, url: str, fleet: str, client_id: str, **client_kwargs: object) -> None:
+        self.fleet = fleet
+        self._lock = threading.Lock()
+        self.online: dict[str, bool] = {}
+        self.status: dict[str, dict] = {}
+        self.metrics_seen: dict[str, set[int]] = defaultdict(set)
+        self.client = MqttClient(url, client_id, on_message=self._on_message,
+                                 reconnect_max_s=2.0, **client_kwargs)  # type: ignore[arg-type]
+
+    def start(self) -> PresenceMonitor:
+        self.client.subscribe(topics.status_filter(self.fleet))
+        self.client.subscribe(topics.metrics_filter(self.fleet))
+        self.client.start(wait=False)
+        return self
+
+    def stop(self) -> None:
+        self.client.stop(publish_will=False, flush_timeout_s=0)
+
+    @property
+    def connected(self) -> bool:
+        return self.client.is_connected
+
+    def online_count(self) -> int:
+        with self._lock:
+            return sum(self.online.values())
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        info = topics.parse_topic(topic)
+        if info is None or info.fleet != self.fleet or info.agent is None:
+            return
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        with self._lock:
+            if info.kind == "status":
+                self.online[info.agent] = bool(doc.get("online"))
+                self.status[info.agent] = doc
+            elif info.kind == "metrics" and isinstance(doc.get("round"), int):
+                self.metrics_seen[info.agent].add(doc["round"])
+
+
+class FleetWatch:
+    """Every agent's metrics rows in the order they were written, and per-agent progress."""
+
+    def __init__(self, out: Path, agent_ids: list[str]) -> None:
+        self.agent_ids = list(agent_ids)
+        self.tails = {a: JsonlTail(out / "agents" / a / "metrics.jsonl") for a in agent_ids}
+        self.rows: list[dict] = []
+        self.rows_by_agent: dict[str, list[dict]] = {a: [] for a in agent_ids}
+        self.completed: dict[str, int] = dict.fromkeys(agent_ids, -1)
+
+    def poll(self) -> list[dict]:
+        """New rows since the last call (all agents)."""
+        new = []
+        for agent, tail in self.tails.items():
+            for row in tail.read_new():
+                row.setdefault("agent", agent)
+                self.rows_by_agent[agent].append(row)
+                self.completed[agent] = max(self.completed[agent], int(row["round"]))
+                new.append(row)
+        self.rows.extend(new)
+        return new
+
+    def row_count(self, agent: str) -> int:
+        return len(self.rows_by_agent[agent])
+
+    def latest(self) -> dict[str, dict]:
+        """Each agent's most recent row."""
+        return {a: rows[-1] for a, rows in self.rows_by_agent.items() if rows}
+
+    @property
+    def bad_lines(self) -> int:
+        return sum(t.bad_lines for t in self.tails.values())
+
+    def progress_line(self, fleet_round: int, rounds: int, online: str, elapsed_s: float) -> str:
+        """One progress line: the round all running agents reached, accuracy by agent kind (each
+        agent's latest row), MB moved on the wire so far, agents online."""
+        fastest = max(self.completed.values())
+        ahead = f" (fastest {fastest + 1})" if fastest > fleet_round else ""
+        by_kind: dict[str, list[float]] = defaultdict(list)
+        for row in self.latest().values():
+            by_kind[str(row.get("kind", "?"))].append(float(row["accuracy"]))
+        acc = "  ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(by_kind.items()))
+        moved = sum(cumulative_total(r.get("bytes_sent", 0) + r.get("bytes_received", 0) for r in rows)
+                    for rows in self.rows_by_agent.values())
+        return (f"round {fleet_round + 1:>3}/{rounds}{ahead}  online {online}  accuracy {acc}  "
+                f"moved {moved / 1e6:.2f} MB  ({elapsed_s:.1f} s)")
