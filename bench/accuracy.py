@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from edge.learning.strategies import STRATEGIES, strategy_names  # noqa: E402
+
 EXAMPLES = REPO / "edge" / "examples"
-DFL = ("parse", "dsgd-task", "dsgd-modality", "dsgd-hybrid", "monolithic")
-STRATEGIES = ("parse", "local", *DFL[1:], "centralized")
+# Decentralized strategies that share something (the ones parse is compared with).
+DFL = tuple(s.name for s in STRATEGIES.values() if s.networked and set(s.sharing) != {"-"})
 
 
 def _mfeat(topology: dict, counts: dict | None = None) -> dict:
@@ -66,9 +69,11 @@ SETTINGS = {
 
 
 # Design ablations run beside the strategies: parse with another combiner or shared heads.
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "mfeat-chordal": {"share_heads": {"share_heads": True}},
-    "synthetic-synergy": {"mean": {"combiner": "mean"}, "gate": {"combiner": "gate"}},
+# setting -> label -> (the strategy it varies, model overrides)
+VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "mfeat-chordal": {"share_heads": ("parse", {"share_heads": True})},
+    "synthetic-synergy": {"mean": ("parse", {"combiner": "mean"}),
+                          "gate": ("parse", {"combiner": "gate"})},
 }
 
 
@@ -77,7 +82,7 @@ def _row(block: dict[str, Any]) -> dict[str, Any]:
         "overall": block["accuracy"]["overall"],
         "by_kind": block["accuracy"]["by_kind"],
         "per_head": block["per_head"],
-        "bytes_per_round": block["bytes_sent"]["per_round"],
+        "bytes_per_round": block["bytes_dense"]["per_round"],
         "wall_s": block["wall_s"],
         "gradient_conflict": block.get("gradient_conflict", {}),
     }
@@ -96,15 +101,15 @@ def run_one(setting: str, seed: int, strategies: tuple[str, ...]) -> dict[str, A
     cfg = parse_config(SETTINGS[setting](), f"<bench {setting}>")
     out: dict[str, Any] = {}
     for arch in ("sliced", "plain"):
-        names = [s for s in strategies if arch == "sliced" or s != "parse"]
+        names = [s for s in strategy_names(arch=arch) if s in strategies]
         summary = simulate_fleet(cfg, names, arch, seed=seed)
         for name, block in summary["strategies"].items():
             out[f"{name}/{arch}"] = _row(block)
-    if "parse" in strategies:
-        for label, model_overrides in VARIANTS.get(setting, {}).items():
+    for label, (base, model_overrides) in VARIANTS.get(setting, {}).items():
+        if base in strategies:
             variant = replace(cfg, model=replace(cfg.model, **model_overrides))
-            block = simulate_fleet(variant, ["parse"], "sliced", seed=seed)["strategies"]["parse"]
-            out[f"parse[{label}]/sliced"] = _row(block)
+            block = simulate_fleet(variant, [base], "sliced", seed=seed)["strategies"][base]
+            out[f"{base}[{label}]/sliced"] = _row(block)
     return {"setting": setting, "seed": seed, "runs": out}
 
 
