@@ -10,7 +10,11 @@ totals of one agent process (they restart from zero when the process restarts; s
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any
+
+# pydantic validates these (rows read back from files and MQTT); before Python 3.12 it needs
+# typing_extensions.TypedDict.
+from typing_extensions import TypedDict
 
 
 class _MetricsRowRequired(TypedDict):
@@ -121,7 +125,7 @@ class StrategyBlock(_StrategyBlockRequired, total=False):
 
     codec: str
     gradient_conflict: dict[str, dict[str, float | None]]   # simulate only
-    agents: dict[str, dict[str, object]]                    # trial only: per-agent resources
+    agents: dict[str, dict[str, Any]]                       # trial only: per-agent resources
 
 
 class AgentInfo(TypedDict, total=False):
@@ -147,4 +151,4 @@ class _SummaryRequired(TypedDict):
 class SummaryDoc(_SummaryRequired, total=False):
     """summary.json of `parse-edge simulate` and `parse-edge trial` (the latter adds `trial`)."""
 
-    trial: dict[str, object]
+    trial: dict[str, Any]

@@ -9,7 +9,7 @@ from pathlib import Path
 from edge.errors import UserError
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register `broker run` and `broker mosquitto-conf`."""
     parser = sub.add_parser(name, help="run the embedded broker or write Mosquitto configuration",
                             description="Run the embedded MQTT broker, or write mosquitto.conf, "

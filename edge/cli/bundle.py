@@ -7,7 +7,7 @@ import argparse
 from edge.cli.pending import not_available
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register the `bundle` subcommand."""
     help_text = "build a deploy bundle for a board (not available yet)"
     parser = sub.add_parser(name, help=help_text, description=help_text)

@@ -12,7 +12,7 @@ from edge.learning.sharing import branches_for, combination
 from edge.learning.strategies import get_strategy
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register `config check`."""
     parser = sub.add_parser(name, help="validate a fleet config and summarise it",
                             description="Fleet configuration tools.")

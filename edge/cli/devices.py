@@ -7,7 +7,7 @@ import argparse
 from devices.profiles import PROFILES
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register the `devices` subcommand."""
     parser = sub.add_parser(
         name, help="list device profiles", description="List the device profiles an agent may use."

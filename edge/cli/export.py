@@ -8,7 +8,7 @@ import argparse
 # `parse-edge infer` must run without torch.
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register the `export` subcommand."""
     parser = sub.add_parser(
         name, help="export a checkpoint to ONNX encoders, heads and a manifest",

@@ -10,7 +10,7 @@ from edge.errors import UserError
 # Everything this command imports is torch-free: devices.runtime needs numpy and onnxruntime only.
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register the `infer` subcommand."""
     parser = sub.add_parser(
         name, help="run onnxruntime inference on an exported bundle",

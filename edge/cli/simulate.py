@@ -12,7 +12,7 @@ from edge.config.load import load_config
 from edge.learning.strategies import get_strategy, strategy_names
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register `simulate`."""
     parser = sub.add_parser(
         name, help="run the fleet in one process with no network",

@@ -12,7 +12,7 @@ from edge.errors import UserError
 from edge.learning.strategies import strategy_names
 
 
-def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
     """Register `trial`."""
     parser = sub.add_parser(
         name, help="run a field trial: broker plus one process per agent",

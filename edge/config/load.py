@@ -116,8 +116,8 @@ def _complete_families(cfg: FleetConfig, modalities: tuple[str, ...]) -> dict[st
                               f"unknown modality; expected one of {', '.join(modalities)}")
     for name in modalities:
         if name not in families:
-            kind = "conv1d" if cfg.data.dataset == "basic-motions" else "mlp"
-            families[name] = FamilyConfig(kind=kind)
+            families[name] = FamilyConfig(
+                kind="conv1d" if cfg.data.dataset == "basic-motions" else "mlp")
     for name, fam in families.items():
         if fam.latent < 3 or not fam.hidden or min(fam.hidden) < 1 or fam.kernel < 1:
             raise ConfigError(cfg.source, f"families.{name}",

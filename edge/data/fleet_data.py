@@ -91,7 +91,7 @@ def fleet_info(cfg: FleetConfig) -> DataInfo:
     own_files = _own_files(cfg)
     if cfg.data.dataset == "npz":
         pools = {str(cfg.resolve_path(s.data)): own_files[s.id]
-                 for s in cfg.agent_specs if s.id in own_files}
+                 for s in cfg.agent_specs if s.data is not None and s.id in own_files}
         if len(own_files) < len(cfg.agent_specs):
             pools[str(cfg.resolve_path(cfg.data.path or ""))] = load_pool(cfg)
         shapes, labels = agree(pools)
@@ -154,7 +154,7 @@ def _own_files(cfg: FleetConfig) -> dict[str, Pool]:
 
 
 def _windows_per_recording(cfg: FleetConfig, pool: Pool) -> int:
-    steps = next(iter(pool.x.values())).shape[2]
+    steps = int(next(iter(pool.x.values())).shape[2])
     return (steps - cfg.data.window) // cfg.data.stride + 1
 
 

@@ -20,7 +20,8 @@ class Norm:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(x - mean) / std for a batch (N, C, ...), as float32."""
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        return ((x - self.mean.reshape(shape)) / self.std.reshape(shape)).astype(np.float32)
+        out: np.ndarray = ((x - self.mean.reshape(shape)) / self.std.reshape(shape)).astype(np.float32)
+        return out
 
     def to_dict(self) -> dict[str, list[float]]:
         """JSON-ready stats for checkpoints and the ONNX manifest."""

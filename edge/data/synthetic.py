@@ -83,5 +83,7 @@ def _directions(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     gauss = rng.standard_normal((dim, n))
     if n <= dim:
         q, _ = np.linalg.qr(gauss)
-        return q.T
-    return (gauss / np.linalg.norm(gauss, axis=0)).T
+        orthonormal: np.ndarray = q.T
+        return orthonormal
+    unit: np.ndarray = (gauss / np.linalg.norm(gauss, axis=0)).T
+    return unit

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from edge.config.schema import FamilyConfig, FleetConfig
+from edge.data.norm import Norm
 from edge.errors import ConfigError
 from edge.learning.learner import Learner
 from edge.learning.model import AgentModel, ModelSpec
@@ -35,12 +36,12 @@ class Checkpoint:
     input_shapes: dict[str, tuple[int, ...]]
     round_idx: int
     strategy: str
-    optimizer_state: dict | None
-    config: dict
+    optimizer_state: dict[str, Any] | None
+    config: dict[str, Any]
     path: str
 
 
-def spec_to_dict(spec: ModelSpec) -> dict:
+def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
     """A ModelSpec as plain data (torch.load(weights_only=True) accepts it)."""
     out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
     out["families"] = {m: dataclasses.asdict(f) for m, f in spec.families.items()}
@@ -50,7 +51,7 @@ def spec_to_dict(spec: ModelSpec) -> dict:
     return out
 
 
-def spec_from_dict(raw: dict) -> ModelSpec:
+def spec_from_dict(raw: dict[str, Any]) -> ModelSpec:
     """Inverse of spec_to_dict."""
     families = {m: FamilyConfig(kind=f["kind"], hidden=tuple(f["hidden"]), latent=f["latent"],
                                 kernel=f["kernel"]) for m, f in raw["families"].items()}
@@ -119,6 +120,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def _denormalise(x: np.ndarray, norm: Any) -> np.ndarray:
+def _denormalise(x: np.ndarray, norm: Norm) -> np.ndarray:
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    return (x * norm.std.reshape(shape) + norm.mean.reshape(shape)).astype(np.float32)
+    raw: np.ndarray = (x * norm.std.reshape(shape) + norm.mean.reshape(shape)).astype(np.float32)
+    return raw

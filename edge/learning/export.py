@@ -45,8 +45,9 @@ def export_checkpoint(ck: Checkpoint, out_dir: str | Path, *, quantize: str | No
     return manifest, _runtime_vs_torch(ck, out_dir, manifest, raw_x, x_norm)
 
 
-def _runtime_vs_torch(ck: Checkpoint, out_dir: str | Path, manifest: Manifest, raw_x: dict,
-                      x_norm: dict) -> list[dict[str, Any]]:
+def _runtime_vs_torch(ck: Checkpoint, out_dir: str | Path, manifest: Manifest,
+                      raw_x: dict[str, np.ndarray],
+                      x_norm: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """End to end: the runtime on raw inputs against the torch model on each served subset."""
     y = np.asarray(ck.examples["y"])
     rows = []

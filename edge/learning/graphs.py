@@ -35,7 +35,8 @@ class SynergyHeadGraph(nn.Module):
         self.head = model.heads["S"]
 
     def forward(self, *parts: Tensor) -> Tensor:
-        return self.head(self.fusion(list(parts)))
+        logits: Tensor = self.head(self.fusion(list(parts)))
+        return logits
 
 
 class FusedGraph(nn.Module):
@@ -47,7 +48,8 @@ class FusedGraph(nn.Module):
         self.subset = subset
 
     def forward(self, *xs: Tensor) -> Tensor:
-        return self.model(dict(zip(self.subset, xs, strict=True))).logits
+        logits: Tensor = self.model(dict(zip(self.subset, xs, strict=True))).logits
+        return logits
 
 
 def export_graphs(model: AgentModel, examples: dict[str, Tensor]) -> list[GraphSpec]:

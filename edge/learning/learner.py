@@ -110,7 +110,8 @@ class Learner:
         """The branch's parameters flattened into one float32 vector (a copy)."""
         with torch.no_grad():
             flat = torch.cat([self.params[n].reshape(-1) for n in self.branches[key].names])
-        return flat.numpy().copy()
+        vector: np.ndarray = flat.numpy().copy()
+        return vector
 
     def set_branch(self, key: str, vector: np.ndarray) -> None:
         """Write a flat vector back into the branch's parameters."""
@@ -188,8 +189,8 @@ class Learner:
         parts.total.backward()
         grads = {}
         for key, branch in self.branches.items():
-            flat = [self.params[n].grad.reshape(-1) if self.params[n].grad is not None
-                    else torch.zeros(self.params[n].numel()) for n in branch.names]
+            flat = [torch.zeros(p.numel()) if (g := (p := self.params[n]).grad) is None
+                    else g.reshape(-1) for n in branch.names]
             grads[key] = torch.cat(flat).numpy().copy()
         self.model.zero_grad(set_to_none=True)
         return grads

@@ -142,7 +142,8 @@ class PlainEncoder(nn.Module):
         self.proj = nn.Linear(hidden, latent)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.trunk(x))
+        z: Tensor = self.proj(self.trunk(x))
+        return z
 
 
 class Fusion(nn.Module):
@@ -305,4 +306,5 @@ class Combiner(nn.Module):
             parts.append(slices[m].u if m in present else zeros(batch, width))
         if self.s_width:
             parts.append(fused if fused is not None else zeros(batch, self.s_width))
-        return self.mlp(torch.cat(parts, dim=-1))
+        logits: Tensor = self.mlp(torch.cat(parts, dim=-1))
+        return logits

@@ -26,6 +26,7 @@ from edge.config.schema import AgentSpec, FleetConfig
 from edge.learning.gossip import Graph, Holdings, Plan
 from edge.learning.learner import Branch
 from edge.learning.transport import Received, update_sender
+from edge.records import MetricsRow
 from edge.version import software_version
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,8 @@ class MqttTransport:
         copies = {key: self.sender.public_copy(key) for key in keys}
         return {key: copy for key, copy in copies.items() if copy is not None}
 
-    def publish_metrics(self, row: dict) -> None:
+    def publish_metrics(self, row: MetricsRow) -> None:
+        """Publish a metrics row on our metrics topic (the trial runner's live view)."""
         self.client.publish(topics.metrics_topic(self.cfg.fleet, self.agent_id),
                             json.dumps(row).encode())
 
@@ -187,9 +189,9 @@ class MqttTransport:
                 self.client.publish(topics.control_topic(self.cfg.fleet),
                                     encode_keyframe_request(request))
         elif info.kind == "control":
-            request = parse_keyframe_request(payload)
-            if request is not None and request.target == self.agent_id:
-                self.sender.request_keyframe(request.branch_key)
+            asked = parse_keyframe_request(payload)
+            if asked is not None and asked.target == self.agent_id:
+                self.sender.request_keyframe(asked.branch_key)
 
     # --- accounting ---------------------------------------------------------------------------
     def wire_bytes(self) -> tuple[int, int]:

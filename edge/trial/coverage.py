@@ -8,11 +8,13 @@ delay, loss, a leaving agent or a broker restart did to the exchange.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from edge.config.schema import FleetConfig
 from edge.config.topology import build_graph
 from edge.learning.sharing import branches_for
 from edge.learning.strategies import get_strategy
+from edge.records import MetricsRow
 
 # (agent, round) -> branch key -> the neighbours expected to contribute
 Expected = dict[tuple[str, int], dict[str, tuple[str, ...]]]
@@ -43,10 +45,10 @@ def expected_mixes(cfg: FleetConfig, strategy: str, rounds: int) -> Expected:
     return out
 
 
-def mix_coverage(rows: list[dict], expected: Expected) -> dict:
+def mix_coverage(rows: list[MetricsRow], expected: Expected) -> dict[str, Any]:
     """Fraction of expected neighbour contributions that were mixed: overall, per round and per
     sender, from each agent's last row per round."""
-    last: dict[tuple[str, int], dict] = {}
+    last: dict[tuple[str, int], MetricsRow] = {}
     for row in rows:
         last[(row["agent"], int(row["round"]))] = row
     got: dict[str, int] = defaultdict(int)
@@ -57,7 +59,7 @@ def mix_coverage(rows: list[dict], expected: Expected) -> dict:
     pair_want: dict[tuple[str, int], int] = defaultdict(int)
     for (agent, round_idx), row in sorted(last.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         plan = expected.get((agent, round_idx), {})
-        mixed = row.get("mixed_from") or {}
+        mixed = row["mixed_from"]
         for key, senders in plan.items():
             used = set(mixed.get(key, ()))
             for sender in senders:
@@ -80,7 +82,7 @@ def mix_coverage(rows: list[dict], expected: Expected) -> dict:
     }
 
 
-def sender_coverage(coverage: dict, sender: str, rounds: range) -> float | None:
+def sender_coverage(coverage: dict[str, Any], sender: str, rounds: range) -> float | None:
     """Coverage of one sender's updates over some mixing rounds (None: none expected)."""
     per_round = coverage.get("per_sender_round", {}).get(sender, {})
     values = [per_round[r] for r in rounds if r in per_round]

@@ -15,9 +15,10 @@ cfg.faults); the runner only reports their effect.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from edge.config.schema import FaultConfig
+from edge.records import MetricsRow
 from edge.trial.coverage import sender_coverage
 
 
@@ -52,7 +53,8 @@ class FaultRecord:
     resumed_at_round: int | None = None
     outcome: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data."""
         return asdict(self)
 
 
@@ -132,15 +134,15 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def describe_outcomes(records: list[FaultRecord], rows_by_agent: dict[str, list[dict]],
-                      coverage: dict, rounds: int) -> None:
+def describe_outcomes(records: list[FaultRecord], rows_by_agent: dict[str, list[MetricsRow]],
+                      coverage: dict[str, Any], rounds: int) -> None:
     """Fill in `resumed_at_round` and a one-line `outcome` for every record, from the rows and
     the mix coverage (see edge.coverage)."""
     completed = {a: len({int(r["round"]) for r in rows}) for a, rows in rows_by_agent.items()}
     done = sum(1 for n in completed.values() if n >= rounds)
     everyone = f"{done}/{len(completed)} agents completed all {rounds} rounds"
     for rec in records:
-        if rec.kind == "leave" and rec.agent is not None:
+        if rec.kind == "leave" and rec.agent is not None and rec.round is not None:
             rows = rows_by_agent.get(rec.agent, [])
             if rec.status != "injected":
                 rec.outcome = f"not injected ({rec.status}); {everyone}"

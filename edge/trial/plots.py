@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from edge.records import MetricsRow, SummaryDoc
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -19,7 +21,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def accuracy_by_kind(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+def accuracy_by_kind(rows: list[MetricsRow]) -> dict[str, list[tuple[int, float]]]:
     """Kind -> [(round, mean accuracy of that kind's agents in the round)]."""
     cells: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
@@ -28,7 +30,7 @@ def accuracy_by_kind(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
             for k, by_round in sorted(cells.items())}
 
 
-def cumulative_mb(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+def cumulative_mb(rows: list[MetricsRow]) -> dict[str, list[tuple[int, float]]]:
     """Agent -> [(round, MB sent + received so far)], restarts of the process included."""
     out: dict[str, list[tuple[int, float]]] = defaultdict(list)
     offset: dict[str, float] = defaultdict(float)
@@ -43,7 +45,7 @@ def cumulative_mb(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return dict(sorted(out.items()))
 
 
-def write_plots(doc: dict, rows: list[dict], folder: Path) -> dict[str, Path]:
+def write_plots(doc: SummaryDoc, rows: list[MetricsRow], folder: Path) -> dict[str, Path]:
     """Write the three PNGs into `folder`; returns name -> path."""
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -74,7 +75,7 @@ class AgentProcess:
     exit_kind: ExitKind = ExitKind.RUNNING
     returncode: int | None = None
     started_at: float = 0.0
-    exits: list[dict] = field(default_factory=list)
+    exits: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:

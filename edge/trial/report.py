@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from typing import Any
+
+from edge.records import StrategyBlock, SummaryDoc
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -24,7 +27,7 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.3f}"
 
 
-def render_report(doc: dict) -> str:
+def render_report(doc: SummaryDoc) -> str:
     """The markdown report of a trial's summary document."""
     trial = doc["trial"]
     name = trial["strategy"]
@@ -45,7 +48,7 @@ def render_report(doc: dict) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _what_ran(doc: dict, trial: dict, block: dict) -> list[str]:
+def _what_ran(doc: SummaryDoc, trial: dict[str, Any], block: StrategyBlock) -> list[str]:
     kinds = Counter(a["kind"] for a in doc["agents"].values())
     devices = Counter(a["device"] for a in doc["agents"].values())
     rows = [
@@ -65,7 +68,7 @@ def _what_ran(doc: dict, trial: dict, block: dict) -> list[str]:
     return ["## What ran", "", *_table(["item", "value"], rows)]
 
 
-def _accuracy(doc: dict, block: dict) -> list[str]:
+def _accuracy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
     acc = block["accuracy"]
     kinds = Counter(a["kind"] for a in doc["agents"].values())
     out = ["## Accuracy", "",
@@ -92,7 +95,7 @@ def _accuracy(doc: dict, block: dict) -> list[str]:
     return out
 
 
-def _bandwidth(block: dict, trial: dict) -> list[str]:
+def _bandwidth(block: StrategyBlock, trial: dict[str, Any]) -> list[str]:
     res = block["agents"]
     sent, received = block["bytes_sent"], block["bytes_received"]
     out = ["## Bandwidth", "",
@@ -139,7 +142,7 @@ def _bandwidth(block: dict, trial: dict) -> list[str]:
     return out
 
 
-def _energy(doc: dict, block: dict) -> list[str]:
+def _energy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
     res = block["agents"]
     out = ["## Energy and resources", "",
            "Energy is `measured:<backend>` where the board exposes a power meter, else "
@@ -152,7 +155,7 @@ def _energy(doc: dict, block: dict) -> list[str]:
     return out
 
 
-def _faults(trial: dict, block: dict) -> list[str]:
+def _faults(trial: dict[str, Any], block: StrategyBlock) -> list[str]:
     out = ["## Faults injected and what happened", ""]
     faults = trial.get("faults", [])
     if not faults:
@@ -186,7 +189,7 @@ def _faults(trial: dict, block: dict) -> list[str]:
     return out
 
 
-def _failures(trial: dict) -> list[str]:
+def _failures(trial: dict[str, Any]) -> list[str]:
     failed = trial.get("failed_agents", [])
     if not failed:
         return []
@@ -197,7 +200,7 @@ def _failures(trial: dict) -> list[str]:
     return out
 
 
-def _plots(trial: dict) -> list[str]:
+def _plots(trial: dict[str, Any]) -> list[str]:
     plots = trial.get("plots") or {}
     if not plots:
         return [trial["plots_error"], ""] if trial.get("plots_error") else []

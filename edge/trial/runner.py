@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from broker.embedded import EmbeddedBroker
 from edge.config.schema import BUILTIN_EXAMPLE, FleetConfig
+from edge.records import SummaryDoc
 from edge.trial.faults import Action, FaultPlan
 from edge.trial.processes import AgentProcess, ExitKind, agent_env, stop_all
 from edge.trial.setup import TrialOptions, agent_command, default_timeouts, effective_config, prepare_out
@@ -33,7 +36,7 @@ class TrialResult:
     status: str                        # completed | failed | timed out | interrupted
     exit_code: int
     out: Path
-    summary: dict = field(default_factory=dict)
+    summary: SummaryDoc | dict[str, Any] = field(default_factory=dict)
     failed_agents: list[str] = field(default_factory=list)
 
 
@@ -50,9 +53,9 @@ class TrialRunner:
         self.embedded = self.url == "embedded"
         self.plan = FaultPlan(self.cfg.faults, self.embedded)
         self.watch = FleetWatch(self.out, self.ids)
-        self.events: list[dict] = []
-        self.restarts: dict[str, list[dict]] = {a: [] for a in self.ids}
-        self.broker = None
+        self.events: list[dict[str, Any]] = []
+        self.restarts: dict[str, list[dict[str, Any]]] = {a: [] for a in self.ids}
+        self.broker: EmbeddedBroker | None = None
         self.monitor: PresenceMonitor | None = None
         self.agents: dict[str, AgentProcess] = {}
         self.started = time.monotonic()
@@ -120,11 +123,9 @@ class TrialRunner:
 
     def _start_broker(self) -> None:
         if self.embedded:
-            from broker.embedded import EmbeddedBroker
-
             self.broker = EmbeddedBroker().start()
             self.url = self.broker.url
-        kwargs: dict = {}
+        kwargs: dict[str, Any] = {}
         if self.cfg.broker.username:
             kwargs.update(username=self.cfg.broker.username, password=self.cfg.broker.password)
         if self.cfg.broker.tls is not None and not self.embedded:

@@ -7,11 +7,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from edge.config.schema import FleetConfig
 from edge.learning.sharing import combination
 from edge.learning.strategies import get_strategy
-from edge.records import AgentInfo
+from edge.records import AgentInfo, MetricsRow, SummaryDoc
 from edge.summary import agent_rows, cumulative_total, fleet_header, strategy_block, wire_bytes
 from edge.trial.coverage import expected_mixes, mix_coverage
 from edge.trial.faults import FaultRecord, describe_outcomes
@@ -19,7 +20,7 @@ from edge.trial.report import render_report
 from edge.trial.setup import write_json
 
 
-def read_final(path: Path) -> dict | None:
+def read_final(path: Path) -> dict[str, Any] | None:
     """An agent's final.json, or None when it did not write one (or it is unreadable)."""
     try:
         doc = json.loads(path.read_text())
@@ -28,14 +29,16 @@ def read_final(path: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _counter(rows: list[dict], final: dict | None, key: str, single_run: bool) -> float:
+def _counter(rows: list[MetricsRow], final: dict[str, Any] | None,
+             key: Literal["cpu_s", "energy_j"], single_run: bool) -> float:
     # The agent's final.json covers its last process; rows carry per-process running totals.
     if final is not None and single_run and isinstance(final.get(key), (int, float)):
         return float(final[key])
     return cumulative_total(float(r.get(key, 0.0)) for r in rows)
 
 
-def agent_resources(rows: list[dict], final: dict | None, starts: int, rounds: int) -> dict:
+def agent_resources(rows: list[MetricsRow], final: dict[str, Any] | None, starts: int,
+                    rounds: int) -> dict[str, Any]:
     """Per agent: bytes on the wire (total, per round, per branch), CPU, peak RSS, energy."""
     wire = wire_bytes(rows)
     done = len({int(r["round"]) for r in rows})
@@ -78,7 +81,7 @@ class AgentFacts:
     exit: str = "not started"          # an ExitKind value, or "not started"
     returncode: int | None = None
     starts: int = 0
-    restarts: list[dict] = field(default_factory=list)
+    restarts: list[dict[str, Any]] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
     mqtt_metrics_rows: int = 0
 
@@ -89,7 +92,7 @@ class TrialFacts:
 
     cfg: FleetConfig
     out: Path
-    rows: list[dict]
+    rows: list[MetricsRow]
     status: str
     exit_code: int
     broker_url: str
@@ -100,12 +103,12 @@ class TrialFacts:
     reason: str = ""
     timeout_s: float = 0.0
     stall_timeout_s: float = 0.0
-    events: list[dict] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
     bad_lines: int = 0
 
 
-def trial_document(facts: TrialFacts) -> dict:
+def trial_document(facts: TrialFacts) -> SummaryDoc:
     """The whole summary.json of a trial."""
 
     cfg, rows = facts.cfg, facts.rows
@@ -162,7 +165,7 @@ def trial_document(facts: TrialFacts) -> dict:
     return doc
 
 
-def write_record(out: Path, doc: dict, rows: list[dict], plots: bool = True,
+def write_record(out: Path, doc: SummaryDoc, rows: list[MetricsRow], plots: bool = True,
                  progress: Callable[[str], None] | None = None) -> None:
     """metrics.jsonl, plots, summary.json and report.md in `out`."""
     say = progress or (lambda line: None)

@@ -8,12 +8,20 @@ import logging
 import threading
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from broker import topics
 from broker.client import MqttClient
+from edge.records import MetricsRow
 from edge.summary import cumulative_total
 
 log = logging.getLogger(__name__)
+
+
+# A row read back from a file must have every field of a metrics row, with the right types.
+METRICS_ROW = TypeAdapter(MetricsRow)
 
 
 class JsonlTail:
@@ -24,7 +32,7 @@ class JsonlTail:
         self.offset = 0
         self.bad_lines = 0
 
-    def read_new(self) -> list[dict]:
+    def read_new(self) -> list[MetricsRow]:
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self.offset)
@@ -40,13 +48,8 @@ class JsonlTail:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except ValueError:
-                self.bad_lines += 1
-                continue
-            if isinstance(row, dict) and "round" in row:
-                rows.append(row)
-            else:
+                rows.append(METRICS_ROW.validate_json(line))
+            except ValidationError:
                 self.bad_lines += 1
         return rows
 
@@ -59,7 +62,7 @@ class PresenceMonitor:
         self.fleet = fleet
         self._lock = threading.Lock()
         self.online: dict[str, bool] = {}
-        self.status: dict[str, dict] = {}
+        self.status: dict[str, dict[str, Any]] = {}
         self.metrics_seen: dict[str, set[int]] = defaultdict(set)
         self.client = MqttClient(url, client_id, on_message=self._on_message,
                                  reconnect_max_s=2.0, **client_kwargs)  # type: ignore[arg-type]
@@ -105,16 +108,15 @@ class FleetWatch:
     def __init__(self, out: Path, agent_ids: list[str]) -> None:
         self.agent_ids = list(agent_ids)
         self.tails = {a: JsonlTail(out / "agents" / a / "metrics.jsonl") for a in agent_ids}
-        self.rows: list[dict] = []
-        self.rows_by_agent: dict[str, list[dict]] = {a: [] for a in agent_ids}
+        self.rows: list[MetricsRow] = []
+        self.rows_by_agent: dict[str, list[MetricsRow]] = {a: [] for a in agent_ids}
         self.completed: dict[str, int] = dict.fromkeys(agent_ids, -1)
 
-    def poll(self) -> list[dict]:
+    def poll(self) -> list[MetricsRow]:
         """New rows since the last call (all agents)."""
         new = []
         for agent, tail in self.tails.items():
             for row in tail.read_new():
-                row.setdefault("agent", agent)
                 self.rows_by_agent[agent].append(row)
                 self.completed[agent] = max(self.completed[agent], int(row["round"]))
                 new.append(row)
@@ -124,7 +126,7 @@ class FleetWatch:
     def row_count(self, agent: str) -> int:
         return len(self.rows_by_agent[agent])
 
-    def latest(self) -> dict[str, dict]:
+    def latest(self) -> dict[str, MetricsRow]:
         """Each agent's most recent row."""
         return {a: rows[-1] for a, rows in self.rows_by_agent.items() if rows}
 
