@@ -97,7 +97,8 @@ def per_head_block(final: Mapping[str, MetricsRow]) -> dict[str, float]:
 
 def history_block(rows: Iterable[MetricsRow]) -> list[HistoryRow]:
     """Per round: overall and by-kind accuracy, dense bytes published (the later row of a round
-    an agent ran twice)."""
+    an agent ran twice).
+    """
     by_round: dict[int, dict[str, MetricsRow]] = defaultdict(dict)
     for row in rows:
         by_round[int(row["round"])][row["agent"]] = row

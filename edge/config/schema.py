@@ -27,6 +27,8 @@ BUILTIN_EXAMPLE = Path(__file__).parents[1] / "examples" / "basic-motions.yaml"
 
 @dataclass(frozen=True)
 class PartitionConfig:
+    """How the pool is shared out among agents (`data.partition`)."""
+
     kind: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.5
     test_fraction: float = 0.25
@@ -36,6 +38,8 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
+    """The synthetic-pid generator's settings (`data.synthetic`; see edge.data.synthetic)."""
+
     modalities: tuple[str, ...] = ("a", "b")
     n_samples: int = 3000
     dim: int = 16
@@ -47,6 +51,8 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Which data the fleet learns from (`data`)."""
+
     dataset: Literal["basic-motions", "mfeat", "synthetic-pid", "npz"]
     modalities: tuple[str, ...] | None = None
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -61,6 +67,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FamilyConfig:
+    """An encoder family, declared fleet-wide per modality so holders can average it (`families.<m>`)."""
+
     kind: Literal["mlp", "conv1d"] = "mlp"
     hidden: tuple[int, ...] = (64,)
     latent: int = 48
@@ -69,6 +77,8 @@ class FamilyConfig:
 
 @dataclass(frozen=True)
 class AgentSpec:
+    """One agent: its id (an MQTT topic level), modalities, device profile and optional own data file."""
+
     id: str
     modalities: tuple[str, ...]
     device: str = DEFAULT_PROFILE
@@ -77,6 +87,8 @@ class AgentSpec:
 
 @dataclass(frozen=True)
 class AgentsConfig:
+    """How agents are generated (`agents`): counts by kind or one multimodal-fraction knob, plus a list."""
+
     count: int = 0
     multimodal_fraction: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
@@ -87,6 +99,8 @@ class AgentsConfig:
 
 @dataclass(frozen=True)
 class TopologyConfig:
+    """The communication graph (`topology`)."""
+
     kind: Literal["ring", "chordal-ring", "random-regular", "complete", "erdos-renyi",
                   "edges"] = "ring"
     chords: tuple[int, ...] = (1, 3)
@@ -98,6 +112,8 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    """Local training and the round budget (`training`)."""
+
     rounds: int = 20
     local_epochs: int = 1
     batch_size: int = 32
@@ -110,6 +126,8 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model every agent builds (`model`): architecture, slice split, fusion, combiner, heads."""
+
     arch: Literal["sliced", "plain"] = "sliced"
     split: tuple[float, ...] = (1.0, 1.0, 1.0)
     fusion: Literal["concat", "sum", "gated", "tensor"] = "concat"
@@ -121,6 +139,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """Weights of the training objective's terms (`losses`; edge.learning.losses)."""
+
     aux_head: float = 0.25
     align: float = 0.1
     orth: float = 0.01
@@ -134,6 +154,8 @@ TOPK_CONSENSUS_STEP = 0.3
 
 @dataclass(frozen=True)
 class CommConfig:
+    """How updates are coded and exchanged (`comm`): codec, keyframes, chunks, deadline, gamma."""
+
     codec: Literal["fp32", "fp16", "int8", "topk"] = "fp32"
     topk_fraction: float = 0.02
     error_feedback: bool = True
@@ -151,6 +173,8 @@ class CommConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
+    """TLS files for an mqtts:// broker (`broker.tls`)."""
+
     ca_file: str
     cert_file: str | None = None
     key_file: str | None = None
@@ -158,6 +182,8 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class BrokerConfig:
+    """Where the broker is and how to authenticate and sign (`broker`)."""
+
     url: str = "embedded"
     tls: TlsConfig | None = None
     username: str | None = None
@@ -180,6 +206,8 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class FleetConfig:
+    """A whole validated fleet config; `agent_specs` holds the resolved agents in fleet order."""
+
     fleet: str
     data: DataConfig
     agents: AgentsConfig
@@ -228,7 +256,8 @@ class FleetConfig:
 
 def consensus_step(comm: CommConfig) -> float:
     """The CHOCO consensus step gamma in effect: the configured one, else 1 (plain gossip) for the
-    dense codecs and TOPK_CONSENSUS_STEP for top-k, whose lagging public copies need damping."""
+    dense codecs and TOPK_CONSENSUS_STEP for top-k, whose lagging public copies need damping.
+    """
     if comm.consensus_step is not None:
         return comm.consensus_step
     return TOPK_CONSENSUS_STEP if comm.codec == "topk" else 1.0

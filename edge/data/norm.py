@@ -29,6 +29,7 @@ class Norm:
 
     @classmethod
     def from_dict(cls, raw: dict[str, list[float]]) -> Norm:
+        """Inverse of `to_dict`."""
         return cls(np.asarray(raw["mean"], dtype=np.float32),
                    np.asarray(raw["std"], dtype=np.float32))
 

@@ -25,10 +25,12 @@ class Pool:
 
     @property
     def n_samples(self) -> int:
+        """Number of samples (recordings, for series pools)."""
         return len(self.y)
 
     @property
     def n_classes(self) -> int:
+        """Number of classes."""
         return len(self.labels)
 
 

@@ -77,7 +77,7 @@ def synthetic_pool(syn: SyntheticConfig, seed: int) -> Pool:
 
 
 def _directions(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    """n unit directions in R^dim, orthonormal when n <= dim."""
+    """N unit directions in R^dim, orthonormal when n <= dim."""
     if n == 0:
         return np.zeros((0, dim))
     gauss = rng.standard_normal((dim, n))

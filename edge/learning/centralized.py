@@ -15,7 +15,8 @@ from edge.learning.losses import objective
 def pooled_training(learners: Sequence[Learner], epochs: int) -> None:
     """Train one model over all modalities on the union of the agents' training data (each batch
     carries the modalities its agent has), then load its weights into every agent's model
-    wherever names and shapes agree (fusion of a combination nobody pooled stays as it was)."""
+    wherever names and shapes agree (fusion of a combination nobody pooled stays as it was).
+    """
     first = learners[0]
     cfg = first.cfg
     shapes = {m: s for lr in learners for m, s in lr.model.spec.input_shapes.items()}

@@ -25,7 +25,8 @@ def gradient_conflict(grads: dict[str, dict[str, np.ndarray]], multimodal: dict[
     - `between`: cosine between the unimodal group's mean gradient and the multimodal group's;
     - `within_unimodal`, `within_multimodal`: mean pairwise cosine inside each group — the
       baseline that label skew alone produces, to read `between` against.
-    `grads[agent][key]` is that agent's mean gradient on the branch."""
+    `grads[agent][key]` is that agent's mean gradient on the branch.
+    """
     out: dict[str, dict[str, float | None]] = {}
     keys = {k for g in grads.values() for k in g}
     for key in sorted(keys):

@@ -1,5 +1,6 @@
 """Export a checkpoint: ONNX encoders, slice heads and fused graphs, the manifest, and how the
-onnxruntime bundle compares with the torch model on the checkpoint's own test inputs."""
+onnxruntime bundle compares with the torch model on the checkpoint's own test inputs.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from exporters.onnx_export import ExportError, export_graphs
 def export_checkpoint(ck: Checkpoint, out_dir: str | Path, *, quantize: str | None = None,
                       opset: int | None = None) -> tuple[Manifest, list[dict[str, Any]]]:
     """Export a loaded checkpoint; returns the manifest and, per served modality subset, how
-    the runtime compares with the torch model on the checkpoint's test inputs."""
+    the runtime compares with the torch model on the checkpoint's test inputs.
+    """
     raw_x = {m: np.asarray(ck.examples["x"][m], dtype=np.float32) for m in ck.modalities}
     try:
         entries = {m: norm_entry(ck.norm[m]["mean"], ck.norm[m]["std"], ck.input_shapes[m],

@@ -20,6 +20,7 @@ class EncoderGraph(nn.Module):
         self.sliced = model.spec.arch == "sliced"
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """(N, *input shape) -> r, u[, s] slices (sliced) or z (plain)."""
         out = self.encoder(x)
         if not self.sliced:
             return (out,)
@@ -35,6 +36,7 @@ class SynergyHeadGraph(nn.Module):
         self.head = model.heads["S"]
 
     def forward(self, *parts: Tensor) -> Tensor:
+        """Synergy-input slices of every modality -> H_S logits (N, classes)."""
         logits: Tensor = self.head(self.fusion(list(parts)))
         return logits
 
@@ -48,6 +50,7 @@ class FusedGraph(nn.Module):
         self.subset = subset
 
     def forward(self, *xs: Tensor) -> Tensor:
+        """One normalised input per modality of the subset -> logits (N, classes)."""
         logits: Tensor = self.model(dict(zip(self.subset, xs, strict=True))).logits
         return logits
 
@@ -55,7 +58,8 @@ class FusedGraph(nn.Module):
 def export_graphs(model: AgentModel, examples: dict[str, Tensor]) -> list[GraphSpec]:
     """Every graph a board may need, each with real example inputs: one encoder per modality,
     one graph per head, and one fused graph per non-empty subset of the agent's modalities (so
-    a board with a dead sensor still has a ready graph)."""
+    a board with a dead sensor still has a ready graph).
+    """
     model.eval()
     mods = model.spec.modalities
     np_examples = {m: examples[m].numpy() for m in mods}

@@ -31,11 +31,14 @@ class Branch:
 
     @property
     def dense_bytes(self) -> int:
+        """Size of the branch as dense float32, bytes."""
         return 4 * self.size
 
 
 @dataclass(frozen=True)
 class Evaluation:
+    """Test accuracy of an agent's model, overall and per head."""
+
     accuracy: float
     n_test: int
     head_accuracy: dict[str, float]
@@ -54,7 +57,8 @@ def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict
 
 def build_model(spec: ModelSpec, seed: int) -> AgentModel:
     """Build a model whose every submodule is initialised from (seed, its name), so agents that
-    share a branch start from the same weights and the first average is not of strangers."""
+    share a branch start from the same weights and the first average is not of strangers.
+    """
     model = AgentModel(spec)
     for name, module in model.named_modules():
         if hasattr(module, "reset_parameters") and name:
@@ -128,7 +132,8 @@ class Learner:
         """Gossip-average one branch with the CHOCO consensus step (edge.learning.gossip).
 
         `public_copy` is our branch as the neighbours decoded it (None: they hold it exactly).
-        Weights of neighbours that sent nothing stay with us. Returns the neighbours used."""
+        Weights of neighbours that sent nothing stay with us. Returns the neighbours used.
+        """
         used = {j: received[j] for j in weights if j != self_id and j in received}
         if not used:
             return []
@@ -172,7 +177,8 @@ class Learner:
     @torch.no_grad()
     def evaluate(self, modalities: tuple[str, ...] | None = None) -> Evaluation:
         """Accuracy on the agent's own test split, overall and per head, with any subset of its
-        modalities (None: all of them)."""
+        modalities (None: all of them).
+        """
         self.model.eval()
         mods = modalities or self.data.modalities
         out = self.model({m: self.test_x[m] for m in mods})

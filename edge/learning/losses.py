@@ -13,6 +13,8 @@ from edge.learning.model import ModelOutput
 
 
 class LossParts(NamedTuple):
+    """The total loss (a tensor to back-propagate) and its parts as floats."""
+
     total: Tensor
     combined: float
     aux: float
@@ -31,7 +33,8 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 
 def cross_orthogonality(r: Tensor, u: Tensor) -> Tensor:
     """Mean squared correlation between redundant and unique features over the batch (0 when
-    the two slices carry decorrelated directions)."""
+    the two slices carry decorrelated directions).
+    """
     r = F.normalize(r - r.mean(dim=0), dim=0)
     u = F.normalize(u - u.mean(dim=0), dim=0)
     return (r.T @ u).pow(2).mean()

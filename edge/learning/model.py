@@ -49,13 +49,15 @@ class ModelSpec:
 
     @property
     def multimodal(self) -> bool:
+        """Whether the agent holds more than one modality (and so a synergy head)."""
         return len(self.modalities) > 1
 
     @property
     def fused_width(self) -> int:
         """Width of the fused synergy feature: a whole latent's width, because XOR-like
         structure needs hidden units (a slice-wide fusion, 16 at the defaults, learnt one
-        synergistic bit out of two on synthetic-pid: 54.6% vs 99.2% at 48 wide)."""
+        synergistic bit out of two on synthetic-pid: 54.6% vs 99.2% at 48 wide).
+        """
         return max(self.families[m].latent for m in self.modalities) if self.multimodal else 0
 
 
@@ -73,12 +75,16 @@ def slice_widths(latent: int, split: tuple[float, ...]) -> tuple[int, int, int]:
 
 
 class Slices(NamedTuple):
+    """One modality's slices: redundant, unique and synergy input (None: unimodal)."""
+
     r: Tensor
     u: Tensor
     s: Tensor | None
 
 
 class ModelOutput(NamedTuple):
+    """What the model returns: the combined logits, each head's logits and the slices."""
+
     logits: Tensor                      # combined prediction
     head_logits: dict[str, Tensor]      # per head that could run on the present modalities
     slices: dict[str, Slices]           # sliced arch only
@@ -113,6 +119,7 @@ class GlobalPool(nn.Module):
     """Average and max over time, concatenated: cheap, length-agnostic, ONNX friendly."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """(N, C, T) -> (N, 2C): mean and max over time."""
         return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=-1)
 
 
@@ -128,6 +135,7 @@ class SlicedEncoder(nn.Module):
         self.proj_s = nn.Linear(hidden, widths[2]) if with_synergy else None
 
     def forward(self, x: Tensor) -> Slices:
+        """(N, *input shape) -> the modality's slices."""
         h = self.trunk(x)
         s = self.proj_s(h) if self.proj_s is not None else None
         return Slices(self.proj_r(h), self.proj_u(h), s)
@@ -142,6 +150,7 @@ class PlainEncoder(nn.Module):
         self.proj = nn.Linear(hidden, latent)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(N, *input shape) -> (N, latent)."""
         z: Tensor = self.proj(self.trunk(x))
         return z
 
@@ -167,6 +176,7 @@ class Fusion(nn.Module):
             raise ValueError(f"unknown fusion {kind!r}")
 
     def forward(self, parts: list[Tensor]) -> Tensor:
+        """Synergy-input slices, one per modality in fleet order -> (N, out)."""
         if self.kind == "concat":
             return F.relu(self.mix(torch.cat(parts, dim=-1)))
         if self.kind == "tensor":
@@ -223,6 +233,7 @@ class AgentModel(nn.Module):
                 nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, spec.n_classes))})
 
     def forward(self, inputs: dict[str, Tensor]) -> ModelOutput:
+        """Any non-empty subset of the agent's modalities -> logits and per-head logits."""
         present = [m for m in self.spec.modalities if m in inputs]
         if not present:
             raise ValueError(f"no input for any of {self.spec.modalities}")
@@ -290,6 +301,7 @@ class Combiner(nn.Module):
 
     def forward(self, head_logits: dict[str, Tensor], slices: dict[str, Slices], r_mean: Tensor,
                 fused: Tensor | None, present: list[str]) -> Tensor:
+        """Combine the present heads' logits (N, classes) into one prediction."""
         stacked = torch.stack(list(head_logits.values()))
         if self.kind == "sum":
             return stacked.sum(dim=0)

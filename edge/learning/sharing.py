@@ -1,6 +1,7 @@
 """Who shares what: model units, their sharing scopes and the branch keys they travel under.
 
-The per-strategy rows of the sharing table live in edge.learning.strategies."""
+The per-strategy rows of the sharing table live in edge.learning.strategies.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def scope_of(row: SharingRow, unit: Unit, share_heads: bool) -> Scope:
 def branch_key(unit: Unit, scope: Scope, modalities: tuple[str, ...]) -> str | None:
     """The branch a unit travels in; agents average a branch with neighbours holding the same key.
 
-    None means the unit stays private."""
+    None means the unit stays private.
+    """
     combo = combination(modalities)
     if scope is Scope.PRIVATE:
         return None

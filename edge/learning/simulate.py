@@ -95,7 +95,8 @@ def _conflict_after_mixing(cfg: FleetConfig, learners: dict[str, Learner], table
                            bus: InMemoryBus, round_idx: int) -> dict[str, dict[str, float | None]]:
     """Gradient conflict measured on the models right after round `round_idx`'s mixing, i.e. on
     the weights the holders share, before local training pulls them apart again (the models are
-    restored afterwards)."""
+    restored afterwards).
+    """
     graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, round_idx, cfg.source)
     grads: dict[str, dict[str, np.ndarray]] = {}
     for agent, learner in learners.items():

@@ -135,7 +135,8 @@ def networked_strategy(name: str) -> Strategy:
 
 def strategy_names(*, networked: bool | None = None, arch: str | None = None) -> list[str]:
     """Names in registry order, optionally only the networked ones and/or those that run on
-    `arch` (sliced | plain)."""
+    `arch` (sliced | plain).
+    """
     return [s.name for s in _REGISTRY
             if (networked is None or s.networked == networked)
             and (arch is None or arch == "sliced" or not s.sliced_only)]

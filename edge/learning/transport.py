@@ -76,7 +76,8 @@ class InMemoryBus:
 
 class InMemoryTransport:
     """One agent's view of an `InMemoryBus`: publishing encodes through the agent's real codec
-    state and posts the public copy; collecting never waits (agents step in lock-step)."""
+    state and posts the public copy; collecting never waits (agents step in lock-step).
+    """
 
     def __init__(self, bus: InMemoryBus, sender: UpdateSender, signatures: dict[str, str]) -> None:
         self.bus = bus

@@ -1,5 +1,6 @@
 """The networked agent: what runs on a board. The round loop of edge.learning.rounds over MQTT,
-with resource and energy metering, checkpoints to resume from, and a metrics file."""
+with resource and energy metering, checkpoints to resume from, and a metrics file.
+"""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from edge.learning.transport import Received, Transport
 
 class ImpairedTransport:
     """Wraps a transport: every publish waits `delay_ms`, and each branch update is dropped with
-    probability `loss_percent` / 100 (seeded, so a trial is repeatable)."""
+    probability `loss_percent` / 100 (seeded, so a trial is repeatable).
+    """
 
     def __init__(self, inner: Transport, delay_ms: float, loss_percent: float, seed: str) -> None:
         self.inner = inner

@@ -1,6 +1,7 @@
 """The networked agent's transport: its branches published over MQTT, an inbox of its neighbours'.
 
-Implements `edge.learning.transport.Transport`; trial impairments wrap it (edge.net.impaired)."""
+Implements `edge.learning.transport.Transport`; trial impairments wrap it (edge.net.impaired).
+"""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ class MqttTransport:
 
     def announce(self) -> None:
         """Publish our retained status (again after a reconnect: a restarted broker without
-        persistence has forgotten it)."""
+        persistence has forgotten it).
+        """
         status = AgentStatus(self.agent_id, True, self.spec.modalities,
                              {k: b.signature for k, b in self.branches.items()},
                              self.spec.device, software_version())
@@ -98,7 +100,8 @@ class MqttTransport:
         """Block until the given agents are online (or timeout); return the ones that are.
 
         With `offline_is_final` (a resumed agent), a neighbour that announced it is offline
-        is not waited for: it has finished or left, and waiting would only cost the timeout."""
+        is not waited for: it has finished or left, and waiting would only cost the timeout.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             online = neighbours & self.neighbours.online_agents()
@@ -117,7 +120,8 @@ class MqttTransport:
 
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
         """Neighbours' updates of `round_idx` for every planned branch, waiting (with `wait`) at
-        most `comm.deadline_s` for online neighbours; late or offline ones are simply absent."""
+        most `comm.deadline_s` for online neighbours; late or offline ones are simply absent.
+        """
         if self.client.connect_count != self._announced_on:
             self.announce()
         deadline = time.monotonic() + (self.cfg.comm.deadline_s if wait else 0.0)

@@ -47,7 +47,8 @@ def expected_mixes(cfg: FleetConfig, strategy: str, rounds: int) -> Expected:
 
 def mix_coverage(rows: list[MetricsRow], expected: Expected) -> dict[str, Any]:
     """Fraction of expected neighbour contributions that were mixed: overall, per round and per
-    sender, from each agent's last row per round."""
+    sender, from each agent's last row per round.
+    """
     last: dict[tuple[str, int], MetricsRow] = {}
     for row in rows:
         last[(row["agent"], int(row["round"]))] = row

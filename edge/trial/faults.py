@@ -105,12 +105,14 @@ class FaultPlan:
         return actions
 
     def mark_injected(self, idx: int, t_s: float, trigger: str, note: str = "") -> None:
+        """Record that fault `idx` fired at `t_s` seconds into the trial, and why."""
         rec = self.records[idx]
         rec.status, rec.injected_at_s, rec.trigger = "injected", round(t_s, 3), trigger
         if note:
             rec.note = note
 
     def mark_returned(self, idx: int, t_s: float, trigger: str) -> None:
+        """Record that the agent of leave fault `idx` was started again."""
         self._returned.add(idx)
         rec = self.records[idx]
         rec.returned_at_s, rec.return_trigger = round(t_s, 3), trigger
@@ -137,7 +139,8 @@ def _pct(value: float | None) -> str:
 def describe_outcomes(records: list[FaultRecord], rows_by_agent: dict[str, list[MetricsRow]],
                       coverage: dict[str, Any], rounds: int) -> None:
     """Fill in `resumed_at_round` and a one-line `outcome` for every record, from the rows and
-    the mix coverage (see edge.coverage)."""
+    the mix coverage (see edge.coverage).
+    """
     completed = {a: len({int(r["round"]) for r in rows}) for a, rows in rows_by_agent.items()}
     done = sum(1 for n in completed.values() if n >= rounds)
     everyone = f"{done}/{len(completed)} agents completed all {rounds} rounds"

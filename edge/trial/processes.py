@@ -79,18 +79,22 @@ class AgentProcess:
 
     @property
     def log_path(self) -> Path:
+        """The agent's stdout and stderr, appended across restarts."""
         return self.folder / "agent.log"
 
     @property
     def pid_path(self) -> Path:
+        """Where the current process id is written."""
         return self.folder / "agent.pid"
 
     @property
     def pid(self) -> int | None:
+        """The current process id (None before the first start)."""
         return self.process.pid if self.process is not None else None
 
     @property
     def alive(self) -> bool:
+        """Whether the current process is running."""
         return self.process is not None and self.process.poll() is None
 
     def start(self, note: str = "") -> None:
@@ -157,7 +161,8 @@ class AgentProcess:
 
 def agent_env(n_agents: int, cores: int | None = None) -> dict[str, str]:
     """Environment for agent processes: unbuffered output, and torch threads split over the cores
-    so that N agents on C cores do not oversubscribe the CPU."""
+    so that N agents on C cores do not oversubscribe the CPU.
+    """
     cores = cores or os.cpu_count() or 1
     threads = str(max(1, cores // max(1, n_agents)))
     env = dict(os.environ)

@@ -72,9 +72,11 @@ class TrialRunner:
     # --- helpers ------------------------------------------------------------------------------
 
     def now_s(self) -> float:
+        """Seconds since the runner started."""
         return time.monotonic() - self.started
 
     def event(self, kind: str, agent: str | None = None, detail: str = "", **extra: object) -> None:
+        """Record a trial event and show it on the console."""
         self.events.append({"t_s": round(self.now_s(), 3), "kind": kind, "agent": agent,
                             "detail": detail, **extra})
         who = f"{agent}: " if agent else ""
@@ -84,6 +86,7 @@ class TrialRunner:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def run(self) -> TrialResult:
+        """Run the trial to its end (or Ctrl-C / timeout) and write the record."""
         prepare_out(self.out)
         config_path = str(self.opts.config_path or BUILTIN_EXAMPLE)
         self._copy_config(config_path)

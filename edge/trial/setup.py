@@ -48,7 +48,8 @@ def effective_config(cfg: FleetConfig, rounds: int | None, strategy: str | None)
 
 def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) -> tuple[float, float]:
     """(overall, stall) timeouts: startup (torch imports share the cores) plus, per round, twice the
-    round deadline and a training allowance; a stall is no new row for three deadlines."""
+    round deadline and a training allowance; a stall is no new row for three deadlines.
+    """
     cores = cores or os.cpu_count() or 1
     startup_s = 60.0 + 10.0 * math.ceil(n_agents / cores)
     deadline_s = cfg.comm.deadline_s
@@ -71,7 +72,8 @@ def agent_command(python: str, config_path: str, agent_id: str, url: str, out: P
 
 def prepare_out(out: Path) -> None:
     """Clear the record of an earlier trial in `out` (agents would resume from old checkpoints).
-    Refuses when `out/agents` holds something that is not an agent folder of a trial."""
+    Refuses when `out/agents` holds something that is not an agent folder of a trial.
+    """
     agents = out / "agents"
     if agents.is_dir():
         for folder in agents.iterdir():

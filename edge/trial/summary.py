@@ -1,5 +1,6 @@
 """A trial's record: summary.json (simulate's schema plus what the network measured), metrics.jsonl,
-report.md and plots, built from the agents' metrics rows and final.json files."""
+report.md and plots, built from the agents' metrics rows and final.json files.
+"""
 
 from __future__ import annotations
 
@@ -110,7 +111,6 @@ class TrialFacts:
 
 def trial_document(facts: TrialFacts) -> SummaryDoc:
     """The whole summary.json of a trial."""
-
     cfg, rows = facts.cfg, facts.rows
     rounds = cfg.training.rounds
     arch = get_strategy(cfg.strategy).arch(cfg.model.arch)

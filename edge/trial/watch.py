@@ -1,5 +1,6 @@
 """What a trial runner sees of its fleet: metrics rows tailed from the agents' JSONL files, and
-presence plus live metrics over MQTT (the files are the record; MQTT is the live view)."""
+presence plus live metrics over MQTT (the files are the record; MQTT is the live view).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class JsonlTail:
         self.bad_lines = 0
 
     def read_new(self) -> list[MetricsRow]:
+        """Complete, valid metrics rows appended since the last call."""
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self.offset)
@@ -56,7 +58,8 @@ class JsonlTail:
 
 class PresenceMonitor:
     """A runner-side MQTT client: which agents say they are online, and which metrics rows
-    arrived over the wire. Connects in the background and rides out broker restarts."""
+    arrived over the wire. Connects in the background and rides out broker restarts.
+    """
 
     def __init__(self, url: str, fleet: str, client_id: str, **client_kwargs: object) -> None:
         self.fleet = fleet
@@ -68,19 +71,23 @@ class PresenceMonitor:
                                  reconnect_max_s=2.0, **client_kwargs)  # type: ignore[arg-type]
 
     def start(self) -> PresenceMonitor:
+        """Subscribe to status and metrics and connect in the background."""
         self.client.subscribe(topics.status_filter(self.fleet))
         self.client.subscribe(topics.metrics_filter(self.fleet))
         self.client.start(wait=False)
         return self
 
     def stop(self) -> None:
+        """Disconnect without waiting."""
         self.client.stop(publish_will=False, flush_timeout_s=0)
 
     @property
     def connected(self) -> bool:
+        """Whether the monitor's MQTT connection is up."""
         return self.client.is_connected
 
     def online_count(self) -> int:
+        """How many agents say they are online."""
         with self._lock:
             return sum(self.online.values())
 
@@ -124,6 +131,7 @@ class FleetWatch:
         return new
 
     def row_count(self, agent: str) -> int:
+        """How many rows `agent` has written so far."""
         return len(self.rows_by_agent[agent])
 
     def latest(self) -> dict[str, MetricsRow]:
@@ -132,11 +140,13 @@ class FleetWatch:
 
     @property
     def bad_lines(self) -> int:
+        """Lines of the metrics files that were not valid metrics rows."""
         return sum(t.bad_lines for t in self.tails.values())
 
     def progress_line(self, fleet_round: int, rounds: int, online: str, elapsed_s: float) -> str:
         """One progress line: the round all running agents reached, accuracy by agent kind (each
-        agent's latest row), MB moved on the wire so far, agents online."""
+        agent's latest row), MB moved on the wire so far, agents online.
+        """
         fastest = max(self.completed.values())
         ahead = f" (fastest {fastest + 1})" if fastest > fleet_round else ""
         by_kind: dict[str, list[float]] = defaultdict(list)
