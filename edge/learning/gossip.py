@@ -50,8 +50,8 @@ def metropolis_weights(agent: str, holders: Mapping[str, tuple[str, ...]]) -> di
 def mixing_plan(agent: str, graph: Graph, holdings: Holdings) -> Plan:
     """Metropolis weights of `agent` for every branch some neighbour holds with the same signature.
 
-    Each branch's weights are computed on that branch's own subgraph (DESIGN.md §1: degrees are
-    counted among holders only). Branches no neighbour holds are absent: they stay local.
+    Each branch's weights are computed on that branch's own subgraph, degrees counted among its
+    holders only (docs/ARCHITECTURE.md §Method). Branches no neighbour holds are absent: they stay local.
     """
     plan: Plan = {}
     for key, signature in holdings[agent].items():

@@ -41,7 +41,7 @@ def cross_orthogonality(r: Tensor, u: Tensor) -> Tensor:
 
 
 def objective(out: ModelOutput, y: Tensor, weights: LossConfig) -> LossParts:
-    """The loss of DESIGN.md §1 for one batch."""
+    """The loss of docs/ARCHITECTURE.md §Method for one batch."""
     combined = F.cross_entropy(out.logits, y)
     heads = [F.cross_entropy(logits, y) for logits in out.head_logits.values()]
     # A plain model's only head *is* the combined prediction: no auxiliary term.

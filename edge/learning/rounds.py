@@ -1,6 +1,6 @@
 """The round loop: one function runs an agent's rounds, for the simulator and the networked agent.
 
-A round (DESIGN.md §1; docs/ARCHITECTURE.md "The life of one round"):
+A round (docs/ARCHITECTURE.md §The life of one round):
 
 1. the communication graph of the round (edge.config.topology),
 2. the mixing plan: Metropolis weights per branch on that branch's subgraph (edge.learning.gossip),

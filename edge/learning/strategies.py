@@ -4,7 +4,7 @@ Everything that differs between strategies is data in this table; the round loop
 the CLI, config validation and `bench/` ask the registry and never compare strategy names.
 
 The sharing row says, for each model unit kind of `edge.learning.sharing.KINDS`, with which
-neighbours the unit is averaged (DESIGN.md §1 "Partial alignment", the paper's Table 1):
+neighbours the unit is averaged (docs/ARCHITECTURE.md §Method, "Partial alignment"):
 ``-`` private, ``A`` every holder, ``M`` holders of the unit's modality, ``C`` holders of the same
 modality combination, ``T`` the whole model with holders of the identical modality set; a trailing
 ``?`` shares the cell only with ``model.share_heads: true``.

@@ -1,8 +1,9 @@
 """Mix coverage: of the neighbour updates an agent could have mixed in a round, how many it did.
 
 An agent mixing at round r uses what its neighbours published at round r-1, for every branch it
-shares with them (DESIGN.md §1). Comparing the rows' `mixed_from` with that expectation shows what
-delay, loss, a leaving agent or a broker restart did to the exchange.
+shares with them (docs/ARCHITECTURE.md §The life of one round). Comparing the rows' `mixed_from`
+with that expectation shows what delay, loss, a leaving agent or a broker restart did to the
+exchange.
 """
 
 from __future__ import annotations
