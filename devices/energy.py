@@ -69,6 +69,8 @@ class EnergyMeter:
         Passed to make_backends when `backends` is not given.
     sample_interval_s : float, optional
         Sampler period (default per backend, devices.backends.SAMPLE_INTERVAL_S).
+    max_failures : int
+        Consecutive failed sensor reads after which the sensor counts as lost.
     clock, cpu_clock : callable
         Monotonic wall seconds and this process's CPU seconds (injectable for tests).
 
@@ -83,7 +85,7 @@ class EnergyMeter:
                  host_profile: DeviceProfile | str | None = None,
                  backends: list[Backend] | None = None, sys_root: str | Path = "/sys",
                  runner: CommandRunner = run_command, i2c: I2cSensorSpec | None = None,
-                 sample_interval_s: float | None = None,
+                 sample_interval_s: float | None = None, max_failures: int = 3,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         self.profile = profile if isinstance(profile, DeviceProfile) else get_profile(profile)
@@ -96,6 +98,7 @@ class EnergyMeter:
         self.backend_name: str | None = None
         self._sensor: Sensor | None = None
         self._interval_s = sample_interval_s
+        self._max_failures = max_failures
         if self.mode is not EnergyMode.ESTIMATED:
             tried = backends if backends is not None else make_backends(sys_root, runner=runner,
                                                                         i2c=i2c)
@@ -153,9 +156,10 @@ class EnergyMeter:
         self._started = self._running = True
         if self._sensor is not None and self.backend_name is not None:
             interval = self._interval_s or SAMPLE_INTERVAL_S.get(self.backend_name, 1.0)
-            sampler = EnergySampler(self._sensor, interval, clock=self.clock)
+            sampler = EnergySampler(self._sensor, interval, clock=self.clock,
+                                    max_failures=self._max_failures)
             try:
-                self._sampler = sampler.start()
+                self._sampler = sampler.start(self._t0)
             except SensorError as exc:
                 self._fall_back(str(exc))
         return self
@@ -204,13 +208,13 @@ class EnergyMeter:
         """
         if not self._started or (not self._running and self._sensor is not None):
             raise RuntimeError("EnergyMeter.read: call start() first (or again after close())")
-        wall_s = self.clock() - self._t0
+        measured_j, lost = self._sampler.energy_j() if self._sampler is not None else (0.0, None)
+        wall_s = self.clock() - self._t0  # after the sensor read: the wall spans it
         cpu_s = usage.cpu_s if usage is not None else self.cpu_clock() - self._cpu0
         parts = estimate_parts(self.profile, self.host, wall_s=max(wall_s, 0.0),
                                cpu_s=max(cpu_s, 0.0), bytes_sent=bytes_sent,
                                bytes_received=bytes_received)
         if self._sampler is not None:
-            measured_j, lost = self._sampler.energy_j()
             if lost is None:
                 self._last_measured_j, self._last_estimate_j = measured_j, parts.total_j
             else:

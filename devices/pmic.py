@@ -78,6 +78,8 @@ class PmicSensor:
         """Read the summed rail power now, in watts; raises SensorError."""
         try:
             text = self.runner(PMIC_COMMAND)
+        except FileNotFoundError:
+            raise SensorError("vcgencmd not found (Raspberry Pi OS tool)") from None
         except OSError as exc:
             raise SensorError(f"{' '.join(PMIC_COMMAND)}: {exc}") from None
         return pmic_power_w(text)

@@ -76,9 +76,13 @@ def parse_tegra_release(text: str) -> str | None:
     return f"R{m['major']}.{m['rev']}" if m else None
 
 
-def parse_cpuinfo(text: str) -> tuple[str | None, int | None]:
-    """(CPU model, logical CPU count) from /proc/cpuinfo text."""
-    model = None
+def parse_cpuinfo(text: str) -> tuple[str | None, int | None, str | None]:
+    """Return (CPU model, logical CPU count, architecture) from /proc/cpuinfo text.
+
+    The architecture is "aarch64" when the text lists ARMv8 "CPU architecture: 8" entries,
+    "x86_64" when it lists x86 "vendor_id" entries, else None.
+    """
+    model = arch = None
     parts: list[str] = []
     cores = 0
     for line in text.splitlines():
@@ -90,10 +94,14 @@ def parse_cpuinfo(text: str) -> tuple[str | None, int | None]:
             model = value
         elif key == "CPU part":
             parts.append(value.lower())
+        elif key == "CPU architecture" and value == "8":
+            arch = "aarch64"
+        elif key == "vendor_id":
+            arch = "x86_64"
     if model is None and parts:
         names = sorted({ARM_PARTS.get(p, f"ARM part {p}") for p in parts})
         model = " + ".join(names)
-    return model, (cores or None)
+    return model, (cores or None), arch
 
 
 def parse_meminfo_mb(text: str) -> int | None:
@@ -119,7 +127,7 @@ def probe_machine(root: str | Path = "/", *, arch: str | None = None,
     root : path
         "/" for this machine; tests pass a recorded tree with proc/, sys/ and etc/ inside.
     arch : str, optional
-        Architecture to report (default: this machine's).
+        Architecture to report (default: from cpuinfo, else this machine's).
     runner : callable
         Runs commands for command-based backends (vcgencmd).
     with_backends : bool
@@ -128,13 +136,13 @@ def probe_machine(root: str | Path = "/", *, arch: str | None = None,
     base = Path(root)
     model = _optional_text(base / "proc" / "device-tree" / "model")
     tegra = _optional_text(base / "etc" / "nv_tegra_release")
-    cpu_model, cores = parse_cpuinfo(_optional_text(base / "proc" / "cpuinfo") or "")
+    cpu_model, cores, cpu_arch = parse_cpuinfo(_optional_text(base / "proc" / "cpuinfo") or "")
     memory_mb = parse_meminfo_mb(_optional_text(base / "proc" / "meminfo") or "")
     l4t = parse_tegra_release(tegra) if tegra else None
     profile = recognise(model)
     statuses = (detect_backends(make_backends(base / "sys", runner=runner))
                 if with_backends else [])
-    return MachineInfo(model=model, l4t_release=l4t, arch=arch or platform.machine(),
+    return MachineInfo(model=model, l4t_release=l4t, arch=arch or cpu_arch or platform.machine(),
                        cpu_model=cpu_model, cpu_cores=cores, memory_mb=memory_mb,
                        profile=profile.name if profile else None, backends=statuses)
 
@@ -145,7 +153,11 @@ def host_profile(root: str | Path = "/", arch: str | None = None) -> DeviceProfi
     The recognised board, else the x86 reference on an x86-64 machine, else None (an unknown
     board: its CPU seconds cannot be scaled).
     """
-    info = probe_machine(root, arch=arch, with_backends=False)
+    return reference_profile(probe_machine(root, arch=arch, with_backends=False))
+
+
+def reference_profile(info: MachineInfo) -> DeviceProfile | None:
+    """Return the profile standing for the CPU of a probed machine (see `host_profile`)."""
     if info.profile is not None:
         return PROFILES[info.profile]
     if info.arch in {"x86_64", "AMD64", "amd64"}:

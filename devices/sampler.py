@@ -48,10 +48,14 @@ class EnergySampler:
         self._failures = 0
         self.lost_reason: str | None = None
 
-    def start(self) -> EnergySampler:
-        """Take the first reading now (raises SensorError) and begin background sampling."""
+    def start(self, t0: float | None = None) -> EnergySampler:
+        """Take the first reading now (raises SensorError) and begin background sampling.
+
+        `t0` is the clock time the integral starts from (default: now); a meter passes its own
+        start so that measured energy and its wall time cover the same span.
+        """
         with self._lock:
-            self._last_t = self.clock()
+            self._last_t = self.clock() if t0 is None else t0
             if isinstance(self.sensor, PowerSensor):
                 self._last_w = self.sensor.power_w()
             else:
