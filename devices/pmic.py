@@ -89,6 +89,7 @@ class PmicBackend:
     """The Pi 5 PMIC through `runner` (default: run vcgencmd; tests pass recorded output)."""
 
     name = "pmic"
+    scope = "PMIC output rails: no conversion losses, no USB devices"
     sample_interval_s = 1.0  # a process per read: keep it to one a second
 
     def __init__(self, runner: CommandRunner = run_command) -> None:

@@ -54,6 +54,7 @@ class RaplBackend:
     """RAPL package (or psys) counters under `powercap_root`."""
 
     name = "rapl"
+    scope = "CPU package only, not the board"
 
     def __init__(self, powercap_root: str | Path = "/sys/class/powercap") -> None:
         self.root = Path(powercap_root)

@@ -85,12 +85,17 @@ class Backend(Protocol):
 
 
 def backend_status(backend: Backend) -> BackendStatus:
-    """`backend.open()` turned into a status (never raises)."""
+    """`backend.open()` turned into a status (never raises).
+
+    An available backend's detail is its sensor label, followed by the backend's `scope` note
+    when it has one (what the figure leaves out, e.g. RAPL's "CPU package only").
+    """
     try:
         sensor = backend.open()
     except SensorError as exc:
         return BackendStatus(backend.name, False, str(exc))
-    return BackendStatus(backend.name, True, sensor.label)
+    scope = getattr(backend, "scope", "")
+    return BackendStatus(backend.name, True, f"{sensor.label} ({scope})" if scope else sensor.label)
 
 
 def read_text(path: Path) -> str:

@@ -263,3 +263,13 @@ def test_every_backend_reports_on_every_recorded_board(name, available, monkeypa
     assert [s.name for s in statuses] == list(BACKEND_NAMES)
     assert {s.name for s in statuses if s.available} == available
     assert all(s.detail for s in statuses)
+
+
+def test_statuses_say_what_rapl_and_the_pmic_leave_out(monkeypatch):
+    monkeypatch.delenv("PARSE_EDGE_I2C_POWER", raising=False)
+    for name, backend, detail in (("x86-rapl", "rapl", "package-0 (CPU package only, not the board)"),
+                                  ("rpi5", "pmic", "pmic_read_adc (PMIC output rails: no "
+                                                   "conversion losses, no USB devices)")):
+        root = board(name)
+        statuses = detect_backends(make_backends(root / "sys", runner=RecordedCommands(root)))
+        assert next(s.detail for s in statuses if s.name == backend) == detail
