@@ -1,1 +1,6 @@
-"""Board side: device profiles, energy and resource meters, and the onnxruntime-only runtime."""
+"""Board side: device profiles, energy, telemetry, machine probe, meters, onnxruntime runtime.
+
+Energy: backends (hwmon, jetson, i2c, pmic, rapl) behind devices.sensors, the sampler thread,
+the estimate breakdown (devices.estimate) and EnergyMeter (devices.energy). Nothing here imports
+torch or edge/.
+"""

@@ -1,307 +1,262 @@
-"""Energy: measured from RAPL or INA3221 rails where the board exposes them, else estimated."""
+"""EnergyMeter: a run's energy, measured where a sensor exists, else estimated, always broken down.
+
+Usage on the edge side::
+
+    meter = EnergyMeter("rpi5", mode="auto").start()
+    if checkpoint_totals:                      # what a previous process stored
+        meter.resume_from(checkpoint_totals)
+    ...
+    b = meter.read(usage, bytes_sent=sent, bytes_received=received)   # each round
+    row.update(energy_j=b.energy_j, idle_j=b.idle_j, attributable_j=b.attributable_j,
+               energy_source=b.source)
+    checkpoint["energy"] = b.to_dict()         # carried across a restart
+    meter.close()
+
+`read` takes this process's counters since `start()` (CPU seconds from the caller's
+ResourceMeter, or this process's own CPU time when `usage` is None; bytes from the transport);
+totals passed to `resume_from` are added to every figure it returns.
+"""
 
 from __future__ import annotations
 
-import itertools
-import threading
+import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
+from devices.backends import SAMPLE_INTERVAL_S, detect_backends, make_backends
+from devices.estimate import EnergyBreakdown, estimate_parts, join_sources
+from devices.i2c import I2cSensorSpec
 from devices.meters import ResourceUsage
+from devices.probe import host_profile as detect_host_profile
 from devices.profiles import DEFAULT_PROFILE, DeviceProfile, get_profile
+from devices.sampler import EnergySampler
+from devices.sensors import Backend, CommandRunner, Sensor, SensorError, run_command
 
-BYTES_PER_MB = 1_000_000  # network energy is quoted per decimal MB on the wire
+log = logging.getLogger(__name__)
 
 
 class EnergyMode(str, Enum):
     """How an EnergyMeter picks its source."""
 
-    AUTO = "auto"  # measured when a readable backend exists, else estimated
-    MEASURED = "measured"  # a readable backend is required
-    ESTIMATED = "estimated"  # always the profile estimate (e.g. many simulated boards on one host)
+    AUTO = "auto"  # a sensor when one reads, else the estimate
+    MEASURED = "measured"  # a sensor is required (EnergyUnavailable otherwise)
+    ESTIMATED = "estimated"  # always the estimate (e.g. many simulated boards on one host)
 
 
-@dataclass(frozen=True)
-class EnergyResult:
-    """Energy over an interval and where the number comes from."""
-
-    energy_j: float
-    source: str  # "measured:rapl", "measured:ina3221" or "estimated:<profile>"
-    wall_s: float
-
-    @property
-    def avg_power_w(self) -> float:
-        """Mean power over the interval."""
-        return self.energy_j / self.wall_s if self.wall_s > 0 else 0.0
-
-    def to_dict(self) -> dict[str, float | str]:
-        """JSON-ready form."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class BackendStatus:
-    """Whether a measuring backend can be used here, and why not."""
-
-    name: str
-    available: bool
-    reason: str
-
-
-def estimate_energy_j(profile: DeviceProfile, *, wall_s: float, cpu_s: float,
-                      bytes_on_wire: int = 0) -> float:
-    """Board energy from its profile: idle draw over the wall time, the busy extra in proportion
-    to CPU seconds per core (capped at every core busy), and radio/NIC energy per MB moved."""
-    if wall_s < 0 or cpu_s < 0 or bytes_on_wire < 0:
-        raise ValueError("wall_s, cpu_s and bytes_on_wire must be non-negative")
-    busy_s = min(cpu_s / profile.cpu_cores, wall_s)
-    return (profile.idle_w * wall_s + profile.active_extra_w * busy_s
-            + profile.net_j_per_mb * bytes_on_wire / BYTES_PER_MB)
-
-
-def integrate_power_j(samples: Sequence[tuple[float, float]]) -> float:
-    """Trapezoidal integral of (time_s, power_w) samples."""
-    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in itertools.pairwise(samples))
-
-
-def _read_int(path: Path) -> int:
-    return int(path.read_text().strip())
-
-
-class RaplReader:
-    """Intel/AMD RAPL package energy counters under /sys/class/powercap (microjoules)."""
-
-    name = "rapl"
-
-    def __init__(self, root: str | Path = "/sys/class/powercap") -> None:
-        self.root = Path(root)
-
-    def domains(self) -> list[Path]:
-        """Top-level domains to sum: `psys` alone when present (it covers the packages),
-        else every package; sub-domains (core, dram, uncore) are inside a package already."""
-        if not self.root.is_dir():
-            return []
-        top = sorted(d for d in self.root.glob("intel-rapl:*") if d.name.count(":") == 1)
-        names = {d: (d / "name").read_text().strip() if (d / "name").exists() else "" for d in top}
-        psys = [d for d in top if names[d] == "psys"]
-        return psys or [d for d in top if names[d].startswith("package")]
-
-    def status(self) -> BackendStatus:
-        """Available only if every chosen domain's counter is readable."""
-        domains = self.domains()
-        if not domains:
-            return BackendStatus(self.name, False, f"no RAPL package domain under {self.root}")
-        for d in domains:
-            counter = d / "energy_uj"
-            try:
-                _read_int(counter)
-            except PermissionError:
-                return BackendStatus(self.name, False, f"permission denied reading {counter} "
-                                     "(root-only since Linux 5.10; grant read access to use it)")
-            except (OSError, ValueError) as exc:
-                return BackendStatus(self.name, False, f"cannot read {counter}: {exc}")
-        return BackendStatus(self.name, True, f"{len(domains)} domain(s) under {self.root}")
-
-    def read_uj(self) -> dict[str, int]:
-        """Current counter of each chosen domain."""
-        return {d.name: _read_int(d / "energy_uj") for d in self.domains()}
-
-    def delta_j(self, start: dict[str, int], end: dict[str, int]) -> float:
-        """Joules between two readings; a counter that wrapped adds its range once."""
-        total_uj = 0
-        for name, e0 in start.items():
-            e1 = end[name]
-            if e1 < e0:
-                e1 += _read_int(self.root / name / "max_energy_range_uj")
-            total_uj += e1 - e0
-        return total_uj / 1e6
-
-
-class Ina3221Reader:
-    """Jetson INA3221 power monitor rails, via the L4T iio driver or hwmon (instantaneous watts).
-
-    Uses the board input rail (VDD_IN / POM_5V_IN) when there is one — the other rails are
-    parts of it — else the sum of all rails."""
-
-    name = "ina3221"
-
-    def __init__(self, root: str | Path = "/sys") -> None:
-        self.root = Path(root)
-
-    def _rails(self) -> dict[str, tuple[str, Path, Path | None]]:
-        """rail label -> ("mw", power file, None) or ("mv*ma", voltage file, current file)."""
-        rails: dict[str, tuple[str, Path, Path | None]] = {}
-        for dev in sorted(self.root.glob("bus/i2c/drivers/ina3221x/*/iio:device*")):
-            for power in sorted(dev.glob("in_power*_input")):
-                idx = power.name[len("in_power"):-len("_input")]
-                label_file = dev / f"rail_name_{idx}"
-                label = label_file.read_text().strip() if label_file.exists() else power.name
-                rails[f"{dev.parent.name}:{label}"] = ("mw", power, None)
-        hwmons = [*self.root.glob("bus/i2c/drivers/ina3221/*/hwmon/hwmon*"),
-                  *self.root.glob("class/hwmon/hwmon*")]
-        seen: set[Path] = set()
-        for hw in sorted(hwmons):
-            key = hw.resolve()
-            name_file = hw / "name"
-            if key in seen or not name_file.exists() or name_file.read_text().strip() != "ina3221":
-                continue
-            seen.add(key)
-            for volt in sorted(hw.glob("in[0-9]*_input")):
-                idx = volt.name[2:-len("_input")]
-                curr = hw / f"curr{idx}_input"
-                if not curr.exists():
-                    continue
-                label_file = hw / f"in{idx}_label"
-                label = label_file.read_text().strip() if label_file.exists() else f"in{idx}"
-                rails[f"{hw.name}:{label}"] = ("mv*ma", volt, curr)
-        inputs = {k: v for k, v in rails.items() if k.split(":", 1)[1].upper().endswith("_IN")}
-        return inputs or rails
-
-    def status(self) -> BackendStatus:
-        """Available when at least one rail can be read."""
-        rails = self._rails()
-        if not rails:
-            return BackendStatus(self.name, False, f"no INA3221 rails under {self.root}")
-        try:
-            self.read_power_w()
-        except PermissionError as exc:
-            return BackendStatus(self.name, False, f"permission denied reading {exc.filename}")
-        except (OSError, ValueError) as exc:
-            return BackendStatus(self.name, False, f"cannot read INA3221 rails: {exc}")
-        return BackendStatus(self.name, True, f"rails {', '.join(rails)}")
-
-    def read_power_w(self) -> float:
-        """Current board power in watts."""
-        total_w = 0.0
-        for unit, first, second in self._rails().values():
-            if unit == "mw":
-                total_w += _read_int(first) / 1e3
-            else:
-                total_w += _read_int(first) * _read_int(second) / 1e6  # type: ignore[arg-type]
-        return total_w
-
-
-class _PowerIntegrator(threading.Thread):
-    """Samples an instantaneous power reader in the background and keeps a running integral."""
-
-    def __init__(self, reader: Ina3221Reader, interval_s: float) -> None:
-        super().__init__(name="ina3221-sampler", daemon=True)
-        self.reader = reader
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last = (time.perf_counter(), reader.read_power_w())
-        self._energy_j = 0.0
-        self._stop_event = threading.Event()
-
-    def _sample(self) -> float:
-        now = (time.perf_counter(), self.reader.read_power_w())
-        with self._lock:
-            self._energy_j += integrate_power_j([self._last, now])
-            self._last = now
-            return self._energy_j
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
-            try:
-                self._sample()
-            except (OSError, ValueError):
-                continue  # a transient sysfs read error: the next sample bridges the gap
-
-    def energy_j(self) -> float:
-        """Joules since the first sample, up to a sample taken now."""
-        return self._sample()
-
-    def close(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
-def detect_backends(powercap_root: str | Path = "/sys/class/powercap",
-                    sys_root: str | Path = "/sys") -> list[BackendStatus]:
-    """The status of every measuring backend on this machine (never raises)."""
-    return [_status(r) for r in (Ina3221Reader(sys_root), RaplReader(powercap_root))]
-
-
-def _status(reader: RaplReader | Ina3221Reader) -> BackendStatus:
-    try:
-        return reader.status()
-    except (OSError, ValueError) as exc:
-        return BackendStatus(reader.name, False, f"cannot probe: {exc}")
+class EnergyUnavailable(ValueError):
+    """Mode "measured" on a machine where no backend can measure; one line naming each reason."""
 
 
 class EnergyMeter:
-    """Energy of an interval: `start()`, then `stop(usage, bytes_on_wire)`.
+    """Energy of a run on one board: measured by the first backend that reads, else estimated.
 
-    Measured backends report whole-board (INA3221) or CPU-package (RAPL) energy, so they are
-    right for one agent per board; use mode "estimated" when several agents share a host."""
+    Parameters
+    ----------
+    profile : str or DeviceProfile
+        The board this agent is (or simulates).
+    mode : EnergyMode or str
+        auto, measured or estimated.
+    host_profile : str, DeviceProfile or None
+        The machine whose CPU seconds are counted, for scaling to the board. Default: the probe's
+        answer for this machine (recognised board, x86 reference on x86-64), else the board.
+    backends : list, optional
+        Backends to try, in order (default: devices.backends.make_backends(sys_root, ...)).
+    sys_root, runner, i2c
+        Passed to make_backends when `backends` is not given.
+    sample_interval_s : float, optional
+        Sampler period (default per backend, devices.backends.SAMPLE_INTERVAL_S).
+    max_failures : int
+        Consecutive failed sensor reads after which the sensor counts as lost.
+    clock, cpu_clock : callable
+        Monotonic wall seconds and this process's CPU seconds (injectable for tests).
+
+    Raises
+    ------
+    EnergyUnavailable
+        Mode "measured" and no backend opens.
+    """
 
     def __init__(self, profile: DeviceProfile | str = DEFAULT_PROFILE, *,
                  mode: EnergyMode | str = EnergyMode.AUTO,
-                 powercap_root: str | Path = "/sys/class/powercap", sys_root: str | Path = "/sys",
-                 sample_interval_s: float = 0.1) -> None:
+                 host_profile: DeviceProfile | str | None = None,
+                 backends: list[Backend] | None = None, sys_root: str | Path = "/sys",
+                 runner: CommandRunner = run_command, i2c: I2cSensorSpec | None = None,
+                 sample_interval_s: float | None = None, max_failures: int = 3,
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
         self.profile = profile if isinstance(profile, DeviceProfile) else get_profile(profile)
         self.mode = EnergyMode(mode)
-        self.sample_interval_s = sample_interval_s
-        self.backend: RaplReader | Ina3221Reader | None = None
+        if isinstance(host_profile, str):
+            host_profile = get_profile(host_profile)
+        self.host = host_profile or detect_host_profile() or self.profile
+        self.clock = clock
+        self.cpu_clock = cpu_clock
+        self.backend_name: str | None = None
+        self._sensor: Sensor | None = None
+        self._interval_s = sample_interval_s
+        self._max_failures = max_failures
         if self.mode is not EnergyMode.ESTIMATED:
-            for reader in (Ina3221Reader(sys_root), RaplReader(powercap_root)):
-                if _status(reader).available:
-                    self.backend = reader
-                    break
-            if self.backend is None and self.mode is EnergyMode.MEASURED:
-                reasons = "; ".join(s.reason for s in detect_backends(powercap_root, sys_root))
-                raise RuntimeError(f"energy mode 'measured': no readable backend ({reasons})")
-        self._rapl_last: dict[str, int] = {}
-        self._rapl_j = 0.0
-        self._integrator: _PowerIntegrator | None = None
-        self._t0 = 0.0
+            tried = backends if backends is not None else make_backends(sys_root, runner=runner,
+                                                                        i2c=i2c)
+            self._open_first(tried)
+        self._prior: EnergyBreakdown | None = None
+        self._sampler: EnergySampler | None = None
+        self._t0 = self._cpu0 = 0.0
+        self._last_measured_j = self._last_estimate_j = 0.0
+        self._fallback: tuple[float, float, str] | None = None
+        self._started = self._running = False
+
+    def _open_first(self, backends: list[Backend]) -> None:
+        for backend in backends:
+            try:
+                self._sensor = backend.open()
+            except SensorError:
+                continue
+            self.backend_name = backend.name
+            return
+        if self.mode is EnergyMode.MEASURED:
+            reasons = "; ".join(f"{s.name}: {s.detail}" for s in detect_backends(backends))
+            raise EnergyUnavailable(f"--energy measured: no power sensor can be read here "
+                                    f"({reasons})")
+
+    @property
+    def measured_source(self) -> str | None:
+        """``measured:<backend>:<sensor>`` of the sensor in use, or None."""
+        if self._sensor is None or self.backend_name is None:
+            return None
+        return f"measured:{self.backend_name}:{self._sensor.label}"
+
+    @property
+    def estimated_source(self) -> str:
+        """``estimated:<profile>``."""
+        return f"estimated:{self.profile.name}"
 
     @property
     def source(self) -> str:
-        """`measured:<backend>` or `estimated:<profile>`."""
-        if self.backend is not None:
-            return f"measured:{self.backend.name}"
-        return f"estimated:{self.profile.name}"
+        """Where the current energy figure comes from (see EnergyBreakdown.source)."""
+        measured = self.measured_source
+        if measured is None:
+            now = self.estimated_source
+        elif self._fallback is not None:
+            now = join_sources(measured, self.estimated_source)
+        else:
+            now = measured
+        return join_sources(self._prior.source, now) if self._prior else now
 
     def start(self) -> EnergyMeter:
-        """Begin the interval now."""
-        self._t0 = time.perf_counter()
-        if isinstance(self.backend, RaplReader):
-            self._rapl_last = self.backend.read_uj()
-            self._rapl_j = 0.0
-        elif isinstance(self.backend, Ina3221Reader):
-            self._integrator = _PowerIntegrator(self.backend, self.sample_interval_s)
-            self._integrator.start()
+        """Begin the interval now (a sensor that fails its first reading falls back at once)."""
+        self.close()
+        self._t0, self._cpu0 = self.clock(), self.cpu_clock()
+        self._last_measured_j = self._last_estimate_j = 0.0
+        self._fallback = None
+        self._started = self._running = True
+        if self._sensor is not None and self.backend_name is not None:
+            interval = self._interval_s or SAMPLE_INTERVAL_S.get(self.backend_name, 1.0)
+            sampler = EnergySampler(self._sensor, interval, clock=self.clock,
+                                    max_failures=self._max_failures)
+            try:
+                self._sampler = sampler.start(self._t0)
+            except SensorError as exc:
+                self._fall_back(str(exc))
         return self
 
-    def read(self, usage: ResourceUsage | None = None, bytes_on_wire: int = 0) -> EnergyResult:
-        """Energy since `start()`; the meter keeps running, so call it as often as needed (a
-        RAPL counter that wraps between two reads is accounted for). The estimate needs `usage`
-        (the interval's CPU seconds) and the bytes moved."""
-        if isinstance(self.backend, RaplReader):
-            now = self.backend.read_uj()
-            self._rapl_j += self.backend.delta_j(self._rapl_last, now)
-            self._rapl_last = now
-            energy_j, wall_s = self._rapl_j, time.perf_counter() - self._t0
-        elif isinstance(self.backend, Ina3221Reader) and self._integrator is not None:
-            energy_j = self._integrator.energy_j()
-            wall_s = time.perf_counter() - self._t0  # after the last sample: spans it
-        else:
-            if usage is None:
-                raise ValueError("an estimated energy needs the interval's ResourceUsage")
-            wall_s = usage.wall_s
-            energy_j = estimate_energy_j(self.profile, wall_s=usage.wall_s, cpu_s=usage.cpu_s,
-                                         bytes_on_wire=bytes_on_wire)
-        return EnergyResult(energy_j=energy_j, source=self.source, wall_s=wall_s)
+    def resume_from(self, totals: Mapping[str, Any]) -> EnergyMeter:
+        """Carry the totals a previous process stored (`EnergyBreakdown.to_dict()`) into this run.
 
-    def stop(self, usage: ResourceUsage | None = None, bytes_on_wire: int = 0) -> EnergyResult:
-        """Same as `read` (repeatable: each call is energy since `start()`)."""
-        return self.read(usage, bytes_on_wire)
+        Every later figure includes them, and the restart count goes up by one.
+
+        Raises
+        ------
+        devices.estimate.EnergyTotalsError
+            `totals` is not a valid breakdown (the message names the field).
+        """
+        prior = EnergyBreakdown.from_dict(totals)
+        self._prior = replace(prior, restarts=prior.restarts + 1)
+        return self
+
+    def _fall_back(self, reason: str) -> None:
+        elapsed_s = self.clock() - self._t0
+        self._fallback = (self._last_measured_j, self._last_estimate_j, reason)
+        log.warning("energy: %s lost after %.1f s (%s); the %s estimate continues from the "
+                    "last reading", self.measured_source, elapsed_s, reason, self.profile.name)
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
+    def read(self, usage: ResourceUsage | None = None, bytes_sent: int = 0,
+             bytes_received: int = 0) -> EnergyBreakdown:
+        """Energy since `start()` (plus resumed totals); repeatable, the meter keeps running.
+
+        Parameters
+        ----------
+        usage : ResourceUsage, optional
+            This process's usage since start (its `cpu_s` is used); None: this process's CPU
+            time since `start()`.
+        bytes_sent, bytes_received : int
+            Bytes on the wire since start.
+
+        Raises
+        ------
+        ValueError
+            Negative or non-finite counters.
+        RuntimeError
+            Called before `start()`, or after `close()` on a measuring meter.
+        """
+        if not self._started or (not self._running and self._sensor is not None):
+            raise RuntimeError("EnergyMeter.read: call start() first (or again after close())")
+        measured_j, lost = self._sampler.energy_j() if self._sampler is not None else (0.0, None)
+        wall_s = self.clock() - self._t0  # after the sensor read: the wall spans it
+        cpu_s = usage.cpu_s if usage is not None else self.cpu_clock() - self._cpu0
+        parts = estimate_parts(self.profile, self.host, wall_s=max(wall_s, 0.0),
+                               cpu_s=max(cpu_s, 0.0), bytes_sent=bytes_sent,
+                               bytes_received=bytes_received)
+        if self._sampler is not None:
+            if lost is None:
+                self._last_measured_j, self._last_estimate_j = measured_j, parts.total_j
+            else:
+                self._fall_back(lost)
+        if self._fallback is not None:
+            measured_j, estimate_at_loss_j, _ = self._fallback
+            energy_j = measured_j + max(parts.total_j - estimate_at_loss_j, 0.0)
+        elif self._sampler is not None:
+            energy_j = self._last_measured_j
+        else:
+            energy_j = parts.total_j
+        now = EnergyBreakdown(
+            energy_j=energy_j, idle_j=parts.idle_j, compute_j=parts.compute_j,
+            radio_j=parts.radio_j, source=self.source, breakdown_source=self.estimated_source,
+            wall_s=wall_s, cpu_s=cpu_s, board_cpu_s=parts.board_cpu_s, bytes_sent=bytes_sent,
+            bytes_received=bytes_received, host_profile=self.host.name,
+            fallback_reason=self._fallback[2] if self._fallback else None)
+        return _add(self._prior, now) if self._prior else now
+
+    def stop(self, usage: ResourceUsage | None = None, bytes_sent: int = 0,
+             bytes_received: int = 0) -> EnergyBreakdown:
+        """Read, as `read` does (the meter keeps running until `close`)."""
+        return self.read(usage, bytes_sent, bytes_received)
 
     def close(self) -> None:
-        """End background sampling (INA3221); `read` afterwards still works for RAPL/estimates."""
-        if self._integrator is not None:
-            self._integrator.close()
+        """Stop background sampling; only an estimating meter can still be read afterwards."""
+        self._running = False
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
+
+def _add(prior: EnergyBreakdown, now: EnergyBreakdown) -> EnergyBreakdown:
+    """`now` on top of the totals of earlier runs."""
+    return EnergyBreakdown(
+        energy_j=prior.energy_j + now.energy_j, idle_j=prior.idle_j + now.idle_j,
+        compute_j=prior.compute_j + now.compute_j, radio_j=prior.radio_j + now.radio_j,
+        source=now.source, breakdown_source=join_sources(prior.breakdown_source,
+                                                         now.breakdown_source),
+        wall_s=prior.wall_s + now.wall_s, cpu_s=prior.cpu_s + now.cpu_s,
+        board_cpu_s=prior.board_cpu_s + now.board_cpu_s,
+        bytes_sent=prior.bytes_sent + now.bytes_sent,
+        bytes_received=prior.bytes_received + now.bytes_received,
+        host_profile=join_sources(prior.host_profile, now.host_profile),
+        restarts=prior.restarts, fallback_reason=now.fallback_reason or prior.fallback_reason)
