@@ -20,6 +20,7 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import typing
 import zipfile
 import zlib
@@ -181,7 +182,7 @@ def read_header(stream: io.BufferedIOBase, source: str, field: str) -> ArrayHead
     try:
         shape, fortran_order, dtype = parse(io.BytesIO(length_bytes + text))
     except (ValueError, TypeError, KeyError, IndexError, SyntaxError, RecursionError,
-            OverflowError) as exc:
+            OverflowError, tokenize.TokenError) as exc:  # numpy re-tokenizes unparsable headers
         raise NpzError(source, field, f"expected a valid .npy header ({exc})") from None
     return _checked_header(tuple(shape), dtype, bool(fortran_order), source, field)
 
