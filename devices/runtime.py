@@ -209,7 +209,8 @@ class Predictor:
         entry = self.graph_for(wanted)
         feed = {}
         for m in entry.modalities:
-            feed[m] = apply_norm(self._checked(m, inputs[m]), self._norm[m])
+            with np.errstate(over="ignore"):  # overflow is refused just below, in one line
+                feed[m] = apply_norm(self._checked(m, inputs[m]), self._norm[m])
             if not np.isfinite(feed[m]).all():
                 raise InputError(f"input {m!r}: values too large to normalise in float32, "
                                  "expected magnitudes like the training data")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -217,7 +218,8 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
         raise ManifestError(str(path), "file", "missing; expected the manifest of an exported bundle")
     try:
         with open(path, "rb") as fh:
-            data = fh.read(MAX_MANIFEST_BYTES + 1)
+            # Sized from the file: read(MAX + 1) would allocate the whole limit up front.
+            data = fh.read(min(os.fstat(fh.fileno()).st_size, MAX_MANIFEST_BYTES) + 1)
     except OSError as exc:
         raise ManifestError(str(path), "file", f"cannot read it ({exc.strerror})") from None
     if len(data) > MAX_MANIFEST_BYTES:

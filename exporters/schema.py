@@ -92,6 +92,7 @@ def explain(exc: msgspec.ValidationError, raw: Any, schema: Any) -> tuple[str, s
     match = _PATH.match(str(exc))
     what = match["what"] if match else str(exc)
     path = (match["path"] if match else None) or ""
+    value: Any = None
     try:
         field, value, leaf = _walk(raw, schema, path)
         if match and match["key"]:  # a dictionary key failed, not a value: name that key
@@ -99,7 +100,7 @@ def explain(exc: msgspec.ValidationError, raw: Any, schema: Any) -> tuple[str, s
             key = _first_invalid(value, key_type, value_type)
             field, leaf = f"{field} key {key!r}" if field else f"key {key!r}", _unwrap(key_type)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError):
-        field, leaf = path.lstrip(".").replace("[...]", "[?]"), None
+        field, value, leaf = path.lstrip(".").replace("[...]", "[?]"), None, None
     missing = _MISSING.match(what)
     if missing:
         return _join(field, missing["name"]), "missing; this field is required"
@@ -109,6 +110,8 @@ def explain(exc: msgspec.ValidationError, raw: Any, schema: Any) -> tuple[str, s
         allowed = ", ".join(repr(a) for a in typing.get_args(leaf))
         got = expected.removeprefix("invalid enum value ")
         expected = f"expected one of {allowed}, got {got}"
+    elif ", got " not in expected and isinstance(value, (int, float, str)):
+        expected = f"{expected}, got {value!r:.40}"  # bounds and patterns: show the value
     return field or "top level", expected
 
 

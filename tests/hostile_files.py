@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import io
+import shutil
 import struct
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 _ZEROS = bytes(1 << 24)
+_CACHE: dict[str, Path] = {}
 
 
 def npy_header(shape: tuple[int, ...], descr: str = "<f4", fortran_order: bool = False) -> bytes:
@@ -68,3 +72,15 @@ def zip64_bomb(path: Path, n_chunks: int = 256) -> Path:
         fh.write(central)
         fh.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), cd_offset, 0))
     return path
+
+
+def four_gib_bomb() -> Path:
+    """Return the issue's 4 GiB `zip64_bomb`, built once per test session (~2 s) and shared.
+
+    Tests must not modify it.
+    """
+    if "bomb" not in _CACHE:
+        root = Path(tempfile.mkdtemp(prefix="parse-edge-bomb-"))
+        atexit.register(shutil.rmtree, root, True)
+        _CACHE["bomb"] = zip64_bomb(root / "bomb.npz")
+    return _CACHE["bomb"]

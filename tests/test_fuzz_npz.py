@@ -15,6 +15,7 @@ import tracemalloc
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ ARRAYS = hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, max_side=6)
 
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
-    """A directory for the fuzzed files (Hypothesis does not mix with function fixtures)."""
+    """Give the fuzzed files a directory (Hypothesis does not mix with function fixtures)."""
     with tempfile.TemporaryDirectory(prefix="fuzz-npz-") as name:
         yield Path(name)
 
@@ -45,12 +46,13 @@ def workdir() -> Iterator[Path]:
 def _archive(arrays: list[np.ndarray], compressed: bool) -> bytes:
     out = io.BytesIO()
     save = np.savez_compressed if compressed else np.savez
-    save(out, **{f"k{i}": a for i, a in enumerate(arrays)})
+    named: dict[str, Any] = {f"k{i}": a for i, a in enumerate(arrays)}
+    save(out, **named)
     return out.getvalue()
 
 
 def _check(path: Path) -> None:
-    """The property: arrays within the cap, or one NpzError line naming the file; bounded memory."""
+    """Check the property: arrays within the cap or one NpzError line; bounded memory."""
     tracemalloc.start()
     try:
         try:
@@ -70,7 +72,7 @@ def _check(path: Path) -> None:
 
 @st.composite
 def file_mutations(draw: st.DrawFn) -> bytes:
-    """A real archive with flips, cuts and overwrites anywhere in its bytes."""
+    """Flip, cut and overwrite bytes anywhere in a real archive."""
     data = bytearray(_archive(draw(st.lists(ARRAYS, min_size=1, max_size=3)), draw(st.booleans())))
     for _ in range(draw(st.integers(1, 4))):
         op = draw(st.sampled_from(["flip", "cut", "overwrite"]))
@@ -101,7 +103,7 @@ DESCRS = st.sampled_from([
 
 @st.composite
 def header_edits(draw: st.DrawFn) -> bytes:
-    """One .npy member with an edited header and some data, inside a well-formed zip."""
+    """Write one .npy member with an edited header and some data into a well-formed zip."""
     text = (f"{{'descr': {draw(DESCRS)}, 'fortran_order': "
             f"{draw(st.sampled_from(['False', 'True', 'None', '1']))}, 'shape': {draw(SHAPES)}, }}")
     if draw(st.booleans()):
