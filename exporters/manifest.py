@@ -44,7 +44,6 @@ Role = Literal["encoder", "head", "fused"]
 Precision = Literal["fp32", "int8"]
 ROLES: tuple[str, ...] = typing.get_args(Role)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
-SUPPORTED_DTYPES = ("float32",)
 # Older opsets lack ops these graphs use (e.g. ReduceMean with axes as input is fine from 13);
 # the newest ONNX opset is 23 (ONNX 1.18), so 100 leaves decades of room.
 MIN_OPSET = 13
@@ -62,10 +61,6 @@ Opset = Annotated[int, Meta(ge=MIN_OPSET, le=MAX_OPSET)]
 
 class ManifestError(FieldError):
     """A bundle (manifest or one of its files) is not what was expected; the message is one line."""
-
-    def __init__(self, source: str, what: str, expected: str) -> None:
-        super().__init__(source, what, expected)
-        self.what = what
 
 
 @dataclass(frozen=True)

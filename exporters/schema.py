@@ -37,6 +37,9 @@ Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Size = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
+# Every character str.splitlines() breaks at, escaped so a file name or a hostile dictionary key
+# cannot turn one error into several lines.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 _PATH = re.compile(r"^(?P<what>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
@@ -50,10 +53,10 @@ class FieldError(ValueError):
     """
 
     def __init__(self, source: str, field: str, expected: str) -> None:
-        self.source = source
-        self.field = field
-        self.expected = " ".join(str(expected).split())
-        super().__init__(f"{source}: {field}: {self.expected}")
+        self.source = str(source).translate(_LINE_BREAKS)
+        self.field = str(field).translate(_LINE_BREAKS)
+        self.expected = " ".join(str(expected).split())  # library messages may span lines
+        super().__init__(f"{self.source}: {self.field}: {self.expected}")
 
 
 def convert(raw: Any, schema: Any, source: str, *, error: type[FieldError] = FieldError) -> Any:
@@ -88,7 +91,7 @@ def convert(raw: Any, schema: Any, source: str, *, error: type[FieldError] = Fie
 
 
 def explain(exc: msgspec.ValidationError, raw: Any, schema: Any) -> tuple[str, str]:
-    """(field path with real dictionary keys, what was expected) for a msgspec error."""
+    """Describe a msgspec error as (field path with real dictionary keys, what was expected)."""
     match = _PATH.match(str(exc))
     what = match["what"] if match else str(exc)
     path = (match["path"] if match else None) or ""

@@ -36,7 +36,7 @@ def peak_bytes() -> Iterator[Callable[[], int]]:
 
 def _one_line(exc: pytest.ExceptionInfo[NpzError], path: Path, field: str) -> str:
     message = str(exc.value)
-    assert "\n" not in message
+    assert len(message.splitlines()) == 1
     assert message.startswith(f"{path}: {field}: "), message
     return message
 

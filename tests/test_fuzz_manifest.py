@@ -158,7 +158,7 @@ def _check(bundle_dir: Path) -> None:
             manifest = load_manifest(bundle_dir)
         except ManifestError as exc:
             message = str(exc)
-            assert "\n" not in message and message.startswith(f"{path}: "), message
+            assert len(message.splitlines()) == 1 and message.startswith(f"{path}: "), message
             return
         finally:
             peak = tracemalloc.get_traced_memory()[1]

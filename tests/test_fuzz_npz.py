@@ -59,7 +59,7 @@ def _check(path: Path) -> None:
             arrays = read_npz(path, max_bytes=CAP_BYTES)
         except NpzError as exc:
             message = str(exc)
-            assert "\n" not in message and message.startswith(f"{path}: "), message
+            assert len(message.splitlines()) == 1 and message.startswith(f"{path}: "), message
         else:
             assert all(isinstance(a, np.ndarray) and not a.dtype.hasobject
                        for a in arrays.values())
