@@ -127,8 +127,10 @@ def _export_dynamo(spec: GraphSpec, module: torch.nn.Module, args: tuple[torch.T
     # A ShapesCollection keys the dynamic axis by tensor, so it fits any forward signature
     # (positional, *args) without knowing its structure.
     batch = torch.export.Dim(BATCH_DIM, min=1)
-    # torch's annotations omit ShapesCollection from `dynamic_shapes`, which its docs accept.
-    shapes: Any = torch.export.ShapesCollection()  # type: ignore[no-untyped-call]
+    # torch's annotations omit ShapesCollection from `dynamic_shapes`, which its docs accept,
+    # and leave its constructor untyped: hold it as Any.
+    collection: Any = torch.export.ShapesCollection
+    shapes = collection()
     for arg in args:
         shapes[arg] = {0: batch}
     program = torch.onnx.export(
