@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
+from devices.npzio import DEFAULT_MAX_BYTES, NpzError, read_npz
 from exporters.manifest import (
     GraphEntry,
     Manifest,
@@ -19,6 +21,11 @@ from exporters.manifest import (
     verify_graph_file,
 )
 from exporters.norm import apply_norm, norm_arrays
+
+# What onnxruntime raises on a file it cannot load or a graph it cannot run (InvalidProtobuf,
+# InvalidGraph, Fail, ...): its own classes, which derive from Exception directly.
+ORT_ERRORS: tuple[type[Exception], ...] = (RuntimeError, *(
+    cls for cls in vars(ort_state).values() if isinstance(cls, type) and issubclass(cls, Exception)))
 
 
 class InputError(ValueError):
@@ -53,21 +60,32 @@ class Prediction:
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable for large logits."""
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
+    probabilities: np.ndarray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32,
+                                                                           copy=False)
+    return probabilities
 
 
-def load_npz_inputs(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file keyed by modality name."""
+def load_npz_inputs(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, np.ndarray]:
+    """Read the arrays of an .npz file, keyed by modality name, with the bounded `devices.npzio`.
+
+    Raises
+    ------
+    InputError
+        One line naming the file and member: not an .npz, truncated or corrupt, object arrays,
+        or arrays over `max_bytes` in total (checked from the headers, before allocating).
+    """
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: expected an .npz file with one array per modality ({exc})") from None
+        return read_npz(path, max_bytes=max_bytes)
+    except NpzError as exc:
+        raise InputError(str(exc)) from None
 
 
 class Predictor:
-    """Serve an exported bundle: verify it, pick the fused graph for the modalities present,
-    normalise the inputs, run onnxruntime and return labels with probabilities."""
+    """Serve an exported bundle with onnxruntime.
+
+    Verifies the bundle, picks the fused graph for the modalities present, normalises the
+    inputs, runs the graph and returns labels with probabilities.
+    """
 
     def __init__(self, bundle_dir: str | Path, *, precision: str | None = None,
                  threads: int = 1, verify: bool = True) -> None:
@@ -97,8 +115,10 @@ class Predictor:
         return self.manifest.modalities
 
     def graph_for(self, modalities: Iterable[str]) -> GraphEntry:
-        """The fused graph serving `modalities`: the exact subset if exported, else the largest
-        exported subset of it."""
+        """Pick the fused graph serving `modalities`.
+
+        The exact subset if exported, else the largest exported subset of it.
+        """
         present = frozenset(modalities)
         if present in self._graph_cache:
             return self._graph_cache[present]
@@ -126,6 +146,31 @@ class Predictor:
                 str(path), options, providers=["CPUExecutionProvider"])
         return self._sessions[entry.name]
 
+    def _run(self, entry: GraphEntry, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Run `entry` on `feed`: logits (batch, n_labels), finite, or a ManifestError.
+
+        A file whose sha256 matches a lying manifest can still be garbage, another model, or a
+        graph whose weights are NaN: each is a one-line error naming the file, never an
+        onnxruntime traceback or NaN probabilities.
+        """
+        source = str(self.bundle_dir / entry.file)
+        names = [t.name for t in entry.outputs]
+        logits_name = "logits" if "logits" in names else names[0]
+        try:
+            (logits,) = self._session(entry).run([logits_name], feed)
+        except ORT_ERRORS as exc:
+            raise ManifestError(source, "graph", f"expected an ONNX graph onnxruntime can run "
+                                f"on inputs {sorted(feed)} ({type(exc).__name__}: {exc})") from None
+        logits = np.asarray(logits)
+        expected = (len(next(iter(feed.values()))), len(self.labels))
+        if logits.shape != expected or logits.dtype.kind != "f":
+            raise ManifestError(source, logits_name, f"expected float logits shaped {expected}, "
+                                f"got {logits.dtype} {logits.shape}")
+        if not np.isfinite(logits).all():
+            raise ManifestError(source, logits_name, "expected finite logits, got NaN or inf "
+                                "from finite inputs (are the graph's weights finite?)")
+        return logits
+
     def _checked(self, name: str, value: Any) -> np.ndarray:
         arr = np.asarray(value)
         if arr.dtype.kind != "f":
@@ -144,9 +189,12 @@ class Predictor:
 
     def predict(self, inputs: Mapping[str, Any],
                 modalities: Sequence[str] | None = None) -> Prediction:
-        """Predict from `inputs` ({modality: array (batch, *shape) or one sample}); a missing
-        modality is served by the graph of the remaining ones. `modalities` restricts which
-        of the inputs are used."""
+        """Predict from `inputs` ({modality: array (batch, *shape) or one sample}).
+
+        A missing modality is served by the graph of the remaining ones. `modalities` restricts
+        which of the inputs are used. Raises InputError for bad inputs and ManifestError when
+        the bundle's graph fails or outputs non-finite logits.
+        """
         known = self.manifest.modalities
         for name in list(inputs) + list(modalities or []):
             if name not in known:
@@ -161,13 +209,15 @@ class Predictor:
         entry = self.graph_for(wanted)
         feed = {}
         for m in entry.modalities:
-            feed[m] = apply_norm(self._checked(m, inputs[m]), self._norm[m])
+            with np.errstate(over="ignore"):  # overflow is refused just below, in one line
+                feed[m] = apply_norm(self._checked(m, inputs[m]), self._norm[m])
+            if not np.isfinite(feed[m]).all():
+                raise InputError(f"input {m!r}: values too large to normalise in float32, "
+                                 "expected magnitudes like the training data")
         batches = {m: len(x) for m, x in feed.items()}
         if len(set(batches.values())) > 1:
             raise InputError(f"inputs disagree on batch size: {batches}")
-        names = [t.name for t in entry.outputs]
-        logits_name = "logits" if "logits" in names else names[0]
-        (logits,) = self._session(entry).run([logits_name], feed)
+        logits = self._run(entry, feed)
         probabilities = softmax(logits.astype(np.float32))
         idx = np.argmax(probabilities, axis=-1).astype(np.int64)
         order = {m: i for i, m in enumerate(known)}

@@ -10,12 +10,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
-from exporters.manifest import BATCH_DIM
+from exporters.manifest import BATCH_DIM, Role
 
 # Rows of the example inputs used for tracing: >= 2 so torch.export keeps the batch axis symbolic.
 TRACE_ROWS = 4
@@ -33,7 +34,7 @@ class GraphSpec:
     """One graph to export, as the model describes it."""
 
     name: str  # file stem: "encoder-accel", "head-R", "head-U-accel", "fused-accel+gyro"
-    role: str  # "encoder" | "head" | "fused"
+    role: Role
     module: torch.nn.Module  # forward(*inputs) -> tensor or tuple of tensors
     input_names: list[str]
     output_names: list[str]
@@ -65,9 +66,8 @@ def torchlib_ops_cached() -> Iterator[None]:
     depends on the installed packages. Private API, so any mismatch just skips the speed-up.
     """
     try:
-        from torch.onnx._internal import _lazy_import
-
-        module = importlib.import_module(_lazy_import.onnxscript_apis._name)
+        lazy = importlib.import_module("torch.onnx._internal._lazy_import")
+        module: Any = importlib.import_module(lazy.onnxscript_apis._name)
         original = module.get_torchlib_ops
     except (ImportError, AttributeError):
         yield
@@ -90,9 +90,11 @@ def _trace_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
 
 
 def export_onnx(spec: GraphSpec, path: Path, opset: int | None) -> tuple[str, str | None]:
-    """Write `spec` to a single-file ONNX at `path` with a dynamic batch axis; returns the
-    exporter used ("dynamo", or "torchscript" when dynamo cannot serve the module or the
-    opset) and, for the fallback, why."""
+    """Write `spec` to a single-file ONNX at `path` with a dynamic batch axis.
+
+    Returns the exporter used ("dynamo", or "torchscript" when dynamo cannot serve the module
+    or the opset) and, for the fallback, why.
+    """
     module = spec.module.eval()
     args = _trace_inputs(spec)
     with _quiet_exporter():
@@ -125,7 +127,10 @@ def _export_dynamo(spec: GraphSpec, module: torch.nn.Module, args: tuple[torch.T
     # A ShapesCollection keys the dynamic axis by tensor, so it fits any forward signature
     # (positional, *args) without knowing its structure.
     batch = torch.export.Dim(BATCH_DIM, min=1)
-    shapes = torch.export.ShapesCollection()
+    # torch's annotations omit ShapesCollection from `dynamic_shapes`, which its docs accept,
+    # and leave its constructor untyped: hold it as Any.
+    collection: Any = torch.export.ShapesCollection
+    shapes = collection()
     for arg in args:
         shapes[arg] = {0: batch}
     program = torch.onnx.export(
@@ -133,6 +138,8 @@ def _export_dynamo(spec: GraphSpec, module: torch.nn.Module, args: tuple[torch.T
         opset_version=opset, dynamo=True, external_data=False, verbose=False,
         dynamic_shapes=shapes,
     )
+    if program is None:  # only without a file name; raised so the fallback explains why
+        raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
     _name_batch_axis(path)
 
@@ -158,8 +165,10 @@ def _name_batch_axis(path: Path) -> None:
 
 
 def check_onnx(spec: GraphSpec, path: Path, opset: int | None = None) -> int:
-    """onnx.checker plus the contract the runtime relies on (and the `opset` asked for);
-    returns the default-domain opset."""
+    """Check `path` with onnx.checker and the contract the runtime relies on.
+
+    Also checks the `opset` asked for; returns the default-domain opset.
+    """
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     if any(init.HasField("data_location") and init.data_location == onnx.TensorProto.EXTERNAL
@@ -173,7 +182,7 @@ def check_onnx(spec: GraphSpec, path: Path, opset: int | None = None) -> int:
         first = value.type.tensor_type.shape.dim[0]
         if not first.dim_param:
             raise ExportError(f"graph {spec.name!r}: input {value.name!r} has a fixed batch axis")
-    actual = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    actual = int(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
     if opset is not None and actual != opset:
         raise ExportError(f"graph {spec.name!r}: opset {opset} was asked for, the exporter "
                           f"wrote opset {actual}")

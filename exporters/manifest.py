@@ -1,43 +1,75 @@
-"""The export manifest: what an ONNX bundle holds, shared by the exporter and the torch-free runtime."""
+"""The export manifest: what an ONNX bundle holds, shared by the exporter and the torch-free runtime.
+
+The dataclasses below are the manifest's schema: their field types carry the bounds, and
+`manifest_from_dict` checks a parsed manifest against them with msgspec (`exporters.schema`),
+then checks what types cannot say — that graphs, inputs, statistics and served subsets refer
+to each other consistently. Every problem is a one-line `ManifestError` naming the file and
+field, so a hostile or damaged bundle never reaches onnxruntime with a shape, a name or a
+statistic that would make it crash or serve NaN.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict
 
-# This module is imported by the on-board runtime: stdlib only (numpy lives in exporters.norm).
+from msgspec import Meta
+
+from exporters.schema import (
+    Count,
+    FieldError,
+    FiniteFloat,
+    Fraction,
+    NonNegativeFloat,
+    PositiveFloat,
+    Size,
+    convert,
+)
+
+# This module is imported by the on-board runtime: stdlib and msgspec only (numpy lives in
+# exporters.norm).
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "parse-edge-onnx-bundle"
 FORMAT_VERSION = 1
 BATCH_DIM = "batch"
-ROLES = ("encoder", "head", "fused")
-PRECISIONS = ("fp32", "int8")
-SUPPORTED_DTYPES = ("float32",)
+Role = Literal["encoder", "head", "fused"]
+Precision = Literal["fp32", "int8"]
+ROLES: tuple[str, ...] = typing.get_args(Role)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+# Older opsets lack ops these graphs use (e.g. ReduceMean with axes as input is fine from 13);
+# the newest ONNX opset is 23 (ONNX 1.18), so 100 leaves decades of room.
+MIN_OPSET = 13
+MAX_OPSET = 100
+# A manifest lists tens of graphs and per-feature statistics: ~100 KB. Refuse to parse more.
+MAX_MANIFEST_BYTES = 16 << 20
+# Values in one sample (16 Mi float32 = 64 MiB): far above any sensor window, far below RAM.
+MAX_SAMPLE_VALUES = 1 << 24
+
+Name = Annotated[str, Meta(min_length=1, max_length=256)]
+ModalityName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^+\s]+$")]
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Opset = Annotated[int, Meta(ge=MIN_OPSET, le=MAX_OPSET)]
 
 
-class ManifestError(ValueError):
+class ManifestError(FieldError):
     """A bundle (manifest or one of its files) is not what was expected; the message is one line."""
-
-    def __init__(self, source: str, what: str, expected: str) -> None:
-        self.source = source
-        self.what = what
-        self.expected = expected
-        super().__init__(f"{source}: {what}: {expected}")
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     """One graph input or output; `shape[0]` is the dynamic batch axis ("batch")."""
 
-    name: str
-    shape: list[int | str]
-    dtype: str = "float32"
+    name: Name
+    shape: Annotated[list[Size | str], Meta(min_length=1, max_length=32)]
+    dtype: Literal["float32"] = "float32"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -45,24 +77,32 @@ class TensorSpec:
         return tuple(int(d) for d in self.shape[1:])
 
 
+class NormEntry(TypedDict):
+    """Input statistics: x_norm = (x - mean) / std, flat lists reshaped to `shape`."""
+
+    mean: list[FiniteFloat]
+    std: list[PositiveFloat]
+    shape: Annotated[list[Size], Meta(max_length=32)]
+
+
 @dataclass(frozen=True)
 class GraphEntry:
     """One ONNX file in the bundle and what it computes."""
 
-    name: str
-    role: str
-    precision: str
-    file: str
-    sha256: str
-    size_bytes: int
-    modalities: list[str]
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    name: Name
+    role: Role
+    precision: Precision
+    file: Name
+    sha256: Sha256
+    size_bytes: Count
+    modalities: list[ModalityName]
+    inputs: Annotated[list[TensorSpec], Meta(min_length=1)]
+    outputs: Annotated[list[TensorSpec], Meta(min_length=1)]
     exporter: str
     # fp32: max |torch - onnxruntime| on the example inputs; int8: max |fp32 - int8| of outputs.
-    max_abs_diff: float | None = None
+    max_abs_diff: NonNegativeFloat | None = None
     # int8 fused graphs only: fraction of examples whose argmax equals the fp32 torch argmax.
-    argmax_agreement: float | None = None
+    argmax_agreement: Fraction | None = None
     # Why the TorchScript fallback was used, when it was.
     exporter_note: str | None = None
 
@@ -71,18 +111,18 @@ class GraphEntry:
 class Manifest:
     """Everything a runtime needs to serve an exported agent, and where it came from."""
 
-    labels: list[str]
-    modalities: list[str]
+    labels: Annotated[list[str], Meta(min_length=2)]
+    modalities: Annotated[list[ModalityName], Meta(min_length=1)]
     inputs: dict[str, TensorSpec]
     # Applied by the runtime, never baked into the graphs: x_norm = (x - mean) / std, where
     # mean/std are flat lists reshaped to `shape` (broadcastable against one sample).
-    norm: dict[str, dict[str, Any]]
-    slice_dims: dict[str, dict[str, int]]
-    opset: int
-    graphs: list[GraphEntry]
+    norm: dict[str, NormEntry]
+    slice_dims: dict[str, dict[str, Count]]
+    opset: Opset
+    graphs: Annotated[list[GraphEntry], Meta(min_length=1)]
     # Modality-subset key ("accel+gyro", order of `modalities`) -> precision -> fused graph name.
     serves: dict[str, dict[str, str]]
-    default_precision: str = "fp32"
+    default_precision: Precision = "fp32"
     software_version: str = "unknown"
     source_checkpoint: dict[str, Any] | None = None
     created_utc: str = ""
@@ -92,14 +132,14 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def graph(self, name: str) -> GraphEntry:
-        """The graph called `name`."""
+        """Return the graph called `name`; ManifestError if it is not listed."""
         for entry in self.graphs:
             if entry.name == name:
                 return entry
         raise ManifestError(MANIFEST_NAME, f"graph {name!r}", "not listed in the manifest")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; key order puts the format first so a reader can check it early."""
+        """Return a JSON-ready dict; the format comes first so a reader can check it early."""
         body = asdict(self)
         head = {"format": body.pop("format"), "format_version": body.pop("format_version")}
         return {**head, **body}
@@ -114,7 +154,7 @@ class Manifest:
 
 
 def subset_key(modalities: Iterable[str], order: Sequence[str]) -> str:
-    """The canonical name of a modality subset: its members in `order`, joined by '+'."""
+    """Name a modality subset canonically: its members in `order`, joined by '+'."""
     chosen = set(modalities)
     return "+".join(m for m in order if m in chosen)
 
@@ -128,101 +168,64 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _require(cond: bool, source: str, what: str, expected: str) -> None:
-    if not cond:
-        raise ManifestError(source, what, expected)
-
-
-def _tensor(raw: Any, source: str, what: str) -> TensorSpec:
-    _require(isinstance(raw, dict), source, what, "expected an object with name, shape, dtype")
-    name, shape, dtype = raw.get("name"), raw.get("shape"), raw.get("dtype", "float32")
-    _require(isinstance(name, str) and bool(name), source, f"{what}.name", "expected a string")
-    _require(isinstance(shape, list) and len(shape) >= 1 and shape[0] == BATCH_DIM, source,
-             f"{what}.shape", f"expected a list starting with {BATCH_DIM!r}")
-    _require(all(isinstance(d, int) and d > 0 for d in shape[1:]), source, f"{what}.shape",
-             "expected positive integer sizes after the batch axis")
-    _require(dtype in SUPPORTED_DTYPES, source, f"{what}.dtype",
-             f"expected one of {', '.join(SUPPORTED_DTYPES)}, got {dtype!r}")
-    return TensorSpec(name=name, shape=list(shape), dtype=dtype)
-
-
-def _graph(raw: Any, source: str, idx: int) -> GraphEntry:
-    what = f"graphs[{idx}]"
-    _require(isinstance(raw, dict), source, what, "expected an object")
-    for key in ("name", "file", "sha256", "exporter"):
-        _require(isinstance(raw.get(key), str), source, f"{what}.{key}", "expected a string")
-    _require(raw.get("role") in ROLES, source, f"{what}.role", f"expected one of {ROLES}")
-    _require(raw.get("precision") in PRECISIONS, source, f"{what}.precision",
-             f"expected one of {PRECISIONS}")
-    _require("/" not in raw["file"] and "\\" not in raw["file"] and not raw["file"].startswith("."),
-             source, f"{what}.file", "expected a plain file name inside the bundle")
-    return GraphEntry(
-        name=raw["name"], role=raw["role"], precision=raw["precision"], file=raw["file"],
-        sha256=raw["sha256"], size_bytes=int(raw.get("size_bytes", 0)),
-        modalities=list(raw.get("modalities", [])),
-        inputs=[_tensor(t, source, f"{what}.inputs[{i}]") for i, t in enumerate(raw["inputs"])],
-        outputs=[_tensor(t, source, f"{what}.outputs[{i}]") for i, t in enumerate(raw["outputs"])],
-        exporter=raw["exporter"], max_abs_diff=raw.get("max_abs_diff"),
-        argmax_agreement=raw.get("argmax_agreement"), exporter_note=raw.get("exporter_note"),
-    )
-
-
 def manifest_from_dict(raw: Any, source: str = MANIFEST_NAME) -> Manifest:
-    """Validate a parsed manifest; every problem is a ManifestError naming the field."""
-    _require(isinstance(raw, dict), source, "top level", "expected a JSON object")
-    _require(raw.get("format") == FORMAT_NAME, source, "format", f"expected {FORMAT_NAME!r}")
-    version = raw.get("format_version")
-    _require(isinstance(version, int) and version >= 1, source, "format_version",
-             "expected a positive integer")
-    _require(version <= FORMAT_VERSION, source, "format_version",
-             f"bundle has format {version}, this parse-edge reads up to {FORMAT_VERSION}; "
-             "upgrade parse-edge on this board")
-    modalities = raw.get("modalities")
-    _require(isinstance(modalities, list) and bool(modalities)
-             and all(isinstance(m, str) for m in modalities), source, "modalities",
-             "expected a non-empty list of names")
-    labels = raw.get("labels")
-    _require(isinstance(labels, list) and len(labels) >= 2, source, "labels",
-             "expected a list of at least two class names")
-    inputs = {m: _tensor(raw.get("inputs", {}).get(m), source, f"inputs.{m}") for m in modalities}
-    norm = raw.get("norm", {})
-    for m in modalities:
-        stats = norm.get(m)
-        _require(isinstance(stats, dict) and {"mean", "std", "shape"} <= set(stats), source,
-                 f"norm.{m}", "expected an object with mean, std and shape")
-        size = math.prod(stats["shape"])
-        _require(len(stats["mean"]) == size and len(stats["std"]) == size, source, f"norm.{m}",
-                 f"expected mean and std of {size} values (shape {stats['shape']})")
-        _require(all(s > 0 for s in stats["std"]), source, f"norm.{m}.std",
-                 "expected strictly positive values")
-    graphs = [_graph(g, source, i) for i, g in enumerate(raw.get("graphs", []))]
-    names = {g.name for g in graphs}
-    serves = raw.get("serves", {})
-    _require(isinstance(serves, dict) and bool(serves), source, "serves",
-             "expected at least one modality subset with a fused graph")
-    for key, by_precision in serves.items():
-        for precision, name in by_precision.items():
-            _require(name in names, source, f"serves.{key}.{precision}",
-                     f"graph {name!r} is not listed in graphs")
-    return Manifest(
-        labels=[str(x) for x in labels], modalities=list(modalities), inputs=inputs, norm=norm,
-        slice_dims=raw.get("slice_dims", {}), opset=int(raw.get("opset", 0)), graphs=graphs,
-        serves=serves, default_precision=raw.get("default_precision", "fp32"),
-        software_version=str(raw.get("software_version", "unknown")),
-        source_checkpoint=raw.get("source_checkpoint"), created_utc=raw.get("created_utc", ""),
-        meta=raw.get("meta", {}), quantization=raw.get("quantization"),
-        format=raw["format"], format_version=version,
-    )
+    """Validate a parsed manifest.
+
+    Parameters
+    ----------
+    raw : Any
+        The parsed JSON document.
+    source : str
+        The file name used in errors.
+
+    Returns
+    -------
+    Manifest
+        Typed, bounded and consistent: every modality has an input spec and finite statistics
+        (std > 0) that broadcast over its samples, every served subset names a fused graph of
+        that subset and precision, and fused graphs output one logit per label.
+
+    Raises
+    ------
+    ManifestError
+        The first problem, naming the field (``graphs[2].inputs[0].shape``, ``norm.accel.std[3]``).
+    """
+    if not isinstance(raw, dict):
+        raise ManifestError(source, "top level", f"expected a JSON object, got {_kind(raw)}")
+    _check_format(raw, source)
+    manifest: Manifest = convert(raw, Manifest, source, error=ManifestError)
+    _check_inputs(manifest, source)
+    _check_graphs(manifest, source)
+    _check_serves(manifest, source)
+    return manifest
 
 
 def load_manifest(bundle_dir: str | Path) -> Manifest:
-    """Read and validate `bundle_dir/manifest.json`."""
+    """Read and validate `bundle_dir/manifest.json` (at most `MAX_MANIFEST_BYTES`).
+
+    Raises
+    ------
+    ManifestError
+        Missing, too large, not UTF-8 JSON, or invalid (see `manifest_from_dict`).
+    """
     path = Path(bundle_dir) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(str(path), "file", "missing; expected the manifest of an exported bundle")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as fh:
+            # Sized from the file: read(MAX + 1) would allocate the whole limit up front.
+            data = fh.read(min(os.fstat(fh.fileno()).st_size, MAX_MANIFEST_BYTES) + 1)
+    except OSError as exc:
+        raise ManifestError(str(path), "file", f"cannot read it ({exc.strerror})") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(str(path), "file", f"expected at most {MAX_MANIFEST_BYTES} bytes")
+    try:
+        # json accepts NaN and Infinity tokens; they reach the schema, which names the field.
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(str(path), "content", f"expected UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start})") from None
+    except (ValueError, RecursionError) as exc:
         raise ManifestError(str(path), "content", f"expected valid JSON ({exc})") from None
     return manifest_from_dict(raw, str(path))
 
@@ -243,3 +246,126 @@ def verify_bundle(bundle_dir: str | Path, manifest: Manifest) -> None:
     """Check every file the manifest lists."""
     for entry in manifest.graphs:
         verify_graph_file(bundle_dir, entry)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _check_format(raw: dict[str, Any], source: str) -> None:
+    # Checked before the schema: a bundle from a newer parse-edge should ask for an upgrade,
+    # not fail on a field this version does not know.
+    if raw.get("format") != FORMAT_NAME:
+        raise ManifestError(source, "format", f"expected {FORMAT_NAME!r}")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ManifestError(source, "format_version", "expected a positive integer")
+    if version > FORMAT_VERSION:
+        raise ManifestError(source, "format_version",
+                            f"bundle has format {version}, this parse-edge reads up to "
+                            f"{FORMAT_VERSION}; upgrade parse-edge on this board")
+
+
+def _check_tensor(spec: TensorSpec, source: str, what: str) -> None:
+    if spec.shape[0] != BATCH_DIM:
+        raise ManifestError(source, f"{what}.shape", f"expected a list starting with "
+                            f"{BATCH_DIM!r}, got {spec.shape[0]!r}")
+    if not all(isinstance(d, int) for d in spec.shape[1:]):
+        raise ManifestError(source, f"{what}.shape",
+                            "expected positive integer sizes after the batch axis")
+    if math.prod(spec.sample_shape) > MAX_SAMPLE_VALUES:
+        raise ManifestError(source, f"{what}.shape", f"expected at most {MAX_SAMPLE_VALUES} "
+                            f"values per sample, got {spec.sample_shape}")
+
+
+def _check_inputs(manifest: Manifest, source: str) -> None:
+    modalities = manifest.modalities
+    if len(set(modalities)) != len(modalities):
+        raise ManifestError(source, "modalities", "expected each modality once")
+    for table, what in ((manifest.inputs, "inputs"), (manifest.norm, "norm")):
+        for key in table:
+            if key not in modalities:
+                raise ManifestError(source, f"{what}.{key}", "expected a modality listed in "
+                                    f"modalities ({', '.join(modalities)})")
+    for m in modalities:
+        spec = manifest.inputs.get(m)
+        if spec is None:
+            raise ManifestError(source, f"inputs.{m}", "missing; expected an object with name, "
+                                "shape, dtype")
+        _check_tensor(spec, source, f"inputs.{m}")
+        stats = manifest.norm.get(m)
+        if stats is None:
+            raise ManifestError(source, f"norm.{m}", "missing; expected an object with mean, "
+                                "std and shape")
+        sample, shape = spec.sample_shape, tuple(stats["shape"])
+        if len(shape) != len(sample) or any(s not in (1, d) for s, d in zip(shape, sample,
+                                                                             strict=True)):
+            raise ManifestError(source, f"norm.{m}.shape", f"expected a shape broadcasting over "
+                                f"samples shaped {sample}, got {shape}")
+        size = math.prod(shape)
+        if len(stats["mean"]) != size or len(stats["std"]) != size:
+            raise ManifestError(source, f"norm.{m}",
+                                f"expected mean and std of {size} values (shape {list(shape)})")
+
+
+def _check_graphs(manifest: Manifest, source: str) -> None:
+    names: set[str] = set()
+    for i, entry in enumerate(manifest.graphs):
+        what = f"graphs[{i}]"
+        if entry.name in names:
+            raise ManifestError(source, f"{what}.name", f"expected unique names, {entry.name!r} "
+                                "is repeated")
+        names.add(entry.name)
+        if "/" in entry.file or "\\" in entry.file or entry.file.startswith("."):
+            raise ManifestError(source, f"{what}.file", "expected a plain file name inside the bundle")
+        unknown = [m for m in entry.modalities if m not in manifest.modalities]
+        if unknown:
+            raise ManifestError(source, f"{what}.modalities", f"expected modalities of the "
+                                f"bundle, got {unknown}")
+        for kind, specs in (("inputs", entry.inputs), ("outputs", entry.outputs)):
+            for j, spec in enumerate(specs):
+                _check_tensor(spec, source, f"{what}.{kind}[{j}]")
+        if entry.role == "fused":
+            _check_fused(manifest, entry, source, what)
+
+
+def _check_fused(manifest: Manifest, entry: GraphEntry, source: str, what: str) -> None:
+    # The runtime feeds a fused graph one input per modality, named after it, and reads the
+    # first output as logits over `labels`.
+    if sorted(t.name for t in entry.inputs) != sorted(entry.modalities) or not entry.modalities:
+        raise ManifestError(source, f"{what}.inputs", f"expected one input per modality "
+                            f"{entry.modalities}")
+    for j, spec in enumerate(entry.inputs):
+        if spec.shape != manifest.inputs[spec.name].shape:
+            raise ManifestError(source, f"{what}.inputs[{j}].shape", f"expected "
+                                f"{manifest.inputs[spec.name].shape} like inputs.{spec.name}")
+    logits = entry.outputs[0].shape
+    if logits != [BATCH_DIM, len(manifest.labels)]:
+        raise ManifestError(source, f"{what}.outputs[0].shape", f"expected logits "
+                            f"[{BATCH_DIM!r}, {len(manifest.labels)}] over the labels, got {logits}")
+
+
+def _check_serves(manifest: Manifest, source: str) -> None:
+    if not manifest.serves:
+        raise ManifestError(source, "serves", "expected at least one modality subset with a "
+                            "fused graph")
+    graphs = {g.name: g for g in manifest.graphs}
+    for key, by_precision in manifest.serves.items():
+        if not key or subset_key(key.split("+"), manifest.modalities) != key:
+            raise ManifestError(source, f"serves.{key}", "expected modalities of the bundle "
+                                f"joined by '+' in the order {manifest.modalities}")
+        for precision, name in by_precision.items():
+            what = f"serves.{key}.{precision}"
+            if precision not in PRECISIONS:
+                raise ManifestError(source, what, f"expected a precision, one of "
+                                    f"{', '.join(map(repr, PRECISIONS))}")
+            entry = graphs.get(name)
+            if entry is None:
+                raise ManifestError(source, what, f"graph {name!r} is not listed in graphs")
+            if entry.role != "fused" or entry.precision != precision:
+                raise ManifestError(source, what, f"expected a fused {precision} graph, "
+                                    f"{name!r} is a {entry.role} {entry.precision} graph")
+            if subset_key(entry.modalities, manifest.modalities) != key:
+                raise ManifestError(source, what, f"expected a graph of modalities {key!r}, "
+                                    f"{name!r} consumes {entry.modalities}")

@@ -8,12 +8,37 @@ from typing import Any
 
 import numpy as np
 
+from exporters.manifest import NormEntry
+from exporters.schema import FLOAT_LIMIT, FLOAT_TINY
 
-def norm_entry(mean: Any, std: Any, sample_shape: Sequence[int], *, source: str = "norm") -> dict:
+NormArrays = tuple[np.ndarray, np.ndarray]
+
+
+def norm_entry(mean: Any, std: Any, sample_shape: Sequence[int], *,
+               source: str = "norm") -> NormEntry:
     """Manifest form of (mean, std) for inputs of `sample_shape`.
 
-    Accepts a scalar, one value per channel (first axis of a sample) or one value per feature
-    (the whole sample, flat or shaped); returns flat lists plus the broadcast `shape`.
+    Parameters
+    ----------
+    mean, std : array_like
+        A scalar, one value per channel (first axis of a sample) or one value per feature
+        (the whole sample, flat or shaped); the same shape for both.
+    sample_shape : sequence of int
+        The shape of one input sample.
+    source : str
+        Prefix of error messages (file and field).
+
+    Returns
+    -------
+    NormEntry
+        Flat `mean` and `std` lists plus the `shape` they broadcast to over one sample.
+
+    Raises
+    ------
+    ValueError
+        Shapes that fit neither form, or statistics the loader would refuse: non-finite, |mean|
+        over `FLOAT_LIMIT`, or std outside [`FLOAT_TINY`, `FLOAT_LIMIT`] (so a bundle that
+        exports always loads, and float32 normalisation stays finite).
     """
     mean_arr = np.asarray(mean, dtype=np.float64)
     std_arr = np.asarray(std, dtype=np.float64)
@@ -21,9 +46,12 @@ def norm_entry(mean: Any, std: Any, sample_shape: Sequence[int], *, source: str 
         raise ValueError(f"{source}: mean has shape {mean_arr.shape} but std has {std_arr.shape}")
     if not (np.all(np.isfinite(mean_arr)) and np.all(np.isfinite(std_arr))):
         raise ValueError(f"{source}: expected finite mean and std")
-    if np.any(std_arr <= 0):
-        raise ValueError(f"{source}: std: expected strictly positive values (the divisor used "
-                         "in training, epsilon included)")
+    if np.any(np.abs(mean_arr) > FLOAT_LIMIT):
+        raise ValueError(f"{source}: mean: expected magnitudes up to {FLOAT_LIMIT:g}")
+    if np.any(std_arr < FLOAT_TINY) or np.any(std_arr > FLOAT_LIMIT):
+        raise ValueError(f"{source}: std: expected strictly positive values in "
+                         f"[{FLOAT_TINY:g}, {FLOAT_LIMIT:g}] (the divisor used in training, "
+                         "epsilon included)")
     sample = tuple(int(d) for d in sample_shape)
     size = mean_arr.size
     if size == 1:
@@ -38,15 +66,19 @@ def norm_entry(mean: Any, std: Any, sample_shape: Sequence[int], *, source: str 
     return {"mean": mean_arr.ravel().tolist(), "std": std_arr.ravel().tolist(), "shape": shape}
 
 
-def norm_arrays(entry: dict) -> tuple[np.ndarray, np.ndarray]:
+def norm_arrays(entry: NormEntry) -> NormArrays:
     """(mean, std) of a manifest entry as float32 arrays shaped to broadcast over one sample."""
     shape = tuple(entry["shape"])
     return (np.asarray(entry["mean"], dtype=np.float32).reshape(shape),
             np.asarray(entry["std"], dtype=np.float32).reshape(shape))
 
 
-def apply_norm(x: np.ndarray, entry: dict | tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(x - mean) / std over a batch `x` of shape (batch, *sample_shape), as float32; `entry`
-    is a manifest entry or the (mean, std) pair from `norm_arrays`."""
+def apply_norm(x: np.ndarray, entry: NormEntry | NormArrays) -> np.ndarray:
+    """(x - mean) / std over a batch `x` of shape (batch, *sample_shape), as float32.
+
+    `entry` is a manifest entry or the (mean, std) pair from `norm_arrays`.
+    """
     mean, std = norm_arrays(entry) if isinstance(entry, dict) else entry
-    return ((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32, copy=False)
+    out: np.ndarray = ((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32,
+                                                                              copy=False)
+    return out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 
 from exporters.convert import (
     ExportError,
@@ -25,11 +28,14 @@ from exporters.convert import (
 from exporters.manifest import (
     BATCH_DIM,
     MANIFEST_NAME,
+    MIN_OPSET,
     ROLES,
     GraphEntry,
     Manifest,
     ManifestError,
+    NormEntry,
     TensorSpec,
+    load_manifest,
     sha256_file,
     subset_key,
 )
@@ -37,15 +43,13 @@ from exporters.norm import norm_entry
 from exporters.parity import FP32_TOLERANCE, ParityError, check_parity
 from exporters.quantize import compare_int8, quantize_int8
 
-__all__ = ["ExportError", "GraphSpec", "export_graphs", "export_onnx"]
+__all__ = ["MIN_OPSET", "ExportError", "GraphSpec", "export_graphs", "export_onnx"]
 
 QUANTIZE_MODES = ("int8",)
-# Older opsets lack ops these graphs use (e.g. ReduceMean with axes as input is fine from 13).
-MIN_OPSET = 13
 
 
 def software_version() -> str:
-    """The installed parse-edge version, or 'unknown' from a bare source tree."""
+    """Return the installed parse-edge version, or 'unknown' from a bare source tree."""
     try:
         return version("parse-edge")
     except PackageNotFoundError:
@@ -71,8 +75,24 @@ def _validate_specs(graphs: Sequence[GraphSpec], modalities: Sequence[str]) -> N
         if g.role == "fused" and set(g.input_names) != set(g.modalities):
             raise ExportError(f"graph {g.name!r}: a fused graph's inputs must be its modalities "
                               f"{list(g.modalities)}, got {g.input_names}")
+        _check_finite(g)
     if not any(g.role == "fused" for g in graphs):
         raise ExportError("no fused graph: the runtime needs at least one to serve predictions")
+
+
+def _check_finite(spec: GraphSpec) -> None:
+    """Refuse NaN/inf weights, buffers and example inputs.
+
+    Such a graph serves NaN, and a NaN parity difference proves nothing.
+    """
+    for name, tensor in spec.module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ExportError(f"graph {spec.name!r}: weight {name!r} holds NaN or inf; expected "
+                              "finite weights (the checkpoint is corrupt or training diverged)")
+    for name in spec.input_names:
+        if not np.isfinite(np.asarray(spec.example_inputs[name], dtype=np.float64)).all():
+            raise ExportError(f"graph {spec.name!r}: example input {name!r} holds NaN or inf; "
+                              "expected finite inputs to check parity on")
 
 
 def _tensor_specs(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[TensorSpec]:
@@ -125,6 +145,7 @@ def export_graphs(
         manifest.meta = dict(meta or {})
         manifest.source_checkpoint = dict(source_checkpoint) if source_checkpoint else None
         manifest.write(stage)
+        load_manifest(stage)  # a bundle that exports is a bundle the runtime loads
         _replace_bundle(stage, out_dir, manifest)
     except (ParityError, ManifestError) as exc:
         raise ExportError(str(exc)) from None
@@ -134,8 +155,9 @@ def export_graphs(
 
 
 def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str],
-                 labels: Sequence[str], norm_entries: dict[str, dict], input_shapes: Mapping,
-                 opset: int | None, quantize: str | None, tolerance: float) -> Manifest:
+                 labels: Sequence[str], norm_entries: dict[str, NormEntry],
+                 input_shapes: Mapping[str, Sequence[int]], opset: int | None,
+                 quantize: str | None, tolerance: float) -> Manifest:
     entries: list[GraphEntry] = []
     serves: dict[str, dict[str, str]] = {}
     slice_dims: dict[str, dict[str, int]] = {}
@@ -154,12 +176,12 @@ def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str]
             raise ExportError(f"graph {spec.name!r}: first output shaped {outputs[0].shape}, "
                               f"expected logits over {len(labels)} labels")
         if spec.role == "encoder" and len(spec.modalities) == 1:
-            slice_dims[spec.modalities[0]] = {o.name: o.shape[-1] for o in outputs}
-        common = dict(role=spec.role, modalities=list(spec.modalities), inputs=inputs,
-                      outputs=outputs, exporter=exporter, exporter_note=exporter_note)
-        entries.append(GraphEntry(name=spec.name, precision="fp32", file=path.name,
-                                  sha256=sha256_file(path), size_bytes=path.stat().st_size,
-                                  max_abs_diff=diff, **common))
+            slice_dims[spec.modalities[0]] = {o.name: o.sample_shape[-1] for o in outputs}
+        fp32 = GraphEntry(name=spec.name, role=spec.role, precision="fp32", file=path.name,
+                          sha256=sha256_file(path), size_bytes=path.stat().st_size,
+                          modalities=list(spec.modalities), inputs=inputs, outputs=outputs,
+                          exporter=exporter, max_abs_diff=diff, exporter_note=exporter_note)
+        entries.append(fp32)
         key = subset_key(spec.modalities, modalities)
         if spec.role == "fused":
             serves.setdefault(key, {})["fp32"] = spec.name
@@ -170,11 +192,13 @@ def _export_into(stage: Path, graphs: Sequence[GraphSpec], modalities: list[str]
                     for n in spec.input_names}
             report = compare_int8(path, q_path, feed,
                                   expected[0] if spec.role == "fused" else None)
-            entries.append(GraphEntry(
-                name=f"{spec.name}.int8", precision="int8", file=q_path.name,
+            if not math.isfinite(report.max_abs_diff):
+                raise ExportError(f"graph {spec.name!r}: the int8 copy outputs NaN or inf on "
+                                  "the example inputs; expected finite outputs")
+            entries.append(dataclasses.replace(
+                fp32, name=f"{spec.name}.int8", precision="int8", file=q_path.name,
                 sha256=sha256_file(q_path), size_bytes=q_path.stat().st_size,
-                max_abs_diff=report.max_abs_diff, argmax_agreement=report.argmax_agreement,
-                **common))
+                max_abs_diff=report.max_abs_diff, argmax_agreement=report.argmax_agreement))
             quant["graphs"][spec.name] = vars(report)
             if spec.role == "fused":
                 serves[key]["int8"] = f"{spec.name}.int8"

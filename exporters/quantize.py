@@ -41,16 +41,20 @@ def run_graph(path: str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarra
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)
+    outputs: list[np.ndarray] = session.run(None, inputs)
+    return outputs
 
 
 def compare_int8(fp32_path: str | Path, int8_path: str | Path, inputs: dict[str, np.ndarray],
                  reference_logits: np.ndarray | None = None) -> QuantReport:
-    """Size and output drift of `int8_path` against `fp32_path`; argmax agreement with
-    `reference_logits` (the torch model's) when given."""
+    """Measure size and output drift of `int8_path` against `fp32_path`.
+
+    Argmax agreement is measured against `reference_logits` (the torch model's) when given.
+    """
     fp32_out = run_graph(fp32_path, inputs)
     int8_out = run_graph(int8_path, inputs)
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(fp32_out, int8_out, strict=True))
+    # numpy's max, not Python's: max(0.0, nan) is 0.0 and would hide NaN outputs.
+    diff = float(np.max([np.max(np.abs(a - b)) for a, b in zip(fp32_out, int8_out, strict=True)]))
     agreement = None
     if reference_logits is not None:
         agree = np.argmax(int8_out[0], axis=-1) == np.argmax(reference_logits, axis=-1)

@@ -175,6 +175,7 @@ def test_npz_loader_names_a_bad_file(tmp_path):
     good = tmp_path / "y.npz"
     np.savez(good, accel=np.zeros((2, 3, 40), np.float32))
     # Execute / Assert
-    with pytest.raises(InputError, match=r"x\.npz: expected an \.npz file"):
+    with pytest.raises(InputError,
+                       match=r"x\.npz: <file>: expected an \.npz archive \(a zip of \.npy arrays\)"):
         load_npz_inputs(bad)
     assert load_npz_inputs(good)["accel"].shape == (2, 3, 40)

@@ -60,7 +60,7 @@ def test_infer_runs_with_torch_absent_and_prints_json(bundle):
 
 
 # The inference-only install: `pip install --no-deps parse-edge` plus these distributions.
-BOARD_DISTRIBUTIONS = ("numpy", "onnxruntime", "PyYAML")
+BOARD_DISTRIBUTIONS = ("numpy", "onnxruntime", "PyYAML", "msgspec")
 
 
 def _board_site(root: Path) -> Path:
@@ -140,7 +140,7 @@ def test_bad_inputs_are_one_line_errors(bundle, capsys, tmp_path):
         capsys, ["infer", d, str(short)])
     assert "input 'gyro': requested but not provided" in _error(
         capsys, ["infer", d, str(bundle.root / "accel.npz"), "--modalities", "accel,gyro"])
-    assert "missing.npz: expected an .npz file" in _error(
+    assert "missing.npz: <file>: cannot read the file" in _error(
         capsys, ["infer", d, str(tmp_path / "missing.npz")])
 
 
