@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -198,8 +199,10 @@ class FieldSpec:
         self.source = source
         self.doc = doc
         self.name = doc.field
-        self.fleet_path = (base / doc.fleet).resolve() if doc.fleet else None
-        self.prefixes = (base / doc.prefixes).resolve() if doc.prefixes else \
+        # normpath, not resolve: a fleet file reached through a symlink keeps the name it was
+        # given (as `parse-edge trial` would print it).
+        self.fleet_path = Path(os.path.normpath(base / doc.fleet)) if doc.fleet else None
+        self.prefixes = Path(os.path.normpath(base / doc.prefixes)) if doc.prefixes else \
             Path("/var/lib/parse-edge/field") / doc.field
         canonical = doc.model_dump_json().encode() + str(self.prefixes).encode()
         self.text_sha256 = hashlib.sha256(canonical).hexdigest()
@@ -264,4 +267,4 @@ def load_field(path: str | Path) -> FieldSpec:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise FieldSpecError(f"{source}: <file>: expected valid YAML ({exc})".splitlines()[0]) \
             from None
-    return parse_field(raw, source, file.resolve().parent)
+    return parse_field(raw, source, file.absolute().parent)
