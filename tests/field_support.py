@@ -69,7 +69,7 @@ def leftovers(plan: FieldPlan, pids: list[int]) -> list[str]:
     found = [f"netns {ns}" for ns in iproute.netns_names() if ns.startswith(f"{plan.name}-")]
     links = json.loads(iproute.run(["ip", "-j", "link", "show"]))
     found += [f"link {ln['ifname']}" for ln in links if ln["ifname"].startswith(f"{plan.name}-")]
-    found += [f"pid {pid}" for pid in pids if Path(f"/proc/{pid}").exists()]
+    found += [f"pid {pid}" for pid in pids if _running(pid)]
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -85,6 +85,16 @@ def leftovers(plan: FieldPlan, pids: list[int]) -> list[str]:
     if plan.run_dir.exists():
         found.append(f"dir {plan.run_dir}")
     return found
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process; a zombie (killed, not yet collected by its parent:
+    init, once `field up` has exited) runs nothing and holds no namespace."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def publish_from_board(plan: FieldPlan, board: str, host: str, topic: str, *, size: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +36,7 @@ from tests.field_support import (
 # sends them by default, RFC 7323); a veth carries no preamble or FCS.
 HEADER_BYTES_PER_FRAME = 66
 RATE_PAYLOAD_BYTES = 64_000
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _ssh(result: object, address: str, command: str) -> subprocess.CompletedProcess[str]:
@@ -234,5 +236,49 @@ def test_failed_up_removes_what_it_created(tmp_path: Path) -> None:
         with pytest.raises(DaemonError, match="mosquitto of site lab exited"):
             field_up(spec)
         assert leftovers(plan_field(spec), []) == []
+    finally:
+        field_down(spec)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+def test_cli_up_status_link_down(tmp_path: Path) -> None:
+    spec = write_field(tmp_path, {"sites": {"lab": {"boards": [
+        "a0", {"id": "a1", "link": {"rate_kbit": 512, "loss_percent": 5}}]}}})
+    plan = plan_field(spec)
+    try:
+        inventory = tmp_path / "boards.yaml"
+        up = _cli("field", "up", spec.source, "--inventory", str(inventory))
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.startswith(f"field {plan.name} up in ")
+        assert f"broker:    site lab {plan.site('lab').broker_url}" in up.stdout
+        assert "board a1: " in up.stderr and "512 kbit/s, 5 % loss, sshd up" in up.stderr
+        assert set(yaml.safe_load(inventory.read_text())["boards"]) == {"a0", "a1"}
+        again = _cli("field", "up", spec.source)
+        assert again.returncode == 0 and f"field {plan.name} already up" in again.stdout
+
+        status = _cli("field", "status", spec.source)
+        assert status.returncode == 0, status.stderr
+        rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[2:4]}
+        assert rows["a1"][3:7] == ["512", "5", "UP", "yes"] and rows["a0"][3:5] == ["-", "0"]
+
+        assert _cli("field", "link", spec.source, "a1", "down").returncode == 0
+        status = _cli("field", "status", spec.source)
+        assert [ln.split()[5] for ln in status.stdout.splitlines() if ln.startswith("a1 ")] == \
+            ["DOWN"]
+        assert _cli("field", "link", spec.source, "a1", "up").returncode == 0
+        assert control.board_counters(plan, "a1").operstate == "UP"
+        # The cap survives the outage (the qdisc is parked while the carrier is off).
+        assert "tbf" in iproute.run(["tc", "-n", plan.board("a1").netns, "qdisc", "show"])
+
+        pids = [p for ns in plan.netns_names for p in iproute.netns_pids(ns)]
+        down = _cli("field", "down", spec.source)
+        assert down.returncode == 0 and down.stdout == f"field {plan.name} is down\n"
+        assert leftovers(plan, pids) == []
+        status = _cli("field", "status", spec.source)
+        assert status.returncode == 1 and status.stdout == f"field {plan.name} is not up\n"
     finally:
         field_down(spec)
