@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "bundle": "bundle",
     "flash": "flash",
     "devices": "devices",
+    "field": "field",
 }
 
 
