@@ -66,8 +66,9 @@ class BrokerRefusedError(RuntimeError):
     """The broker refused a publish or subscription; the message is one line naming both."""
 
 
-def describe_refusal(refusal: Refusal, username: str | None) -> str:
-    """One line: what was refused, why, and the likely cause in our set-up."""
+def describe_refusal(refusal: Refusal, username: str | None, name_topic: bool = True) -> str:
+    """One line: what was refused (on which topic, unless `name_topic` is False), why, and the
+    likely cause in our set-up."""
     who = f"MQTT user {username!r}" if username else "an anonymous client"
     if refusal.code == 0x87:  # Not authorized
         cause = f"the broker's ACL does not let {who} {refusal.action} this topic"
@@ -77,7 +78,7 @@ def describe_refusal(refusal: Refusal, username: str | None) -> str:
         cause = f"the broker does not accept the credentials of {who}"
     else:
         cause = "see the broker's log"
-    where = f" on {refusal.topic}" if refusal.topic else ""
+    where = f" on {refusal.topic}" if refusal.topic and name_topic else ""
     return f"broker refused {refusal.action}{where}: {refusal.reason} ({cause})"
 
 

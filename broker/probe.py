@@ -81,11 +81,11 @@ def prove_publish_path(client: MqttClient, signer: Signer, sender: UpdateSender,
     where = f"broker {client.address.url}: publish probe on {topic}"
     small = signer.seal(Kind.PROBE, os.urandom(NONCE_BYTES))
     if not client.echo(topic, small, timeout_s):
-        raise PublishProbeError(f"{where}: {_cause(client, len(small), timeout_s)}")
+        raise PublishProbeError(f"{where}: {_cause(client, topic, len(small), timeout_s)}")
     padding = chunk_bytes - envelope_overhead(signer) - NONCE_BYTES
     full = signer.seal(Kind.PROBE, os.urandom(NONCE_BYTES) + bytes(max(0, padding)))
     if not client.echo(topic, full, timeout_s):
-        cause = _cause(client, len(full), timeout_s)
+        cause = _cause(client, topic, len(full), timeout_s)
         if not client.refusals and client.is_connected:
             cause = (f"a {len(full)}-byte message did not come back within {timeout_s:g} s though a "
                      f"{len(small)}-byte one did: the broker's max_packet_size is most likely below "
@@ -95,10 +95,11 @@ def prove_publish_path(client: MqttClient, signer: Signer, sender: UpdateSender,
     return chunk_bytes
 
 
-def _cause(client: MqttClient, size: int, timeout_s: float) -> str:
+def _cause(client: MqttClient, topic: str, size: int, timeout_s: float) -> str:
     refusals = client.refusals
     if refusals:
-        return describe_refusal(refusals[0], client.username)
+        first = refusals[0]
+        return describe_refusal(first, client.username, name_topic=first.topic != topic)
     if not client.is_connected:
         return (f"the broker closed the connection ({client.last_disconnect_reason}); a {size}-byte "
                 "message may exceed its max_packet_size")
