@@ -1,5 +1,7 @@
-"""A trial PKI with the `cryptography` library: a CA, a server certificate, a client certificate per
-agent (CN = agent id, for Mosquitto's `use_identity_as_username`) and one for the operator.
+"""A trial PKI made with the `cryptography` library: CA, server and per-agent client certificates.
+
+There is one client certificate per agent (CN = agent id, for Mosquitto's `use_identity_as_username`)
+and one for the operator.
 
 `write_pki(out, agent_ids, hostnames=[...])` writes
 

@@ -66,6 +66,7 @@ class ReassemblyLimits:
     max_pending_total: int = 64
 
     def __post_init__(self) -> None:
+        """Raise ValueError naming the first limit that is not positive."""
         if not self.timeout_s > 0:  # also refuses NaN
             raise ValueError(f"timeout_s: expected > 0, got {self.timeout_s}")
         for name in ("max_pending_bytes", "max_pending_per_sender", "max_pending_total"):

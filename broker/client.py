@@ -67,8 +67,10 @@ class BrokerRefusedError(RuntimeError):
 
 
 def describe_refusal(refusal: Refusal, username: str | None, name_topic: bool = True) -> str:
-    """One line: what was refused (on which topic, unless `name_topic` is False), why, and the
-    likely cause in our set-up."""
+    """Describe a refusal in one line: what (and on which topic), why, and the likely cause.
+
+    `name_topic=False` leaves the topic out (when the caller's message names it already).
+    """
     who = f"MQTT user {username!r}" if username else "an anonymous client"
     if refusal.code == 0x87:  # Not authorized
         cause = f"the broker's ACL does not let {who} {refusal.action} this topic"
@@ -103,6 +105,7 @@ class BrokerAddress:
 
     @property
     def url(self) -> str:
+        """`mqtt://host:port` or `mqtts://host:port` (no credentials)."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
@@ -256,9 +259,11 @@ class MqttClient:
         self._connected.clear()
 
     def __enter__(self) -> MqttClient:
+        """Start (connect and wait)."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Stop (offline status, flush, disconnect)."""
         self.stop()
 
     @property
@@ -268,13 +273,18 @@ class MqttClient:
 
     @property
     def max_packet_bytes(self) -> int | None:
-        """The broker's Maximum Packet Size from its MQTT 5 CONNACK; None when it sets none
-        (or on MQTT 3.1.1, which cannot say)."""
+        """The broker's Maximum Packet Size from its MQTT 5 CONNACK.
+
+        None when it sets none, or on MQTT 3.1.1, which cannot say.
+        """
         return self._max_packet_bytes
 
     def max_payload_bytes(self, topic: str, qos: int = 1) -> int | None:
-        """Largest payload a PUBLISH on `topic` may carry under `max_packet_bytes` (None: no limit
-        known). The overhead is computed for the largest remaining-length encoding it could need."""
+        """Largest payload a PUBLISH on `topic` may carry under `max_packet_bytes`.
+
+        None when no limit is known. The overhead is computed for the largest remaining-length
+        encoding the packet could need.
+        """
         limit = self._max_packet_bytes
         if limit is None:
             return None
@@ -294,7 +304,7 @@ class MqttClient:
             raise BrokerRefusedError(describe_refusal(first, self.username))
 
     def wait_connected(self, timeout_s: float) -> bool:
-        """True once a CONNACK with success arrived (within `timeout_s`)."""
+        """Wait up to `timeout_s` for a successful CONNACK; return whether it arrived."""
         return self._connected.wait(timeout_s)
 
     # --- subscribe / publish ------------------------------------------------------------------

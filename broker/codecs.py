@@ -55,6 +55,7 @@ def encode_fp32(vector: np.ndarray) -> bytes:
 
 
 def decode_fp32(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_fp32` (4 bytes per element); raises CodecError on a wrong length."""
     if len(payload) != 4 * n_elements:
         raise CodecError(f"fp32: {len(payload)} bytes for {n_elements} elements")
     values = np.frombuffer(payload, dtype="<f4")
@@ -69,6 +70,7 @@ def encode_fp16(vector: np.ndarray) -> bytes:
 
 
 def decode_fp16(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_fp16` (2 bytes per element); raises CodecError on a wrong length."""
     if len(payload) != 2 * n_elements:
         raise CodecError(f"fp16: {len(payload)} bytes for {n_elements} elements")
     return np.frombuffer(payload, dtype="<f2").astype(np.float32)
@@ -106,6 +108,7 @@ def encode_int8(vector: np.ndarray, block_size: int = DEFAULT_BLOCK) -> bytes:
 
 
 def decode_int8(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_int8`; raises CodecError unless the layout fits `n_elements` exactly."""
     if len(payload) < 4:
         raise CodecError("int8: payload shorter than its block size field")
     (block_size,) = _U32.unpack_from(payload)
@@ -181,8 +184,11 @@ def topk_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
 
 def encode_topk(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION,
                 block_size: int = DEFAULT_BLOCK) -> bytes:
-    """u32 k, u32 block size, float32 scale per block of kept values, int8 kept values,
-    varint index gaps (first gap is the first index)."""
+    """Keep the k largest-magnitude entries, int8-quantised, with delta-coded indices.
+
+    Layout: u32 k, u32 block size, float32 scale per block of kept values, int8 kept values,
+    varint index gaps (the first gap is the first index).
+    """
     flat = _as_vector(vector)
     k = topk_count(flat.size, k_fraction)
     indices = topk_indices(np.abs(flat), k)
@@ -193,6 +199,10 @@ def encode_topk(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION,
 
 
 def decode_topk(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_topk` (zeros where nothing was kept).
+
+    Raises CodecError on a short payload, k > n, or indices out of range or repeated.
+    """
     if len(payload) < 8:
         raise CodecError("topk: payload shorter than its k/block fields")
     k, block_size = _U32X2.unpack_from(payload)

@@ -1,5 +1,7 @@
-"""One identity per board: a random MQTT secret per agent and for the operator, Mosquitto's hashed
-password file, and the fleet key that message HMACs derive from (broker.keys).
+"""One identity per board: MQTT secrets, Mosquitto's hashed password file, the fleet key.
+
+There is a random MQTT secret per agent and one for the operator; the fleet key is what message
+HMACs derive from (broker.keys).
 
 `write_credentials(make_credentials(fleet, agents), out)` writes
 
@@ -39,7 +41,7 @@ _SALT_BYTES = 12
 
 def hash_password(password: str, salt: bytes | None = None,
                   iterations: int = PBKDF2_ITERATIONS) -> str:
-    """A Mosquitto 2 `$7$` password hash (PBKDF2-SHA512), as `mosquitto_passwd` writes it.
+    """Hash `password` in Mosquitto 2's `$7$` format (PBKDF2-SHA512), as `mosquitto_passwd` does.
 
     Parameters
     ----------
@@ -69,8 +71,11 @@ def _check_user(user: str, password: str) -> None:
 
 
 def restrict_to_mosquitto(path: Path) -> None:
-    """chmod 0640 and, as root, chgrp `mosquitto` (when the group exists): readable by the broker
-    after it drops privileges, by nobody else."""
+    """Make `path` readable by the broker only: mode 0640 and, as root, group `mosquitto`.
+
+    Mosquitto started as root reads its files after dropping to that user; the group is set only
+    when it exists.
+    """
     os.chmod(path, 0o640)
     if os.geteuid() == 0:
         with contextlib.suppress(KeyError):
@@ -169,7 +174,7 @@ def _read_private(path: Path, what: str) -> str:
 
 
 def read_secret(path: Path) -> str:
-    """An MQTT secret from its file (one line, mode 0600).
+    """Read an MQTT secret from its file (one line, mode 0600).
 
     Raises
     ------
@@ -180,7 +185,7 @@ def read_secret(path: Path) -> str:
 
 
 def read_fleet_key(path: Path) -> bytes:
-    """The fleet HMAC key from its file (hex, at least 16 bytes, mode 0600).
+    """Read the fleet HMAC key from its file (hex, at least 16 bytes, mode 0600).
 
     Raises
     ------

@@ -37,7 +37,7 @@ class AgentStatus:
 
 
 def encode_status(status: AgentStatus) -> bytes:
-    """The status document (JSON): the payload itself, or an envelope's body in a signed fleet."""
+    """Serialise `status` as JSON: the payload itself, or an envelope's body in a signed fleet."""
     return json.dumps({
         "agent": status.agent, "online": status.online, "modalities": list(status.modalities),
         "branches": dict(status.branches), "device_profile": status.device_profile,
@@ -46,7 +46,7 @@ def encode_status(status: AgentStatus) -> bytes:
 
 
 def offline_status(agent: str) -> bytes:
-    """The last-will payload: the agent is gone."""
+    """Return the unsigned last-will payload: the agent is gone."""
     return encode_status(AgentStatus(agent=agent, online=False))
 
 
@@ -56,7 +56,7 @@ def status_message(signer: Signer, status: AgentStatus) -> tuple[str, bytes]:
 
 
 def offline_will(signer: Signer) -> Callable[[], tuple[str, bytes]]:
-    """A last-will factory for `MqttClient(will=...)`: a freshly sealed offline status per connect."""
+    """Return a last-will factory for `MqttClient(will=...)`: a freshly sealed offline status each time."""
     return lambda: (topics.status_topic(signer.fleet, signer.sender),
                     signer.seal(Kind.STATUS, offline_status(signer.sender)))
 
@@ -164,7 +164,7 @@ class NeighbourTable:
             return self._epochs.get(agent)
 
     def status(self, agent: str) -> AgentStatus | None:
-        """The last status `agent` announced, or None."""
+        """Return the last status `agent` announced, or None."""
         with self._lock:
             return self._statuses.get(agent)
 
@@ -179,7 +179,7 @@ class NeighbourTable:
             return self._topology.get(agent, frozenset())
 
     def live_neighbours(self, agent: str, branch_key: str, signature: str) -> set[str]:
-        """Configured neighbours of `agent` that are online and hold `branch_key` at `signature`."""
+        """Return `agent`'s configured neighbours that are online and hold `branch_key` at `signature`."""
         with self._lock:
             return {
                 other for other in self._topology.get(agent, frozenset())

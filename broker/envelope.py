@@ -195,7 +195,7 @@ class Signer:
             self.run_id = check_run_id(run_id)
 
     def seal(self, kind: Kind, body: bytes) -> bytes:
-        """The next envelope of `kind` carrying `body` (the caller's JSON or bytes)."""
+        """Seal `body` (the caller's JSON or bytes) as the next envelope of `kind`."""
         with self._lock:
             seq = self._seq[kind]
             self._seq[kind] += 1
@@ -234,7 +234,7 @@ class Verifier:
             self.run_id = None if run_id is None else check_run_id(run_id)
 
     def open(self, topic: str, payload: bytes, retained: bool = False) -> Envelope | None:
-        """The verified envelope of one MQTT message, or None (the reason is counted). Never raises."""
+        """Open one MQTT message: the verified envelope, or None with the reason counted; never raises."""
         try:
             envelope = self._open(topic, payload, retained)
         except RejectedError as exc:

@@ -49,7 +49,7 @@ def _control_doc(payload: bytes, kind: str) -> dict[str, object] | None:
 
 
 def parse_keyframe_request(payload: bytes, sender: str | None = None) -> KeyframeRequest | None:
-    """The request in a control message, or None if it is something else or malformed.
+    """Parse the request in a control message; None if it is something else or malformed.
 
     With `sender` (the verified envelope's sender), a request naming another requester is None.
     """
@@ -77,7 +77,7 @@ def encode_run_announcement(announcement: RunAnnouncement) -> bytes:
 
 
 def parse_run_announcement(payload: bytes) -> RunAnnouncement | None:
-    """The announcement in a control message, or None if it is something else or malformed."""
+    """Parse the announcement in a control message; None if it is something else or malformed."""
     doc = _control_doc(payload, "run")
     if doc is None:
         return None

@@ -66,7 +66,7 @@ def hkdf_sha256(key: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -
 
 
 def new_run_id() -> bytes:
-    """A fresh random run id (16 bytes); messages of another run are rejected as `other_run`."""
+    """Return a fresh random run id (16 bytes); messages of another run are rejected as `other_run`."""
     return os.urandom(RUN_ID_BYTES)
 
 
@@ -106,6 +106,7 @@ class KeyRing:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Check the fleet name and refuse empty keys."""
         topics.check_name("fleet", self.fleet)
         # Key strength is the config loader's business (it reads generated 32-byte key files);
         # here only an empty key is refused, since HMAC would accept it silently.
@@ -118,7 +119,7 @@ class KeyRing:
         return bool(self.fleet_key) or bool(self.agent_keys)
 
     def key_for(self, sender: str) -> bytes | None:
-        """The HMAC key of `sender`, or None when this ring signs nothing / does not know it."""
+        """Return the HMAC key of `sender`, or None when this ring signs nothing."""
         explicit = self.agent_keys.get(sender)
         if explicit is not None:
             return explicit
@@ -133,7 +134,7 @@ class KeyRing:
 
 
 def as_keyring(fleet: str, keys: KeyRing | bytes | None) -> KeyRing:
-    """A KeyRing from what callers pass: a ring, a fleet key (bytes), or None (unsigned)."""
+    """Make a KeyRing from what callers pass: a ring, a fleet key (bytes), or None (unsigned)."""
     if isinstance(keys, KeyRing):
         if keys.fleet != fleet:
             raise ValueError(f"keys: a key ring of fleet {keys.fleet!r}, not {fleet!r}")

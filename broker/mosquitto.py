@@ -258,7 +258,9 @@ class MosquittoProcess:
         terminate(process)
 
     def __enter__(self) -> MosquittoProcess:
+        """Start mosquitto."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Stop mosquitto."""
         self.stop()

@@ -1,7 +1,9 @@
-"""Why an incoming message was rejected: one enum shared by the update wire format, reassembly,
-the update receiver and the signed envelopes of status, metrics, control and probe messages.
+"""Why an incoming message was rejected: one enum shared by every receive path.
 
-The values are stable counter names: agents report `{reason: count}` in final.json."""
+The update wire format, reassembly, the update receiver and the signed envelopes of status, metrics,
+control and probe messages all raise `RejectedError` with a `Reject`. The values are stable counter
+names: agents report `{reason: count}` in final.json.
+"""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ class UpdateSender:
                     state.keyframe_requested = True
 
     def public_copy(self, branch_key: str) -> np.ndarray | None:
-        """The branch as receivers now hold it (None before the first message).
+        """Return the branch as receivers now hold it (None before the first message).
 
         This is the copy a CHOCO-style mix must take differences against, so that a lossy codec's
         lag cancels (Koloskova, Stich and Jaggi 2019, "Decentralized stochastic optimization and

@@ -36,11 +36,12 @@ class PrivateBroker:
 
     @property
     def url(self) -> str:
+        """The broker's URL."""
         return self.process.url
 
     def client(self, user: str | None, client_id: str | None = None, *, password: str | None = None,
                **kwargs: Any) -> MqttClient:
-        """A client of `user` with its own secret (or certificate), unless `password` is given."""
+        """Make a client of `user` with its own secret (or certificate), unless `password` is given."""
         if self.certificates:
             pki = self.out_dir / "pki"
             kwargs.setdefault("tls", TlsFiles(str(pki / "ca.pem"), str(pki / "clients" / f"{user}.pem"),

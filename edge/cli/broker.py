@@ -1,5 +1,7 @@
-"""`parse-edge broker`: run the embedded broker; make a fleet's credentials and certificates; write
-a secure Mosquitto configuration (per-agent passwords or client certificates, an ACL, never anonymous).
+"""`parse-edge broker`: the embedded broker, a fleet's credentials and certificates, Mosquitto config.
+
+The Mosquitto configuration is secure: per-agent passwords or client certificates, an ACL, never
+anonymous clients.
 
     parse-edge broker credentials CONFIG --out creds/    # passwd, fleet.key, agents/<id>.secret
     parse-edge broker certs CONFIG --out pki/ --hostname broker.lan
