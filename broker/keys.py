@@ -31,6 +31,7 @@ RUN_ID_BYTES = 16
 NO_RUN = bytes(RUN_ID_BYTES)  # what a sender without a run id puts in its headers
 MAX_EPOCH = 2**32 - 1
 _SALT = b"parse-edge/v2"
+_MAX_CACHED_KEYS = 1024
 
 
 def hkdf_sha256(key: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
@@ -128,6 +129,9 @@ class KeyRing:
         with self._lock:
             key = self._derived.get(sender)
             if key is None:
+                # Sender names come from headers not yet authenticated: keep the cache bounded.
+                if len(self._derived) >= _MAX_CACHED_KEYS:
+                    self._derived.clear()
                 info = f"parse-edge/hmac/{self.fleet}/{sender}".encode()
                 key = self._derived[sender] = hkdf_sha256(self.fleet_key, _SALT, info)
             return key

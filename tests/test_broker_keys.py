@@ -38,6 +38,10 @@ def test_each_agent_and_fleet_gets_its_own_key() -> None:
     unsigned = KeyRing("f")
     assert not unsigned.signing and unsigned.key_for("a1") is None and ring.signing
     assert KeyRing("f", agent_keys={"a1": b"k"}).signing
+    first = ring.key_for("a1")
+    for i in range(5000):  # forged sender names cannot grow the cache without bound
+        ring.key_for(f"x{i}")
+    assert len(ring._derived) <= 1024 and ring.key_for("a1") == first
 
 
 def test_keyring_inputs_are_checked() -> None:
