@@ -153,7 +153,8 @@ class MqttClient:
         CA to trust and client certificate; `mqtts://` alone uses the system CAs. The server's
         host name is checked against its certificate.
     protocol : int
-        4 (MQTT 3.1.1) or 5 (MQTT 5: reason codes and the broker's packet limit are read).
+        4 (MQTT 3.1.1), 5 (MQTT 5: reason codes and the broker's packet limit are read), or 0:
+        MQTT 5 when the broker speaks it, else 3.1.1 (decided in `start`; see `protocol` after).
     keepalive_s : int
         MQTT keepalive.
     will : (topic, payload) or callable returning it, optional
@@ -172,16 +173,18 @@ class MqttClient:
                  will: Will | Callable[[], Will] | None = None, reconnect_min_s: float = 0.5,
                  reconnect_max_s: float = 30.0, max_inflight: int = 64) -> None:
         address = parse_broker_url(url)
-        if protocol not in (4, 5):
-            raise ValueError(f"protocol: expected 4 (MQTT 3.1.1) or 5 (MQTT 5), got {protocol}")
+        if protocol not in (0, 4, 5):
+            raise ValueError(f"protocol: expected 4 (MQTT 3.1.1), 5 (MQTT 5) or 0 (5, else 3.1.1), "
+                             f"got {protocol}")
         if on_message is not None and on_inbound is not None:
             raise ValueError("on_message, on_inbound: give at most one")
         self.address = address
         self.client_id = client_id
-        self.protocol = protocol
+        self._auto = protocol == 0
+        self.protocol = 5 if protocol == 0 else protocol
         self.keepalive_s = keepalive_s
         self.will = will
-        self.counters = ByteCounters(mqtt5=protocol == 5)
+        self.counters = ByteCounters(mqtt5=self.protocol == 5)
         self.connect_count = 0
         self.stray_messages = 0  # messages on topics we never subscribed to (dropped)
         self.last_connect_error: str | None = None
@@ -205,37 +208,63 @@ class MqttClient:
         self._pending_subscribe_mids: set[int] = set()
         self._early_subacks: dict[int, list[Any]] = {}
         self._started = False
-        version = MQTTProtocolVersion.MQTTv5 if protocol == 5 else MQTTProtocolVersion.MQTTv311
-        self._paho = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
-                                 clean_session=True if protocol == 4 else None)
-        self._paho.max_inflight_messages_set(max_inflight)
-        self._paho.max_queued_messages_set(0)
-        self._paho.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
-        username = username if username is not None else address.username
-        password = password if password is not None else address.password
-        self.username = username
-        if username is not None:
-            self._paho.username_pw_set(username, password)
-        if address.tls or tls is not None:
-            files = tls or TlsFiles()
-            self._paho.tls_set(ca_certs=files.ca_file, certfile=files.cert_file,
-                               keyfile=files.key_file)
-        self._paho.on_pre_connect = self._handle_pre_connect
-        self._paho.on_socket_open = _set_nodelay
-        self._paho.on_connect = self._handle_connect
-        self._paho.on_disconnect = self._handle_disconnect
-        self._paho.on_message = self._handle_message
-        self._paho.on_publish = self._handle_publish
-        self._paho.on_subscribe = self._handle_subscribe
+        self._connack = threading.Event()  # any CONNACK, success or refusal
+        self.username = username if username is not None else address.username
+        self._password = password if password is not None else address.password
+        self._tls = tls if tls is not None else (TlsFiles() if address.tls else None)
+        self._paho_settings = (max_inflight, reconnect_min_s, reconnect_max_s)
+        self._paho = self._make_paho()
+
+    def _make_paho(self) -> paho.Client:
+        version = MQTTProtocolVersion.MQTTv5 if self.protocol == 5 else MQTTProtocolVersion.MQTTv311
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=version,
+                             clean_session=True if self.protocol == 4 else None)
+        max_inflight, reconnect_min_s, reconnect_max_s = self._paho_settings
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
+        if self.username is not None:
+            client.username_pw_set(self.username, self._password)
+        if self._tls is not None:
+            client.tls_set(ca_certs=self._tls.ca_file, certfile=self._tls.cert_file,
+                           keyfile=self._tls.key_file)
+        client.on_pre_connect = self._handle_pre_connect
+        client.on_socket_open = _set_nodelay
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
+        return client
+
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0, wait: bool = True) -> MqttClient:
-        """Connect in the background (retrying with backoff); with `wait`, block until connected."""
+        """Connect in the background (retrying with backoff); with `wait`, block until connected.
+
+        With `protocol=0` (auto) and `wait`, a broker that answers MQTT 5 with "Unsupported protocol
+        version" (amqtt) is asked again with MQTT 3.1.1.
+
+        Raises
+        ------
+        ConnectionError
+            With `wait`, when no successful CONNACK arrived within `timeout_s` (the broker's
+            refusal reason, e.g. "Not authorized", in the message).
+        """
         if not self._started:
             self._started = True
+            self._connack.clear()
             self._paho.connect_async(self.address.host, self.address.port, self.keepalive_s)
             self._paho.loop_start()
+        if wait and self._auto and self.protocol == 5:
+            self._connack.wait(timeout_s)
+            if not self.is_connected and self.last_connect_error == "Unsupported protocol version":
+                self.stop(publish_will=False, flush_timeout_s=0)
+                self.protocol, self.counters = 4, ByteCounters(mqtt5=False)
+                self._paho = self._make_paho()
+                log.info("broker %s speaks MQTT 3.1.1 only; reconnecting with it", self.address.url)
+                return self.start(timeout_s, wait)
         if wait and not self.wait_connected(timeout_s):
             detail = self.last_connect_error or "no CONNACK"
             self.stop(publish_will=False, flush_timeout_s=0)
@@ -439,7 +468,9 @@ class MqttClient:
                         reason_code: object, properties: object) -> None:
         if getattr(reason_code, "is_failure", False):
             self.last_connect_error = str(reason_code)
-            log.warning("broker %s refused connection: %s", self.address.url, reason_code)
+            self._connack.set()
+            if not (self._auto and self.protocol == 5):  # auto falls back quietly
+                log.warning("broker %s refused connection: %s", self.address.url, reason_code)
             return
         limit = getattr(properties, "MaximumPacketSize", None)
         self._max_packet_bytes = int(limit) if limit else None
@@ -452,6 +483,7 @@ class MqttClient:
             self._track_subscribe(client.subscribe(subscriptions), [f for f, _ in subscriptions])
         self.connect_count += 1
         self._connected.set()
+        self._connack.set()
         log.debug("connected to %s as %s (%d)", self.address.url, self.client_id, self.connect_count)
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,

@@ -45,6 +45,20 @@ def test_probe_passes_on_amqtt(amqtt_url: str) -> None:
         assert client.refusals == [] and client.stray_messages == 0
 
 
+def test_auto_protocol_speaks_mqtt5_where_it_can(amqtt_url: str, tmp_path: Path) -> None:
+    from broker.client import MqttClient
+
+    with MqttClient(amqtt_url, f"{FLEET}-auto", protocol=0) as client:  # amqtt: 3.1.1 only
+        assert client.protocol == 4 and client.is_connected and not client.counters.mqtt5
+    with private_mosquitto(tmp_path, FLEET, AGENTS) as broker:
+        with broker.client("a1", protocol=0) as client:
+            assert client.protocol == 5 and client.max_packet_bytes is not None
+        wrong = broker.client("a1", "y", protocol=0, password="wrong")
+        with pytest.raises(ConnectionError, match="Not authorized"):  # only the protocol falls back
+            wrong.start(timeout_s=2)
+        assert wrong.protocol == 5
+
+
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_probe_passes_on_mosquitto_and_fails_loudly_under_the_acl(tmp_path: Path, protocol: int) -> None:
     with private_mosquitto(tmp_path, FLEET, AGENTS) as broker:
