@@ -17,26 +17,21 @@ import contextlib
 import logging
 import socket
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from broker.address import DEFAULT_PORTS, BrokerAddress, TlsFiles, parse_broker_url
 from broker.counters import ByteCounters, publish_overhead
+from broker.refusals import BrokerRefusedError, Refusal, RefusalLog, describe_refusal
+
+# Re-exported: callers import the connection vocabulary from here.
+__all__ = ["DEFAULT_PORTS", "BrokerAddress", "BrokerRefusedError", "Inbound", "MqttClient", "Refusal",
+           "TlsFiles", "describe_refusal", "parse_broker_url"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
-_REFUSALS_KEPT = 100
-# MQTT 5 DISCONNECT reasons that blame what this client sent (OASIS MQTT 5.0, section 3.14.2.1):
-# not authorized, topic filter/name invalid, receive maximum exceeded, topic alias invalid, packet
-# too large, quota exceeded, payload format invalid, retain/QoS not supported. Others (server
-# shutting down, keep alive timeout, a lost connection) are not refusals.
-_REFUSING_DISCONNECTS = frozenset({0x87, 0x8F, 0x90, 0x93, 0x94, 0x95, 0x97, 0x99, 0x9A, 0x9B})
 
 
 class Inbound(NamedTuple):
@@ -51,81 +46,6 @@ class Inbound(NamedTuple):
 MessageCallback = Callable[[str, bytes], None]
 InboundCallback = Callable[[Inbound], None]
 Will = tuple[str, bytes]
-
-
-class Refusal(NamedTuple):
-    """Something the broker refused (MQTT 5 reason codes, or a DISCONNECT reason)."""
-
-    action: str  # "publish" | "subscribe" | "disconnect"
-    topic: str  # the topic or filter; "" for a disconnect
-    reason: str  # the reason code's name, e.g. "Not authorized", "Packet too large"
-    code: int
-
-
-class BrokerRefusedError(RuntimeError):
-    """The broker refused a publish or subscription; the message is one line naming both."""
-
-
-def describe_refusal(refusal: Refusal, username: str | None, name_topic: bool = True) -> str:
-    """Describe a refusal in one line: what (and on which topic), why, and the likely cause.
-
-    `name_topic=False` leaves the topic out (when the caller's message names it already).
-    """
-    who = f"MQTT user {username!r}" if username else "an anonymous client"
-    if refusal.code == 0x87:  # Not authorized
-        cause = f"the broker's ACL does not let {who} {refusal.action} this topic"
-    elif refusal.code == 0x95:  # Packet too large
-        cause = "a message exceeded the broker's max_packet_size"
-    elif refusal.code in (0x86, 0x8C):  # Bad user name or password / Bad authentication method
-        cause = f"the broker does not accept the credentials of {who}"
-    else:
-        cause = "see the broker's log"
-    where = f" on {refusal.topic}" if refusal.topic and name_topic else ""
-    return f"broker refused {refusal.action}{where}: {refusal.reason} ({cause})"
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files for TLS: the CA to trust, and this client's certificate and key (optional)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where a broker listens, parsed from `mqtt://[user:pass@]host[:port]` or `mqtts://…`."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def url(self) -> str:
-        """`mqtt://host:port` or `mqtts://host:port` (no credentials)."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse a broker URL; raises ValueError naming what is wrong."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"broker url {url!r}: expected mqtt://host:port or mqtts://host:port")
-    if not parts.hostname:
-        raise ValueError(f"broker url {url!r}: no host")
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise ValueError(f"broker url {url!r}: port is not a number in 1..65535") from None
-    if parts.path not in ("", "/"):
-        raise ValueError(f"broker url {url!r}: unexpected path {parts.path!r}")
-    return BrokerAddress(parts.hostname, port, scheme in ("mqtts", "ssl"),
-                         unquote(parts.username) if parts.username else None,
-                         unquote(parts.password) if parts.password else None)
 
 
 def _set_nodelay(client: paho.Client, userdata: object, sock: Any) -> None:
@@ -189,11 +109,7 @@ class MqttClient:
         self.stray_messages = 0  # messages on topics we never subscribed to (dropped)
         self.last_connect_error: str | None = None
         self.last_disconnect_reason: str | None = None
-        self.refused_count = 0
-        self._refusals: deque[Refusal] = deque(maxlen=_REFUSALS_KEPT)
         self._max_packet_bytes: int | None = None
-        self._inflight_topics: dict[int, str] = {}  # MQTT 5: publish mid -> topic until PUBACK
-        self._early_pubacks: dict[int, Any] = {}  # PUBACKs handled before publish() saw the mid
         self._subscribe_filters: dict[int, list[str]] = {}
         self._echo_waiters: dict[str, tuple[bytes, threading.Event]] = {}
         self._on_message = on_message
@@ -210,6 +126,7 @@ class MqttClient:
         self._started = False
         self._connack = threading.Event()  # any CONNACK, success or refusal
         self.username = username if username is not None else address.username
+        self.refusal_log = RefusalLog(self.username)
         self._password = password if password is not None else address.password
         self._tls = tls if tls is not None else (TlsFiles() if address.tls else None)
         self._paho_settings = (max_inflight, reconnect_min_s, reconnect_max_s)
@@ -236,7 +153,6 @@ class MqttClient:
         client.on_publish = self._handle_publish
         client.on_subscribe = self._handle_subscribe
         return client
-
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -322,13 +238,16 @@ class MqttClient:
     @property
     def refusals(self) -> list[Refusal]:
         """The most recent refusals (up to 100; `refused_count` counts all)."""
-        with self._lock:
-            return list(self._refusals)
+        return self.refusal_log.refusals
+
+    @property
+    def refused_count(self) -> int:
+        """Refusals received so far."""
+        return self.refusal_log.count
 
     def raise_for_refusals(self) -> None:
         """Raise BrokerRefusedError naming the first refusal recorded so far, if any."""
-        with self._lock:
-            first = self._refusals[0] if self._refusals else None
+        first = self.refusal_log.first()
         if first is not None:
             raise BrokerRefusedError(describe_refusal(first, self.username))
 
@@ -361,18 +280,7 @@ class MqttClient:
                 self._pending_subscribe_mids.add(mid)
                 self._subscribe_filters[mid] = filters
         if early is not None:
-            self._record_suback(filters, early)
-
-    def _record_suback(self, filters: list[str], reason_codes: list[Any]) -> None:
-        for topic_filter, code in zip(filters, reason_codes, strict=False):
-            if getattr(code, "is_failure", False):
-                self._refuse(Refusal("subscribe", topic_filter, str(code), int(code.value)))
-
-    def _refuse(self, refusal: Refusal) -> None:
-        with self._lock:
-            self._refusals.append(refusal)
-            self.refused_count += 1
-        log.warning("%s", describe_refusal(refusal, self.username))
+            self.refusal_log.suback(filters, early)
 
     def unsubscribe(self, topic_filter: str) -> None:
         """Stop receiving `topic_filter` (and do not subscribe to it again after a reconnect)."""
@@ -401,13 +309,8 @@ class MqttClient:
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"publish on {topic!r}: {paho.error_string(info.rc)}")
-        if self.protocol == 5 and qos > 0:
-            with self._acked:
-                early = self._early_pubacks.pop(info.mid, None)
-                if early is None:
-                    self._inflight_topics[info.mid] = topic
-            if early is not None and early.is_failure:
-                self._refuse(Refusal("publish", topic, str(early), int(early.value)))
+        if self.protocol == 5 and qos > 0:  # MQTT 3.1.1 PUBACKs carry no reason
+            self.refusal_log.published(info.mid, topic)
         with self._acked:
             self._published_total += 1
         self.counters.record_sent(topic, len(payload), qos)
@@ -490,9 +393,7 @@ class MqttClient:
                            reason_code: object, properties: object) -> None:
         self._connected.clear()
         self.last_disconnect_reason = str(reason_code)
-        code = int(getattr(reason_code, "value", 0))
-        if code in _REFUSING_DISCONNECTS:
-            self._refuse(Refusal("disconnect", "", str(reason_code), code))
+        self.refusal_log.disconnected(reason_code)
         if self._started:
             log.info("disconnected from %s (%s); reconnecting", self.address.url, reason_code)
 
@@ -507,21 +408,15 @@ class MqttClient:
                 self._early_subacks[mid] = codes
             self._subacks.notify_all()
         if filters is not None:
-            self._record_suback(filters, codes)
+            self.refusal_log.suback(filters, codes)
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: object, properties: object) -> None:
-        topic: str | None = None
         with self._acked:
             self._acked_total += 1
-            if self.protocol == 5:
-                topic = self._inflight_topics.pop(mid, None)
-                if topic is None:
-                    self._early_pubacks[mid] = reason_code
             self._acked.notify_all()
-        if topic is not None and getattr(reason_code, "is_failure", False):
-            code = int(getattr(reason_code, "value", 0))
-            self._refuse(Refusal("publish", topic, str(reason_code), code))
+        if self.protocol == 5:
+            self.refusal_log.puback(mid, reason_code)
 
     def _handle_message(self, client: paho.Client, userdata: object,
                         message: paho.MQTTMessage) -> None:
