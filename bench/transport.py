@@ -1,5 +1,8 @@
-"""Transport benchmark: codec speed, bytes on the wire for a real model's updates, and loopback
-throughput of the full broker stack versus raw paho through Mosquitto (side by side, one run).
+"""Transport benchmark: codec speed, bytes on the wire, loopback throughput through Mosquitto.
+
+Codec speed, bytes on the wire for a real model's updates, and loopback throughput through
+Mosquitto of raw paho, the full broker stack, and the secure stack (TLS with client certificates +
+signed messages), side by side in one run.
 
     python bench/transport.py [--out bench/results/transport.json] [--quick]
 """
@@ -14,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker import codecs, topics  # noqa: E402
-from broker.client import MqttClient  # noqa: E402
+from broker.client import MqttClient, TlsFiles  # noqa: E402
 from broker.codec_spec import parse_codec_spec  # noqa: E402
+from broker.credentials import make_credentials, write_credentials  # noqa: E402
 from broker.embedded import free_port  # noqa: E402
 from broker.exchange import UpdateReceiver, UpdateSender  # noqa: E402
+from broker.keys import new_run_id  # noqa: E402
 from broker.mosquitto import MosquittoProcess, MosquittoSettings, write_mosquitto_config  # noqa: E402
 
 SPECS = ["fp32", "fp16", "int8", "choco+int8", "topk:0.05", "topk:0.01", "topk:0.01/int8", "topk:0.01,noef"]
@@ -52,8 +58,9 @@ def codec_speed(n_elements: int, reps: int) -> list[dict]:
     rows = []
     for text in ["fp32", "fp16", "int8", "topk:0.01"]:
         spec = parse_codec_spec(text)
-        payload = codecs.encode(spec.codec, x, spec)
-        enc = _median_time(lambda spec=spec: codecs.encode(spec.codec, x, spec), reps)
+        options = {"block_size": spec.block_size, "k_fraction": spec.k_fraction}
+        payload = codecs.encode(spec.codec, x, **options)
+        enc = _median_time(lambda spec=spec, o=options: codecs.encode(spec.codec, x, **o), reps)
         dec = _median_time(lambda spec=spec, p=payload: codecs.decode(spec.codec, p, n_elements), reps)
         # full exchange: codec + framing + sha256 + HMAC + reassembly + verification
         sender = UpdateSender("bench", "a1", text, keyframe_every=0, hmac_key=b"k")
@@ -153,16 +160,44 @@ def model_updates(rounds: int, keyframe_every: int) -> tuple[list[dict], dict]:
 
 # --- 3. loopback throughput ------------------------------------------------------------------------
 
-def _subscriber(mode: str, port: int, n_updates: int, n_elements: int, n_messages: int,
+@dataclass(frozen=True)
+class Stack:
+    """How one side connects and signs: URL, credentials or certificate, fleet key, run id."""
+
+    name: str  # "raw" | "full" | "secure"
+    url: str
+    users: dict[str, tuple[str | None, TlsFiles | None]]  # agent -> (password, client TLS files)
+    fleet_key: bytes | None = None
+    run_id: bytes = bytes(16)
+
+    def client(self, agent: str, **kwargs: Any) -> MqttClient:
+        """Make an unstarted client logged in as `agent`."""
+        password, tls = self.users[agent]
+        return MqttClient(self.url, agent, username=agent, password=password, tls=tls, **kwargs)
+
+    def sender(self) -> UpdateSender:
+        """a1's update sender (signed when the stack has a fleet key)."""
+        return UpdateSender("bench", "a1", "fp32", hmac_key=self.fleet_key, run_id=self.run_id)
+
+    def receiver(self, n_elements: int) -> UpdateReceiver:
+        """a2's update receiver for a branch of `n_elements`."""
+        return UpdateReceiver("bench", lambda b: (SIG, n_elements), hmac_key=self.fleet_key,
+                              run_id=self.run_id if self.fleet_key else None)
+
+
+def _subscriber(stack: Stack, n_updates: int, n_elements: int, n_messages: int,
                 ready: Any, result: Any) -> None:
-    """Child process: receive `n_updates` updates (raw: count messages; full: verify and decode),
-    then send the monotonic time of the last one (CLOCK_MONOTONIC is system-wide on Linux)."""
+    """Receive `n_updates` updates in a child process, then send the time of the last one.
+
+    raw counts messages; full and secure verify and decode. The time is CLOCK_MONOTONIC, which is
+    system-wide on Linux.
+    """
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
     done = threading.Event()
     count = [0]
-    if mode == "raw":
+    if stack.name == "raw":
         subscribed = threading.Event()
 
         def on_raw(client: Any, userdata: Any, message: Any) -> None:
@@ -171,14 +206,15 @@ def _subscriber(mode: str, port: int, n_updates: int, n_elements: int, n_message
                 done.set()
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id="a2")
+        client.username_pw_set("a2", stack.users["a2"][0])
         client.on_message = on_raw
         client.on_subscribe = lambda *a: subscribed.set()
         client.on_connect = lambda c, *a: c.subscribe("parse/bench/updates/a1/#", qos=1)
-        client.connect("127.0.0.1", port)
+        client.connect("127.0.0.1", int(stack.url.rsplit(":", 1)[1]))
         client.loop_start()
         subscribed.wait(10)
     else:
-        receiver = UpdateReceiver("bench", lambda b: (SIG, n_elements))
+        receiver = stack.receiver(n_elements)
 
         def on_update(topic: str, payload: bytes) -> None:
             if receiver.feed(topic, payload) is not None:
@@ -186,20 +222,20 @@ def _subscriber(mode: str, port: int, n_updates: int, n_elements: int, n_message
                 if count[0] == n_updates:
                     done.set()
 
-        mqtt = MqttClient(f"mqtt://127.0.0.1:{port}", "a2", on_message=on_update).start()
+        mqtt = stack.client("a2", on_message=on_update).start()
         mqtt.subscribe(topics.updates_filter("bench", "a1"))
         mqtt.wait_subscribed(10)
     ready.set()
     done.wait(120)
     result.send(time.monotonic() if done.is_set() else None)
-    if mode == "raw":
+    if stack.name == "raw":
         client.disconnect()
         client.loop_stop()
     else:
         mqtt.stop(publish_will=False, flush_timeout_s=0)
 
 
-def _timed_run(mode: str, port: int, vector: np.ndarray, messages: list[tuple[str, bytes]],
+def _timed_run(stack: Stack, vector: np.ndarray, messages: list[tuple[str, bytes]],
                n_updates: int) -> float:
     """Seconds from the first publish to the subscriber process holding the last update."""
     import multiprocessing
@@ -210,16 +246,16 @@ def _timed_run(mode: str, port: int, vector: np.ndarray, messages: list[tuple[st
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     receive_end, send_end = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_subscriber, args=(mode, port, n_updates, vector.size, len(messages),
+    child = ctx.Process(target=_subscriber, args=(stack, n_updates, vector.size, len(messages),
                                                   ready, send_end))
     child.start()
     try:
         assert ready.wait(30), "subscriber process did not get ready"
-        if mode == "raw":
+        if stack.name == "raw":
             pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="a1")
-            pub.username_pw_set("a1")  # the generated ACL lets username a1 write a1's topics
+            pub.username_pw_set("a1", stack.users["a1"][0])  # the ACL lets a1 write a1's topics
             pub.max_inflight_messages_set(64)
-            pub.connect("127.0.0.1", port)
+            pub.connect("127.0.0.1", int(stack.url.rsplit(":", 1)[1]))
             pub.loop_start()
             start = time.monotonic()
             infos = [pub.publish(t, p, qos=1) for _ in range(n_updates) for t, p in messages]
@@ -230,52 +266,88 @@ def _timed_run(mode: str, port: int, vector: np.ndarray, messages: list[tuple[st
             pub.disconnect()
             pub.loop_stop()
         else:
-            sender = UpdateSender("bench", "a1", "fp32")
-            with MqttClient(f"mqtt://127.0.0.1:{port}", "a1", username="a1") as pub:
+            sender = stack.sender()
+            with stack.client("a1") as pub:
                 start = time.monotonic()
                 for round_idx in range(n_updates):
                     pub.publish_many(sender.encode(round_idx, BRANCH, SIG, vector))
-                assert receive_end.poll(120), "full-stack run timed out"
+                assert receive_end.poll(120), f"{stack.name} run timed out"
                 end = receive_end.recv()
                 pub.flush(30)
-        assert end is not None, f"{mode}: not every update arrived"
-        return end - start
+        assert end is not None, f"{stack.name}: not every update arrived"
+        return float(end - start)
     finally:
         child.join(30)
         if child.is_alive():
             child.kill()
 
 
-def loopback_throughput(update_mb: float, n_updates: int, reps: int) -> dict:
-    """Full stack vs raw paho through a private Mosquitto, alternating runs. The publisher runs
-    here and the subscriber in its own process, as two agents would."""
+def _brokers(tmp: Path) -> tuple[list[MosquittoProcess], Stack, Stack, Stack]:
+    """Make two private Mosquittos running generated configurations, and the stacks that use them.
+
+    One takes passwords on a plain listener, the other TLS requiring client certificates (CN = user).
+    """
+    from broker.certs import write_pki
+
+    agents = ["a1", "a2"]
+    credentials = make_credentials("bench", agents)
+    files = write_credentials(credentials, tmp / "credentials")
+    pki = write_pki(tmp / "pki", agents, hostnames=["localhost"])
+    plain_port, tls_port = free_port(), free_port()
+    plain = write_mosquitto_config(MosquittoSettings(
+        "bench", agents, port=plain_port, bind_address="127.0.0.1", persistence=False,
+        password_file=files.passwd), tmp / "plain")
+    secure = write_mosquitto_config(MosquittoSettings(
+        "bench", agents, port=tls_port, bind_address="127.0.0.1", persistence=False,
+        tls=TlsFiles(str(pki.ca_cert), str(pki.server_cert), str(pki.server_key)),
+        require_client_certificate=True, use_identity_as_username=True), tmp / "secure")
+    processes = [MosquittoProcess(plain.conf, plain_port), MosquittoProcess(secure.conf, tls_port, tls=True)]
+    passwords = {a: (credentials.passwords[a], None) for a in agents}
+    certificates = {a: (None, TlsFiles(str(pki.ca_cert), *map(str, pki.clients[a]))) for a in agents}
+    url = f"mqtt://127.0.0.1:{plain_port}"
+    return (processes, Stack("raw", url, passwords), Stack("full", url, passwords),
+            Stack("secure", f"mqtts://localhost:{tls_port}", certificates, credentials.fleet_key,
+                  new_run_id()))
+
+
+def loopback_throughput(update_mb: float, n_updates: int, reps: int) -> dict[str, Any]:
+    """Time raw paho, the full stack and the secure stack through private Mosquittos, alternating runs.
+
+    The publisher runs here and the subscriber in its own process, as two agents would.
+    """
     n = int(update_mb * 1e6 / 4)
     vector = np.random.default_rng(1).normal(size=n).astype(np.float32)
     messages = UpdateSender("bench", "a1", "fp32").encode(0, BRANCH, SIG, vector)
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_mosquitto_config(MosquittoSettings("bench", ["a1", "a2"], port=port,
-                                                         bind_address="127.0.0.1", persistence=False),
-                                       Path(tmp))
-        with MosquittoProcess(files.conf, port):
-            raw, full = [], []
+        processes, raw_stack, full_stack, secure_stack = _brokers(Path(tmp))
+        times: dict[str, list[float]] = {"raw": [], "full": [], "secure": []}
+        for process in processes:
+            process.start()
+        try:
             for _ in range(reps):
-                raw.append(_timed_run("raw", port, vector, messages, n_updates))
-                full.append(_timed_run("full", port, vector, messages, n_updates))
+                for stack in (raw_stack, full_stack, secure_stack):
+                    times[stack.name].append(_timed_run(stack, vector, messages, n_updates))
+        finally:
+            for process in processes:
+                process.stop()
     mb = n_updates * vector.nbytes / 1e6
-    raw_mbps, full_mbps = mb / statistics.median(raw), mb / statistics.median(full)
-    # runs alternate, so each (raw, full) pair saw the same machine load; the median of the
-    # paired ratios is the figure least disturbed by other processes on a shared machine
-    paired = [r / f for r, f in zip(raw, full, strict=True)]
+    mbps = {name: mb / statistics.median(values) for name, values in times.items()}
+    # runs alternate, so each (raw, full, secure) triple saw the same machine load; the median of
+    # the paired ratios is the figure least disturbed by other processes on a shared machine
+    full_over_raw = [r / f for r, f in zip(times["raw"], times["full"], strict=True)]
+    secure_over_full = [f / s for f, s in zip(times["full"], times["secure"], strict=True)]
     return {"update_MB": vector.nbytes / 1e6, "updates_per_run": n_updates, "runs": reps,
-            "chunks_per_update": len(messages), "raw_paho_MBps": raw_mbps,
-            "full_stack_MBps": full_mbps, "full_over_raw": statistics.median(paired),
-            "full_over_raw_per_run": paired}
+            "chunks_per_update": len(messages), "raw_paho_MBps": mbps["raw"],
+            "full_stack_MBps": mbps["full"], "secure_stack_MBps": mbps["secure"],
+            "full_over_raw": statistics.median(full_over_raw), "full_over_raw_per_run": full_over_raw,
+            "secure_over_full": statistics.median(secure_over_full),
+            "secure_over_full_per_run": secure_over_full}
 
 
 # --- report ------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    """Run every part, print the tables, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "transport.json")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions")
@@ -303,20 +375,27 @@ def main(argv: list[str] | None = None) -> int:
               f"{r[f'K={k}_ratio_vs_fp32']:.1f}x |")
     print("\n## Loopback exchange through Mosquitto (1 MB fp32 updates; publisher and subscriber "
           "in separate processes)\n")
-    print("| raw paho MB/s (median) | full stack MB/s (median) | full / raw (median of paired runs) "
-          "| min..max of paired runs |")
-    print("|---:|---:|---:|---|")
-    per_run = loop["full_over_raw_per_run"]
-    print(f"| {loop['raw_paho_MBps']:.1f} | {loop['full_stack_MBps']:.1f} | {loop['full_over_raw']:.2f}x "
+    print("raw paho and the full stack log in with passwords on a plain listener; the secure stack uses "
+          "TLS with client certificates (CN = user) and HMAC-signed messages bound to a run id.\n")
+    print("| raw paho MB/s | full stack MB/s | secure stack MB/s | full / raw | secure / full "
+          "| secure / full, min..max |")
+    print("|---:|---:|---:|---:|---:|---|")
+    per_run = loop["secure_over_full_per_run"]
+    print(f"| {loop['raw_paho_MBps']:.1f} | {loop['full_stack_MBps']:.1f} | {loop['secure_stack_MBps']:.1f} "
+          f"| {loop['full_over_raw']:.2f}x | {loop['secure_over_full']:.2f}x "
           f"| {min(per_run):.2f}..{max(per_run):.2f} |")
+    print("\n(MB/s are medians over runs; ratios are medians of per-run ratios of alternating runs.)")
     topk = next(r for r in wire_rows if r["codec"] == "topk:0.01")
     targets = {"topk_ef_update_ratio_vs_fp32": topk["update_ratio_vs_fp32"],
                "topk_ef_target_32x_met": topk["update_ratio_vs_fp32"] >= 32,
                "full_over_raw": loop["full_over_raw"],
-               "throughput_target_0.5x_met": loop["full_over_raw"] >= 0.5}
+               "throughput_target_0.5x_met": loop["full_over_raw"] >= 0.5,
+               "secure_over_full": loop["secure_over_full"],
+               "secure_target_0.5x_met": loop["secure_over_full"] >= 0.5}
     print(f"\ntargets: topk:0.01+EF {topk['update_ratio_vs_fp32']:.0f}x fewer bytes than fp32 (>= 32x: "
           f"{targets['topk_ef_target_32x_met']}); full stack {loop['full_over_raw']:.2f}x raw paho "
-          f"(>= 0.5x: {targets['throughput_target_0.5x_met']})")
+          f"(>= 0.5x: {targets['throughput_target_0.5x_met']}); secure stack {loop['secure_over_full']:.2f}x "
+          f"the plain full stack (>= 0.5x: {targets['secure_target_0.5x_met']})")
     result = {"codec_speed": speed, "model": model_info, "wire_bytes": wire_rows, "loopback": loop,
               "targets": targets, "wall_s": time.perf_counter() - started, "quick": args.quick}
     args.out.parent.mkdir(parents=True, exist_ok=True)

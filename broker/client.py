@@ -2,6 +2,13 @@
 
 Works with MQTT 3.1.1 (amqtt, the default protocol) and MQTT 5 (Mosquitto; `protocol=5`).
 paho's network thread runs the callbacks; `publish` may be called from any thread.
+
+Refused publishes are loud. MQTT 3.1.1 has no negative acknowledgement: a broker's ACL drops a
+publish and still acknowledges it. On MQTT 5 the client reads PUBACK and SUBACK reason codes and
+DISCONNECT reasons into `refusals` (`raise_for_refusals` turns the first into one line), and the
+broker's Maximum Packet Size from CONNACK (`max_packet_bytes`, `max_payload_bytes`): a publish
+above it raises at once instead of making the broker drop the connection. On either protocol
+`echo` publishes a message and waits for it to come back, which is what `broker.probe` builds on.
 """
 
 from __future__ import annotations
@@ -11,90 +18,102 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from broker.counters import ByteCounters
+from broker.address import DEFAULT_PORTS, BrokerAddress, TlsFiles, parse_broker_url
+from broker.counters import ByteCounters, publish_overhead
+from broker.refusals import BrokerRefusedError, Refusal, RefusalLog, describe_refusal
+
+# Re-exported: callers import the connection vocabulary from here.
+__all__ = ["DEFAULT_PORTS", "BrokerAddress", "BrokerRefusedError", "Inbound", "MqttClient", "Refusal",
+           "TlsFiles", "describe_refusal", "parse_broker_url"]
 
 log = logging.getLogger(__name__)
 
+
+class Inbound(NamedTuple):
+    """One received message with the flags receivers need."""
+
+    topic: str
+    payload: bytes
+    retained: bool  # the broker delivered a stored retained message (MQTT retain flag)
+    qos: int
+
+
 MessageCallback = Callable[[str, bytes], None]
-DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
+InboundCallback = Callable[[Inbound], None]
+Will = tuple[str, bytes]
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files for TLS: the CA to trust, and this client's certificate and key (optional)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where a broker listens, parsed from `mqtt://[user:pass@]host[:port]` or `mqtts://…`."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse a broker URL; raises ValueError naming what is wrong."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"broker url {url!r}: expected mqtt://host:port or mqtts://host:port")
-    if not parts.hostname:
-        raise ValueError(f"broker url {url!r}: no host")
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise ValueError(f"broker url {url!r}: port is not a number in 1..65535") from None
-    if parts.path not in ("", "/"):
-        raise ValueError(f"broker url {url!r}: unexpected path {parts.path!r}")
-    return BrokerAddress(parts.hostname, port, scheme in ("mqtts", "ssl"),
-                         unquote(parts.username) if parts.username else None,
-                         unquote(parts.password) if parts.password else None)
-
-
-def _set_nodelay(client: paho.Client, userdata: object, sock: socket.socket) -> None:
+def _set_nodelay(client: paho.Client, userdata: object, sock: Any) -> None:
     # Chunks are written back to back; Nagle would hold small tails (PUBACKs, last chunks).
     with contextlib.suppress(OSError, AttributeError):  # unix/websocket sockets: no TCP options
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttClient:
-    """One connection to a broker. Use as a context manager, or call start()/stop()."""
+    """One connection to a broker. Use as a context manager, or call start()/stop().
+
+    Parameters
+    ----------
+    url : str
+        `mqtt://[user:pass@]host[:port]` or `mqtts://...`.
+    client_id : str
+        MQTT client id (unique per broker).
+    on_message : callable, optional
+        `(topic, payload)` for each message on a subscribed topic.
+    on_inbound : callable, optional
+        `(Inbound)` instead, with the retain flag and QoS (at most one of the two).
+    username, password : str, optional
+        Credentials (default: from the URL).
+    tls : TlsFiles, optional
+        CA to trust and client certificate; `mqtts://` alone uses the system CAs. The server's
+        host name is checked against its certificate.
+    protocol : int
+        4 (MQTT 3.1.1), 5 (MQTT 5: reason codes and the broker's packet limit are read), or 0:
+        MQTT 5 when the broker speaks it, else 3.1.1 (decided in `start`; see `protocol` after).
+    keepalive_s : int
+        MQTT keepalive.
+    will : (topic, payload) or callable returning it, optional
+        Last will, retained; a callable is asked again before every (re)connect, so that a signed
+        will carries a fresh sequence number.
+    reconnect_min_s, reconnect_max_s : float
+        Reconnect backoff.
+    max_inflight : int
+        QoS 1 messages in flight.
+    """
 
     def __init__(self, url: str, client_id: str, *, on_message: MessageCallback | None = None,
+                 on_inbound: InboundCallback | None = None,
                  username: str | None = None, password: str | None = None,
                  tls: TlsFiles | None = None, protocol: int = 4, keepalive_s: int = 30,
-                 will: tuple[str, bytes] | None = None, reconnect_min_s: float = 0.5,
+                 will: Will | Callable[[], Will] | None = None, reconnect_min_s: float = 0.5,
                  reconnect_max_s: float = 30.0, max_inflight: int = 64) -> None:
         address = parse_broker_url(url)
-        if protocol not in (4, 5):
-            raise ValueError(f"protocol: expected 4 (MQTT 3.1.1) or 5 (MQTT 5), got {protocol}")
+        if protocol not in (0, 4, 5):
+            raise ValueError(f"protocol: expected 4 (MQTT 3.1.1), 5 (MQTT 5) or 0 (5, else 3.1.1), "
+                             f"got {protocol}")
+        if on_message is not None and on_inbound is not None:
+            raise ValueError("on_message, on_inbound: give at most one")
         self.address = address
         self.client_id = client_id
-        self.protocol = protocol
+        self._auto = protocol == 0
+        self.protocol = 5 if protocol == 0 else protocol
         self.keepalive_s = keepalive_s
         self.will = will
-        self.counters = ByteCounters(mqtt5=protocol == 5)
+        self.counters = ByteCounters(mqtt5=self.protocol == 5)
         self.connect_count = 0
         self.stray_messages = 0  # messages on topics we never subscribed to (dropped)
         self.last_connect_error: str | None = None
+        self.last_disconnect_reason: str | None = None
+        self._max_packet_bytes: int | None = None
+        self._subscribe_filters: dict[int, list[str]] = {}
+        self._echo_waiters: dict[str, tuple[bytes, threading.Event]] = {}
         self._on_message = on_message
+        self._on_inbound = on_inbound
         self._subscriptions: dict[str, int] = {}
         self._connected = threading.Event()
         self._lock = threading.Lock()
@@ -103,39 +122,65 @@ class MqttClient:
         self._acked_total = 0
         self._subacks = threading.Condition()
         self._pending_subscribe_mids: set[int] = set()
-        self._early_subacks: set[int] = set()
+        self._early_subacks: dict[int, list[Any]] = {}
         self._started = False
-        version = MQTTProtocolVersion.MQTTv5 if protocol == 5 else MQTTProtocolVersion.MQTTv311
-        self._paho = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
-                                 clean_session=True if protocol == 4 else None)
-        self._paho.max_inflight_messages_set(max_inflight)
-        self._paho.max_queued_messages_set(0)
-        self._paho.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
-        username = username if username is not None else address.username
-        password = password if password is not None else address.password
-        if username is not None:
-            self._paho.username_pw_set(username, password)
-        if address.tls or tls is not None:
-            files = tls or TlsFiles()
-            self._paho.tls_set(ca_certs=files.ca_file, certfile=files.cert_file,
-                               keyfile=files.key_file)
-        if will is not None:
-            self._paho.will_set(will[0], will[1], qos=1, retain=True)
-        self._paho.on_socket_open = _set_nodelay
-        self._paho.on_connect = self._handle_connect
-        self._paho.on_disconnect = self._handle_disconnect
-        self._paho.on_message = self._handle_message
-        self._paho.on_publish = self._handle_publish
-        self._paho.on_subscribe = self._handle_subscribe
+        self._connack = threading.Event()  # any CONNACK, success or refusal
+        self.username = username if username is not None else address.username
+        self.refusal_log = RefusalLog(self.username)
+        self._password = password if password is not None else address.password
+        self._tls = tls if tls is not None else (TlsFiles() if address.tls else None)
+        self._paho_settings = (max_inflight, reconnect_min_s, reconnect_max_s)
+        self._paho = self._make_paho()
+
+    def _make_paho(self) -> paho.Client:
+        version = MQTTProtocolVersion.MQTTv5 if self.protocol == 5 else MQTTProtocolVersion.MQTTv311
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=version,
+                             clean_session=True if self.protocol == 4 else None)
+        max_inflight, reconnect_min_s, reconnect_max_s = self._paho_settings
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
+        if self.username is not None:
+            client.username_pw_set(self.username, self._password)
+        if self._tls is not None:
+            client.tls_set(ca_certs=self._tls.ca_file, certfile=self._tls.cert_file,
+                           keyfile=self._tls.key_file)
+        client.on_pre_connect = self._handle_pre_connect
+        client.on_socket_open = _set_nodelay
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
+        return client
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0, wait: bool = True) -> MqttClient:
-        """Connect in the background (retrying with backoff); with `wait`, block until connected."""
+        """Connect in the background (retrying with backoff); with `wait`, block until connected.
+
+        With `protocol=0` (auto) and `wait`, a broker that answers MQTT 5 with "Unsupported protocol
+        version" (amqtt) is asked again with MQTT 3.1.1.
+
+        Raises
+        ------
+        ConnectionError
+            With `wait`, when no successful CONNACK arrived within `timeout_s` (the broker's
+            refusal reason, e.g. "Not authorized", in the message).
+        """
         if not self._started:
             self._started = True
+            self._connack.clear()
             self._paho.connect_async(self.address.host, self.address.port, self.keepalive_s)
             self._paho.loop_start()
+        if wait and self._auto and self.protocol == 5:
+            self._connack.wait(timeout_s)
+            if not self.is_connected and self.last_connect_error == "Unsupported protocol version":
+                self.stop(publish_will=False, flush_timeout_s=0)
+                self.protocol, self.counters = 4, ByteCounters(mqtt5=False)
+                self._paho = self._make_paho()
+                log.info("broker %s speaks MQTT 3.1.1 only; reconnecting with it", self.address.url)
+                return self.start(timeout_s, wait)
         if wait and not self.wait_connected(timeout_s):
             detail = self.last_connect_error or "no CONNACK"
             self.stop(publish_will=False, flush_timeout_s=0)
@@ -149,7 +194,8 @@ class MqttClient:
             return
         if self.is_connected:
             if publish_will and self.will is not None:
-                self.publish(self.will[0], self.will[1], retain=True)
+                topic, payload = self._current_will()
+                self.publish(topic, payload, retain=True)
             if flush_timeout_s > 0:
                 self.flush(flush_timeout_s)
         self._paho.disconnect()
@@ -158,17 +204,55 @@ class MqttClient:
         self._connected.clear()
 
     def __enter__(self) -> MqttClient:
+        """Start (connect and wait)."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Stop (offline status, flush, disconnect)."""
         self.stop()
 
     @property
     def is_connected(self) -> bool:
+        """Whether a CONNACK with success arrived and the connection has not dropped since."""
         return self._connected.is_set()
 
+    @property
+    def max_packet_bytes(self) -> int | None:
+        """The broker's Maximum Packet Size from its MQTT 5 CONNACK.
+
+        None when it sets none, or on MQTT 3.1.1, which cannot say.
+        """
+        return self._max_packet_bytes
+
+    def max_payload_bytes(self, topic: str, qos: int = 1) -> int | None:
+        """Largest payload a PUBLISH on `topic` may carry under `max_packet_bytes`.
+
+        None when no limit is known. The overhead is computed for the largest remaining-length
+        encoding the packet could need.
+        """
+        limit = self._max_packet_bytes
+        if limit is None:
+            return None
+        return max(0, limit - publish_overhead(topic, limit, qos, self.protocol == 5))
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """The most recent refusals (up to 100; `refused_count` counts all)."""
+        return self.refusal_log.refusals
+
+    @property
+    def refused_count(self) -> int:
+        """Refusals received so far."""
+        return self.refusal_log.count
+
+    def raise_for_refusals(self) -> None:
+        """Raise BrokerRefusedError naming the first refusal recorded so far, if any."""
+        first = self.refusal_log.first()
+        if first is not None:
+            raise BrokerRefusedError(describe_refusal(first, self.username))
+
     def wait_connected(self, timeout_s: float) -> bool:
-        """True once a CONNACK with success arrived (within `timeout_s`)."""
+        """Wait up to `timeout_s` for a successful CONNACK; return whether it arrived."""
         return self._connected.wait(timeout_s)
 
     # --- subscribe / publish ------------------------------------------------------------------
@@ -178,35 +262,55 @@ class MqttClient:
         with self._lock:
             self._subscriptions[topic_filter] = qos
         if self.is_connected:
-            self._track_subscribe(self._paho.subscribe(topic_filter, qos))
+            self._track_subscribe(self._paho.subscribe(topic_filter, qos), [topic_filter])
 
     def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
         """Wait until every subscription sent so far is acknowledged (SUBACK)."""
         with self._subacks:
             return self._subacks.wait_for(lambda: not self._pending_subscribe_mids, timeout_s)
 
-    def _track_subscribe(self, result: tuple[MQTTErrorCode, int | None]) -> None:
+    def _track_subscribe(self, result: tuple[MQTTErrorCode, int | None], filters: list[str]) -> None:
         rc, mid = result
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             return  # not connected: on_connect will subscribe again
         with self._subacks:
             # the SUBACK may have been handled before paho's subscribe() returned
-            if mid in self._early_subacks:
-                self._early_subacks.discard(mid)
-            else:
+            early = self._early_subacks.pop(mid, None)
+            if early is None:
                 self._pending_subscribe_mids.add(mid)
+                self._subscribe_filters[mid] = filters
+        if early is not None:
+            self.refusal_log.suback(filters, early)
 
     def unsubscribe(self, topic_filter: str) -> None:
+        """Stop receiving `topic_filter` (and do not subscribe to it again after a reconnect)."""
         with self._lock:
             self._subscriptions.pop(topic_filter, None)
         if self.is_connected:
             self._paho.unsubscribe(topic_filter)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Queue one message; QoS 1 messages survive reconnects (paho resends them)."""
+        """Queue one message; QoS 1 messages survive reconnects (paho resends them).
+
+        Raises
+        ------
+        ValueError
+            When the PUBLISH packet would exceed the broker's Maximum Packet Size (MQTT 5): the
+            broker would drop the connection and paho would resend the packet forever.
+        RuntimeError
+            When paho refuses the message (e.g. queue full).
+        """
+        limit = self._max_packet_bytes
+        if limit is not None:
+            size = len(payload) + publish_overhead(topic, len(payload), qos, self.protocol == 5)
+            if size > limit:
+                raise ValueError(f"publish on {topic}: a {size}-byte packet exceeds the broker's "
+                                 f"Maximum Packet Size of {limit} bytes")
         info = self._paho.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"publish on {topic!r}: {paho.error_string(info.rc)}")
+        if self.protocol == 5 and qos > 0:  # MQTT 3.1.1 PUBACKs carry no reason
+            self.refusal_log.published(info.mid, topic)
         with self._acked:
             self._published_total += 1
         self.counters.record_sent(topic, len(payload), qos)
@@ -225,60 +329,116 @@ class MqttClient:
             target = self._published_total
             return self._acked.wait_for(lambda: self._acked_total >= target, timeout_s)
 
+    def echo(self, topic: str, payload: bytes, timeout_s: float = 10.0) -> bool:
+        """Publish `payload` on `topic` and wait until the broker delivers it back to us.
+
+        Subscribes to `topic` for the duration (unless already subscribed). True when the exact
+        bytes came back within `timeout_s`; False when they did not (an ACL that denies the
+        publish or the subscription, a packet the broker dropped, a lost connection; see
+        `refusals` and `is_connected` for the reason a broker gave).
+        """
+        arrived = threading.Event()
+        with self._lock:
+            temporary = topic not in self._subscriptions
+            self._echo_waiters[topic] = (payload, arrived)
+        try:
+            if temporary:
+                self.subscribe(topic)
+                if not self.wait_subscribed(timeout_s):
+                    return False
+            self.publish(topic, payload)
+            return arrived.wait(timeout_s)
+        finally:
+            with self._lock:
+                self._echo_waiters.pop(topic, None)
+            if temporary:
+                self.unsubscribe(topic)
+
+    def _current_will(self) -> Will:
+        will = self.will
+        assert will is not None
+        return will() if callable(will) else will
+
     # --- paho callbacks (network thread) ----------------------------------------------------------
+
+    def _handle_pre_connect(self, client: paho.Client, userdata: object) -> None:
+        # Before every (re)connect: a will factory signs a fresh offline status each time.
+        if self.will is not None:
+            topic, payload = self._current_will()
+            client.will_set(topic, payload, qos=1, retain=True)
 
     def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
                         reason_code: object, properties: object) -> None:
         if getattr(reason_code, "is_failure", False):
             self.last_connect_error = str(reason_code)
-            log.warning("broker %s refused connection: %s", self.address.url, reason_code)
+            self._connack.set()
+            if not (self._auto and self.protocol == 5):  # auto falls back quietly
+                log.warning("broker %s refused connection: %s", self.address.url, reason_code)
             return
+        limit = getattr(properties, "MaximumPacketSize", None)
+        self._max_packet_bytes = int(limit) if limit else None
         with self._lock:
             subscriptions = list(self._subscriptions.items())
         with self._subacks:
             self._pending_subscribe_mids.clear()  # lost with the old connection
+            self._subscribe_filters.clear()
         if subscriptions:
-            self._track_subscribe(client.subscribe(subscriptions))
+            self._track_subscribe(client.subscribe(subscriptions), [f for f, _ in subscriptions])
         self.connect_count += 1
         self._connected.set()
+        self._connack.set()
         log.debug("connected to %s as %s (%d)", self.address.url, self.client_id, self.connect_count)
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
                            reason_code: object, properties: object) -> None:
         self._connected.clear()
+        self.last_disconnect_reason = str(reason_code)
+        self.refusal_log.disconnected(reason_code)
         if self._started:
             log.info("disconnected from %s (%s); reconnecting", self.address.url, reason_code)
 
     def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int,
                           reason_codes: object, properties: object) -> None:
+        codes = list(reason_codes) if isinstance(reason_codes, list) else []
         with self._subacks:
+            filters = self._subscribe_filters.pop(mid, None)
             if mid in self._pending_subscribe_mids:
                 self._pending_subscribe_mids.discard(mid)
             else:
-                self._early_subacks.add(mid)
+                self._early_subacks[mid] = codes
             self._subacks.notify_all()
+        if filters is not None:
+            self.refusal_log.suback(filters, codes)
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: object, properties: object) -> None:
         with self._acked:
             self._acked_total += 1
             self._acked.notify_all()
+        if self.protocol == 5:
+            self.refusal_log.puback(mid, reason_code)
 
     def _handle_message(self, client: paho.Client, userdata: object,
                         message: paho.MQTTMessage) -> None:
         topic = message.topic
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
         with self._lock:
             filters = list(self._subscriptions)
+            waiter = self._echo_waiters.get(topic)
+        if waiter is not None and waiter[0] == payload:
+            waiter[1].set()
+            return
         if not any(paho.topic_matches_sub(f, topic) for f in filters):
             # amqtt 0.12 replays retained messages matching *other* clients' subscriptions to a
             # client that connects; drop anything we did not subscribe to
             self.stray_messages += 1
             log.debug("dropping message on unsubscribed topic %s", topic)
             return
-        self.counters.record_received(topic, len(message.payload), message.qos)
-        if self._on_message is None:
-            return
+        self.counters.record_received(topic, len(payload), message.qos)
         try:
-            self._on_message(topic, message.payload)
+            if self._on_inbound is not None:
+                self._on_inbound(Inbound(topic, payload, bool(message.retain), message.qos))
+            elif self._on_message is not None:
+                self._on_message(topic, payload)
         except Exception:  # the callback's bug must not stop the network loop
             log.exception("message callback failed on %s", topic)

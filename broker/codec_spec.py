@@ -24,6 +24,7 @@ class CodecSpec:
     error_feedback: bool = True  # False: deltas between true vectors; what a codec drops is lost
 
     def __str__(self) -> str:
+        """Write the spec in `parse_codec_spec` syntax (round-trips)."""
         text = self.codec.name.lower()
         if self.codec is CodecId.TOPK:
             text += f":{self.k_fraction:g}"
@@ -45,7 +46,13 @@ def _default_keyframe(codec: CodecId) -> CodecId:
 def codec_spec(codec: str, topk_fraction: float = DEFAULT_K_FRACTION,
                difference_coding: bool = False, error_feedback: bool = True,
                block_size: int = DEFAULT_BLOCK, keyframe_codec: str | None = None) -> CodecSpec:
-    """A spec from separate settings (the shape of a fleet config's `comm` section)."""
+    """Build a spec from separate settings (the shape of a fleet config's `comm` section).
+
+    Raises
+    ------
+    ValueError
+        Naming the setting that is wrong.
+    """
     codec_id = _codec_name(codec, "codec")
     if codec_id is CodecId.TOPK and not 0.0 < topk_fraction <= 1.0:
         raise ValueError(f"topk_fraction: expected a fraction in (0, 1], got {topk_fraction}")
@@ -69,9 +76,17 @@ def _codec_name(text: str, field: str) -> CodecId:
 
 
 def parse_codec_spec(text: str) -> CodecSpec:
-    """Parse `[choco+]NAME[:PARAM][/KEYFRAME][,noef]`, e.g. `fp16`, `int8:128`, `topk:0.01`,
+    """Parse `[choco+]NAME[:PARAM][/KEYFRAME][,noef]` into a spec.
+
+    Examples: `fp16`, `int8:128`, `topk:0.01`,
     `choco+int8`, `topk:0.02/fp16`, `topk:0.01,noef`. PARAM is the kept fraction for topk and the
-    block size for int8; `noef` turns error feedback off (an ablation)."""
+    block size for int8; `noef` turns error feedback off (an ablation).
+
+    Raises
+    ------
+    ValueError
+        Naming what in `text` is wrong.
+    """
     spec_text = text.strip().lower()
     spec_text, _, options = spec_text.partition(",")
     if options not in ("", "noef"):

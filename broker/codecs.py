@@ -8,8 +8,8 @@ Error bounds (x the input, x̂ = decode(encode(x)), all float32):
 - `topk`: the k = ceil(k_fraction * n) largest-magnitude entries are kept (int8 with one scale per
   `block_size` kept values, same bound as `int8` over the kept values); every other entry decodes to 0,
   and its magnitude is <= the smallest kept magnitude. Indices are delta-coded as LEB128 varints.
-  Error feedback (`ErrorFeedback`) carries what was not sent into the next message, so the sum of
-  decoded messages tracks the sum of inputs with an error equal to the current residual.
+  Error feedback lives in the sender (broker.sender): it difference-codes against what receivers
+  hold, so whatever a lossy codec dropped goes out again in later messages.
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ from __future__ import annotations
 import math
 import struct
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from broker.codec_spec import CodecSpec
 
 FP16_MAX = 65504.0
 DEFAULT_BLOCK = 256
@@ -58,7 +54,8 @@ def encode_fp32(vector: np.ndarray) -> bytes:
     return _as_vector(vector).astype("<f4", copy=False).tobytes()
 
 
-def decode_fp32(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
+def decode_fp32(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_fp32` (4 bytes per element); raises CodecError on a wrong length."""
     if len(payload) != 4 * n_elements:
         raise CodecError(f"fp32: {len(payload)} bytes for {n_elements} elements")
     values = np.frombuffer(payload, dtype="<f4")
@@ -69,10 +66,11 @@ def decode_fp32(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
 def encode_fp16(vector: np.ndarray) -> bytes:
     """Little-endian float16, clipped to ±65504."""
     flat = _as_vector(vector)
-    return np.clip(flat, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
+    return bytes(np.clip(flat, -FP16_MAX, FP16_MAX).astype("<f2").tobytes())
 
 
-def decode_fp16(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
+def decode_fp16(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_fp16` (2 bytes per element); raises CodecError on a wrong length."""
     if len(payload) != 2 * n_elements:
         raise CodecError(f"fp16: {len(payload)} bytes for {n_elements} elements")
     return np.frombuffer(payload, dtype="<f2").astype(np.float32)
@@ -96,7 +94,8 @@ def _dequantize_blocks(scales: np.ndarray, q: np.ndarray, block_size: int) -> np
     n_blocks = scales.size
     padded = np.zeros(n_blocks * block_size, dtype=np.float32)
     padded[:n] = q
-    return (padded.reshape(n_blocks, block_size) * scales[:, None]).reshape(-1)[:n]
+    values: np.ndarray = (padded.reshape(n_blocks, block_size) * scales[:, None]).reshape(-1)[:n]
+    return values
 
 
 def encode_int8(vector: np.ndarray, block_size: int = DEFAULT_BLOCK) -> bytes:
@@ -108,7 +107,8 @@ def encode_int8(vector: np.ndarray, block_size: int = DEFAULT_BLOCK) -> bytes:
     return _U32.pack(block_size) + scales.astype("<f4").tobytes() + q.tobytes()
 
 
-def decode_int8(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
+def decode_int8(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_int8`; raises CodecError unless the layout fits `n_elements` exactly."""
     if len(payload) < 4:
         raise CodecError("int8: payload shorter than its block size field")
     (block_size,) = _U32.unpack_from(payload)
@@ -134,10 +134,10 @@ def varint_encode(values: np.ndarray) -> bytes:
     n_bytes = 1 + (v[:, None] >= (np.uint64(1) << (shifts[1:]))).sum(axis=1)
     position = np.arange(5)[None, :]
     groups |= np.where(position < (n_bytes[:, None] - 1), 0x80, 0).astype(np.uint8)
-    return groups[position < n_bytes[:, None]].tobytes()
+    return bytes(groups[position < n_bytes[:, None]].tobytes())
 
 
-def varint_decode(data: bytes | memoryview, count: int) -> np.ndarray:
+def varint_decode(data: bytes | bytearray | memoryview, count: int) -> np.ndarray:
     """Inverse of `varint_encode`; raises CodecError unless `data` holds exactly `count` values."""
     raw = np.frombuffer(data, dtype=np.uint8)
     if count == 0:
@@ -184,8 +184,11 @@ def topk_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
 
 def encode_topk(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION,
                 block_size: int = DEFAULT_BLOCK) -> bytes:
-    """u32 k, u32 block size, float32 scale per block of kept values, int8 kept values,
-    varint index gaps (first gap is the first index)."""
+    """Keep the k largest-magnitude entries, int8-quantised, with delta-coded indices.
+
+    Layout: u32 k, u32 block size, float32 scale per block of kept values, int8 kept values,
+    varint index gaps (the first gap is the first index).
+    """
     flat = _as_vector(vector)
     k = topk_count(flat.size, k_fraction)
     indices = topk_indices(np.abs(flat), k)
@@ -195,7 +198,11 @@ def encode_topk(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION,
             + varint_encode(gaps))
 
 
-def decode_topk(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
+def decode_topk(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_topk` (zeros where nothing was kept).
+
+    Raises CodecError on a short payload, k > n, or indices out of range or repeated.
+    """
     if len(payload) < 8:
         raise CodecError("topk: payload shorter than its k/block fields")
     k, block_size = _U32X2.unpack_from(payload)
@@ -217,10 +224,31 @@ def decode_topk(payload: bytes | memoryview, n_elements: int) -> np.ndarray:
 
 # --- one interface ----------------------------------------------------------------------------------
 
-def encode(codec: CodecId, vector: np.ndarray, spec: CodecSpec | None = None) -> bytes:
-    """Encode `vector` with `codec`, taking parameters (k fraction, block size) from `spec`."""
-    block_size = spec.block_size if spec is not None else DEFAULT_BLOCK
-    k_fraction = spec.k_fraction if spec is not None else DEFAULT_K_FRACTION
+def encode(codec: CodecId, vector: np.ndarray, *, block_size: int = DEFAULT_BLOCK,
+           k_fraction: float = DEFAULT_K_FRACTION) -> bytes:
+    """Encode `vector` with `codec`.
+
+    Parameters
+    ----------
+    codec : CodecId
+        Which codec.
+    vector : np.ndarray
+        Any shape, any real dtype; flattened and cast to float32. Must be finite.
+    block_size : int
+        Elements per int8 scale (int8 and topk).
+    k_fraction : float
+        Fraction of entries topk keeps, in (0, 1].
+
+    Returns
+    -------
+    bytes
+        The codec payload (layouts in the module docstring and each `encode_*`).
+
+    Raises
+    ------
+    ValueError
+        On a non-finite vector or a bad parameter.
+    """
     if codec is CodecId.FP32:
         return encode_fp32(vector)
     if codec is CodecId.FP16:
@@ -232,7 +260,7 @@ def encode(codec: CodecId, vector: np.ndarray, spec: CodecSpec | None = None) ->
     raise ValueError(f"codec: unknown {codec!r}")
 
 
-def decode(codec: CodecId, payload: bytes | memoryview, n_elements: int) -> np.ndarray:
+def decode(codec: CodecId, payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
     """Decode a payload into `n_elements` float32 values; raises CodecError on malformed payloads."""
     if codec is CodecId.FP32:
         return decode_fp32(payload, n_elements)
@@ -243,38 +271,3 @@ def decode(codec: CodecId, payload: bytes | memoryview, n_elements: int) -> np.n
     if codec is CodecId.TOPK:
         return decode_topk(payload, n_elements)
     raise CodecError(f"codec: unknown {codec!r}")
-
-
-class ErrorFeedback:
-    """Sender-side error feedback: compress v + residual, keep what the compression lost."""
-
-    def __init__(self, codec: CodecId, spec: CodecSpec | None = None) -> None:
-        self.codec = codec
-        self.spec = spec
-        self.residual: np.ndarray | None = None
-
-    def compress(self, vector: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """Return (payload, what the receiver will decode) and update the residual."""
-        corrected = np.asarray(vector, dtype=np.float32).reshape(-1).copy()
-        if self.residual is not None:
-            if self.residual.size != corrected.size:
-                raise ValueError(f"vector: {corrected.size} elements, residual has {self.residual.size}")
-            corrected += self.residual
-        payload = encode(self.codec, corrected, self.spec)
-        decoded = decode(self.codec, payload, corrected.size)
-        self.residual = corrected - decoded
-        return payload, decoded
-
-    def reset(self) -> None:
-        """Forget the residual (after a keyframe re-synchronises sender and receivers)."""
-        self.residual = None
-
-
-def __getattr__(name: str) -> object:
-    # Specs moved to broker.codec_spec; keep `from broker.codecs import codec_spec` working
-    # without a circular import at load time.
-    if name in ("CodecSpec", "codec_spec", "parse_codec_spec"):
-        from broker import codec_spec as spec_module
-
-        return getattr(spec_module, name)
-    raise AttributeError(f"module 'broker.codecs' has no attribute {name!r}")

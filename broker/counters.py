@@ -18,9 +18,11 @@ class Traffic:
 
     @property
     def total_bytes(self) -> int:
+        """Payload plus header bytes."""
         return self.payload_bytes + self.header_bytes
 
     def add(self, payload_bytes: int, header_bytes: int) -> None:
+        """Count one message."""
         self.messages += 1
         self.payload_bytes += payload_bytes
         self.header_bytes += header_bytes
@@ -48,9 +50,11 @@ class ByteCounters:
         self.received_by_branch: dict[str, Traffic] = {}
 
     def record_sent(self, topic: str, payload_bytes: int, qos: int) -> None:
+        """Count one published message of `payload_bytes` on `topic`."""
         self._record(topic, payload_bytes, qos, self.sent, self.sent_by_topic, self.sent_by_branch)
 
     def record_received(self, topic: str, payload_bytes: int, qos: int) -> None:
+        """Count one received message of `payload_bytes` on `topic`."""
         self._record(topic, payload_bytes, qos, self.received, self.received_by_topic,
                      self.received_by_branch)
 
@@ -65,7 +69,7 @@ class ByteCounters:
                 by_branch.setdefault(info.branch_key, Traffic()).add(payload_bytes, header_bytes)
 
     def snapshot(self) -> dict[str, object]:
-        """A JSON-ready copy of every counter."""
+        """Return a JSON-ready copy of every counter."""
         with self._lock:
             return {
                 "sent": asdict(self.sent), "received": asdict(self.received),

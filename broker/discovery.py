@@ -3,6 +3,11 @@
 Each agent publishes a retained JSON status on `parse/<fleet>/agents/<id>/status`; its MQTT last
 will replaces it with `{"agent": id, "online": false}`. `NeighbourTable` folds those messages into
 "which of my configured neighbours are online and hold this branch with the same signature".
+
+In a signed fleet the JSON travels in a signed envelope (`broker.envelope`): `status_message` and
+`offline_will` seal it, and a `NeighbourTable` given a `Verifier` opens it, so a forged or leftover
+retained `{"online": false}` (another run, an older epoch, no valid HMAC) is rejected and counted
+instead of keeping an agent "offline" for a whole trial.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from broker import topics
+from broker.envelope import Kind, Signer, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +37,7 @@ class AgentStatus:
 
 
 def encode_status(status: AgentStatus) -> bytes:
-    """The retained status payload (JSON)."""
+    """Serialise `status` as JSON: the payload itself, or an envelope's body in a signed fleet."""
     return json.dumps({
         "agent": status.agent, "online": status.online, "modalities": list(status.modalities),
         "branches": dict(status.branches), "device_profile": status.device_profile,
@@ -40,12 +46,29 @@ def encode_status(status: AgentStatus) -> bytes:
 
 
 def offline_status(agent: str) -> bytes:
-    """The last-will payload: the agent is gone."""
+    """Return the unsigned last-will payload: the agent is gone."""
     return encode_status(AgentStatus(agent=agent, online=False))
 
 
+def status_message(signer: Signer, status: AgentStatus) -> tuple[str, bytes]:
+    """(topic, payload) of our retained status, sealed by `signer` (publish it with retain)."""
+    return topics.status_topic(signer.fleet, signer.sender), signer.seal(Kind.STATUS, encode_status(status))
+
+
+def offline_will(signer: Signer) -> Callable[[], tuple[str, bytes]]:
+    """Return a last-will factory for `MqttClient(will=...)`: a freshly sealed offline status each time."""
+    return lambda: (topics.status_topic(signer.fleet, signer.sender),
+                    signer.seal(Kind.STATUS, offline_status(signer.sender)))
+
+
 def parse_status(payload: bytes, agent: str | None = None) -> AgentStatus:
-    """Parse a status payload; `agent` (from the topic) must match. Raises ValueError."""
+    """Parse a status document; `agent` (from the topic) must match.
+
+    Raises
+    ------
+    ValueError
+        Naming the field that is wrong.
+    """
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -73,11 +96,25 @@ def parse_status(payload: bytes, agent: str | None = None) -> AgentStatus:
 
 
 class NeighbourTable:
-    """Live neighbour sets per branch, from retained status messages (thread-safe)."""
+    """Live neighbour sets per branch, from retained status messages (thread-safe).
 
-    def __init__(self, fleet: str, topology: Mapping[str, Iterable[str]]) -> None:
+    Parameters
+    ----------
+    fleet : str
+        Our fleet.
+    topology : mapping
+        agent -> configured neighbours (made symmetric).
+    verifier : Verifier or None
+        Opens signed status envelopes (rejections counted in `verifier.rejections`); None: the
+        payloads are plain JSON.
+    """
+
+    def __init__(self, fleet: str, topology: Mapping[str, Iterable[str]],
+                 verifier: Verifier | None = None) -> None:
         self.fleet = topics.check_name("fleet", fleet)
+        self.verifier = verifier
         self.bad_payloads = 0
+        self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._statuses: dict[str, AgentStatus] = {}
         self._topology: dict[str, frozenset[str]] = {}
@@ -94,12 +131,18 @@ class NeighbourTable:
         with self._lock:
             self._topology = {a: frozenset(n) for a, n in graph.items()}
 
-    def observe(self, topic: str, payload: bytes) -> bool:
+    def observe(self, topic: str, payload: bytes, retained: bool = True) -> bool:
         """Fold one message in; True when it was a status message of this fleet that parsed."""
         info = topics.parse_topic(topic)
         if info is None or info.kind != "status" or info.fleet != self.fleet or info.agent is None:
             return False
-        if not payload:  # a cleared retained status: forget the agent
+        epoch = None
+        if self.verifier is not None:
+            envelope = self.verifier.open(topic, payload, retained)
+            if envelope is None:
+                return False
+            payload, epoch = envelope.body, envelope.epoch
+        elif not payload:  # a cleared retained status: forget the agent
             with self._lock:
                 self._statuses.pop(info.agent, None)
             return True
@@ -111,22 +154,32 @@ class NeighbourTable:
             return False
         with self._lock:
             self._statuses[info.agent] = status
+            if epoch is not None:
+                self._epochs[info.agent] = epoch
         return True
 
+    def epoch(self, agent: str) -> int | None:
+        """Epoch of `agent`'s last verified status (a restart bumps it), or None."""
+        with self._lock:
+            return self._epochs.get(agent)
+
     def status(self, agent: str) -> AgentStatus | None:
+        """Return the last status `agent` announced, or None."""
         with self._lock:
             return self._statuses.get(agent)
 
     def online_agents(self) -> set[str]:
+        """Agents whose last status says online."""
         with self._lock:
             return {a for a, s in self._statuses.items() if s.online}
 
     def configured_neighbours(self, agent: str) -> frozenset[str]:
+        """`agent`'s neighbours in the configured graph."""
         with self._lock:
             return self._topology.get(agent, frozenset())
 
     def live_neighbours(self, agent: str, branch_key: str, signature: str) -> set[str]:
-        """Configured neighbours of `agent` that are online and hold `branch_key` at `signature`."""
+        """Return `agent`'s configured neighbours that are online and hold `branch_key` at `signature`."""
         with self._lock:
             return {
                 other for other in self._topology.get(agent, frozenset())

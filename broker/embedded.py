@@ -31,14 +31,14 @@ READY_LINE = "amqtt-ready"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
+    """Return a TCP port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 def amqtt_config(host: str, port: int) -> dict[str, Any]:
-    """The amqtt broker configuration we run."""
+    """Return the amqtt broker configuration we run (one TCP listener, anonymous clients)."""
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
@@ -77,12 +77,14 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
+        """`mqtt://host:port`; known only after `start()`."""
         if not self.port:
             raise RuntimeError("embedded broker: url is known only after start()")
         return f"mqtt://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
+        """Whether the broker process is alive."""
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> EmbeddedBroker:
@@ -128,9 +130,11 @@ class EmbeddedBroker:
         terminate(process, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
+        """Start the broker."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the broker."""
         self.stop()
 
 

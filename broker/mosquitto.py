@@ -1,26 +1,30 @@
-"""Mosquitto configuration for a fleet: mosquitto.conf, an ACL and a password file.
+"""Mosquitto configuration for a fleet: mosquitto.conf and an ACL, secure by default.
 
-Identity is the MQTT *username*: every client may read its fleet, and may write only the topics of
-the agent named by its username (`agents/<id>/…`, `updates/<id>/…`, `metrics/<id>`) plus the
-fleet's control topic. So an agent connects with username = its agent id; the client id is free
-(e.g. `<fleet>-<agent>`, unique on a shared broker). With credentials in the config, the password
-file holds one user per agent plus the config's username, all with the config's password;
-without them the listener is anonymous and the ACL still keeps agents on their own topics
-(against mistakes, not attackers: anyone may claim any username).
+Clients are authenticated by the per-agent password file of `broker.credentials`, or by client
+certificates (`require_certificate` + `use_identity_as_username`: the certificate's CN is the MQTT
+username, see `broker.certs`); a configuration allowing anonymous clients is never written.
+Identity is the MQTT *username*: agent `<id>` connects as user `<id>`, the operator (trial runner,
+watch) as `operator`; the client id is free (e.g. `<fleet>-<agent>`, unique on a shared broker).
+
+The ACL gives each agent exactly what it needs (DESIGN.md §3 topics):
+
+    write      parse/<fleet>/agents/<id>/status, parse/<fleet>/updates/<id>/#, parse/<fleet>/metrics/<id>
+    readwrite  parse/<fleet>/control (keyframe requests, run announcements)
+    read       every agent's status; the updates of the agents it may mix with (all by default)
+
+and the operator reads everything of the fleet and writes the control topic. Mosquitto drops what
+the ACL denies; MQTT 5 clients learn it from the PUBACK reason code, MQTT 3.1.1 clients from
+`broker.probe`.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import grp
-import hashlib
 import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -28,47 +32,88 @@ from typing import NamedTuple
 from broker import topics
 from broker.chunking import MAX_MESSAGE_BYTES
 from broker.client import TlsFiles
+from broker.credentials import OPERATOR
 from broker.process import terminate
 
 # A chunk is at most 256 KiB of MQTT payload; the PUBLISH packet adds the topic and a few bytes.
 MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + 8 * 1024
-_PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for its $7$ (PBKDF2-SHA512) format
+MIN_PACKET_BYTES = 2048  # below this not even a status message fits
 
 
 @dataclass(frozen=True)
 class MosquittoSettings:
-    """What the generated broker configuration needs to know."""
+    """What the generated broker configuration needs to know.
+
+    Parameters
+    ----------
+    fleet : str
+        Fleet name (topic level).
+    agent_ids : list of str
+        Every agent; each gets its own ACL block.
+    port : int
+        Listener port.
+    bind_address : str or None
+        Listen on this address only; None: every interface.
+    password_file : Path or None
+        Hashed password file (`broker.credentials.write_credentials`).
+    operator : str
+        MQTT username of the operator (reads the whole fleet).
+    tls : TlsFiles or None
+        For the listener: CA (to check client certificates), server certificate and key.
+    require_client_certificate : bool
+        Refuse TLS clients without a certificate signed by the CA.
+    use_identity_as_username : bool
+        The client certificate's CN is the MQTT username (no password needed).
+    readable_updates : mapping or None
+        agent -> the agents whose updates it may read (its possible neighbours); None: all.
+    persistence : bool
+        Keep retained messages across broker restarts.
+    persistence_dir : str
+        Where (the Debian/Raspberry Pi OS package's location by default).
+    max_packet_bytes : int
+        Largest MQTT packet the broker accepts (MQTT 5 clients are told in CONNACK).
+    """
 
     fleet: str
     agent_ids: list[str] = field(default_factory=list)
     port: int = 1883
-    bind_address: str | None = None  # None: every interface
-    username: str | None = None
-    password: str | None = None
-    tls: TlsFiles | None = None  # for the broker: CA, server certificate, server key
+    bind_address: str | None = None
+    password_file: Path | None = None
+    operator: str = OPERATOR
+    tls: TlsFiles | None = None
     require_client_certificate: bool = False
+    use_identity_as_username: bool = False
+    readable_updates: Mapping[str, Sequence[str]] | None = None
     persistence: bool = True
-    persistence_dir: str = "/var/lib/mosquitto/"  # the Debian/Raspberry Pi OS package's location
+    persistence_dir: str = "/var/lib/mosquitto/"
     max_packet_bytes: int = MAX_PACKET_BYTES
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
         topics.check_name("fleet", self.fleet)
-        for agent in self.agent_ids:
+        for agent in [*self.agent_ids, self.operator]:
             topics.check_name("agent id", agent)
-        if len(set(self.agent_ids)) != len(self.agent_ids):
-            raise ValueError("agent ids: duplicates")
+        if len(set(self.agent_ids) | {self.operator}) != len(self.agent_ids) + 1:
+            raise ValueError(f"agent ids: duplicates, or one named {self.operator!r} like the operator")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port: expected 1..65535, got {self.port}")
-        if (self.username is None) != (self.password is None):
-            raise ValueError("broker credentials: set both username and password, or neither")
-        if self.username is not None and (":" in self.username or not self.username.strip()):
-            raise ValueError(f"username: {self.username!r} must be non-empty without ':'")
-        for name, value in (("username", self.username), ("password", self.password)):
-            if value is not None and ("\n" in value or "\r" in value):
-                raise ValueError(f"{name}: may not contain a line break")
+        if not MIN_PACKET_BYTES <= self.max_packet_bytes <= 268_435_455:  # MQTT's own limit
+            raise ValueError(f"max_packet_bytes: expected {MIN_PACKET_BYTES}..268435455, "
+                             f"got {self.max_packet_bytes}")
         if self.tls is not None and not (self.tls.cert_file and self.tls.key_file):
             raise ValueError("tls: the broker listener needs cert_file and key_file")
+        if self.require_client_certificate and (self.tls is None or not self.tls.ca_file):
+            raise ValueError("require_client_certificate: needs tls with a ca_file to check them by")
+        if self.use_identity_as_username and not self.require_client_certificate:
+            raise ValueError("use_identity_as_username: needs require_client_certificate")
+        if self.password_file is None and not self.use_identity_as_username:
+            raise ValueError("authentication: give a password file (`broker credentials`) or require "
+                             "client certificates with use_identity_as_username; anonymous clients "
+                             "are never allowed")
+        readable = self.readable_updates or {}
+        unknown = (set(readable) | {o for others in readable.values() for o in others}) - set(self.agent_ids)
+        if unknown:
+            raise ValueError(f"readable_updates: unknown agents {sorted(unknown)}")
 
 
 class MosquittoFiles(NamedTuple):
@@ -76,42 +121,48 @@ class MosquittoFiles(NamedTuple):
 
     conf: Path
     acl: Path
-    passwd: Path | None
-    passwd_tool: str | None  # "mosquitto_passwd" or "pbkdf2-sha512" (built-in fallback)
 
 
-def render_acl(fleet: str, agent_ids: list[str]) -> str:
-    """ACL text: read the fleet, write only your own agents/, updates/, metrics/ (plus control)."""
+def render_acl(fleet: str, agent_ids: Sequence[str], operator: str = OPERATOR,
+               readable_updates: Mapping[str, Sequence[str]] | None = None) -> str:
+    """ACL text: one `user` block per agent and one for the operator (see the module docstring)."""
     root = f"{topics.ROOT}/{topics.check_name('fleet', fleet)}"
-    agents = ", ".join(agent_ids) if agent_ids else "(none listed)"
-    return "\n".join([
-        f"# parse-edge ACL for fleet {fleet}; agents: {agents}",
-        "# Each client writes only under the agent id given as its MQTT username.",
-        f"pattern read {root}/#",
-        f"pattern write {root}/agents/%u/#",
-        f"pattern write {root}/updates/%u/#",
-        f"pattern write {root}/metrics/%u",
-        f"pattern write {root}/control",
-        "",
-    ])
+    lines = [f"# parse-edge ACL for fleet {fleet}: agents {', '.join(agent_ids) or '(none)'}, "
+             f"operator {operator}",
+             "# The MQTT username (or client certificate CN) is the agent id. No anonymous access.", ""]
+    for agent in agent_ids:
+        topics.check_name("agent id", agent)
+        readable = (["+"] if readable_updates is None
+                    else sorted({agent, *readable_updates.get(agent, ())}))
+        lines += [f"user {agent}",
+                  f"topic write {root}/agents/{agent}/status",
+                  f"topic write {root}/updates/{agent}/#",
+                  f"topic write {root}/metrics/{agent}",
+                  f"topic readwrite {root}/control",
+                  f"topic read {root}/agents/+/status",
+                  *(f"topic read {root}/updates/{other}/#" for other in readable),
+                  ""]
+    lines += [f"user {topics.check_name('operator', operator)}", f"topic read {root}/#",
+              f"topic write {root}/control", ""]
+    return "\n".join(lines)
 
 
-def render_conf(settings: MosquittoSettings, out_dir: Path, has_passwd: bool) -> str:
-    """mosquitto.conf text referring to the acl/passwd files in `out_dir`."""
-    out_dir = out_dir.resolve()
+def render_conf(settings: MosquittoSettings, acl_path: Path) -> str:
+    """mosquitto.conf text for `settings`, referring to the ACL at `acl_path`."""
+    bind = f" {settings.bind_address}" if settings.bind_address else ""
     lines = [
         f"# mosquitto.conf generated by parse-edge for fleet {settings.fleet}",
         "per_listener_settings false",
-        f"listener {settings.port}{' ' + settings.bind_address if settings.bind_address else ''}",
+        f"listener {settings.port}{bind}",
         "protocol mqtt",
-        f"allow_anonymous {'false' if has_passwd else 'true'}",
-        f"acl_file {out_dir / 'acl'}",
+        "allow_anonymous false",
+        f"acl_file {acl_path.resolve()}",
         f"max_packet_size {settings.max_packet_bytes}",
         "max_inflight_messages 64",
         "max_queued_messages 10000",
     ]
-    if has_passwd:
-        lines.append(f"password_file {out_dir / 'passwd'}")
+    if settings.password_file is not None:
+        lines.append(f"password_file {Path(settings.password_file).resolve()}")
     if settings.persistence:
         location = settings.persistence_dir.rstrip("/") + "/"
         lines += ["persistence true", f"persistence_location {location}", "autosave_interval 60"]
@@ -125,85 +176,55 @@ def render_conf(settings: MosquittoSettings, out_dir: Path, has_passwd: bool) ->
             f"keyfile {Path(settings.tls.key_file or '').resolve()}",
             "tls_version tlsv1.2",
             f"require_certificate {'true' if settings.require_client_certificate else 'false'}",
+            f"use_identity_as_username {'true' if settings.use_identity_as_username else 'false'}",
         ]
     return "\n".join(lines) + "\n"
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """A mosquitto 2.x `$7$` password hash (PBKDF2-SHA512), as mosquitto_passwd writes it."""
-    salt = salt if salt is not None else os.urandom(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, _PBKDF2_ITERATIONS)
-    b64 = base64.b64encode
-    return f"$7${_PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+def write_mosquitto_config(settings: MosquittoSettings, out_dir: Path) -> MosquittoFiles:
+    """Check `settings`, then write mosquitto.conf and acl into `out_dir`.
 
-
-def _restrict(path: Path) -> None:
-    # mosquitto started as root reads its files after dropping to user `mosquitto`, so the hash
-    # file is group-readable by that group (when it exists) and by nobody else.
-    os.chmod(path, 0o640)
-    if os.geteuid() == 0:
-        with contextlib.suppress(KeyError):
-            os.chown(path, 0, grp.getgrnam("mosquitto").gr_gid)
-
-
-def write_passwd(path: Path, users: dict[str, str], prefer_tool: bool = True) -> str:
-    """Write a password file; use `mosquitto_passwd` when installed. Returns the tool used."""
-    tool = shutil.which("mosquitto_passwd") if prefer_tool else None
-    # `mosquitto_passwd -U` cuts a password at its first ':'; hash such passwords ourselves.
-    if tool is None or any(":" in pw for pw in users.values()):
-        path.write_text("".join(f"{user}:{hash_password(pw)}\n" for user, pw in users.items()))
-        _restrict(path)
-        return "pbkdf2-sha512"
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=".passwd-") as tmp:
-        tmp.write("".join(f"{user}:{pw}\n" for user, pw in users.items()))
-    try:
-        os.chmod(tmp.name, 0o600)
-        # -U hashes a plain `user:password` file in place; no password appears on a command line
-        result = subprocess.run([tool, "-U", tmp.name], capture_output=True, text=True, timeout=30)
-        if result.returncode != 0:
-            raise RuntimeError(f"mosquitto_passwd -U failed: {result.stderr.strip()}")
-        os.replace(tmp.name, path)
-        _restrict(path)
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
-    return "mosquitto_passwd"
-
-
-def write_mosquitto_config(settings: MosquittoSettings, out_dir: Path,
-                           prefer_tool: bool = True) -> MosquittoFiles:
-    """Write mosquitto.conf, acl and (with credentials) passwd into `out_dir`."""
+    Raises
+    ------
+    ValueError
+        From `MosquittoSettings.check`, before anything is written.
+    """
     settings.check()
     out_dir.mkdir(parents=True, exist_ok=True)
     acl = out_dir / "acl"
-    acl.write_text(render_acl(settings.fleet, settings.agent_ids))
-    passwd: Path | None = None
-    tool: str | None = None
-    if settings.username is not None and settings.password is not None:
-        passwd = out_dir / "passwd"
-        users = {agent: settings.password for agent in settings.agent_ids}
-        users[settings.username] = settings.password
-        tool = write_passwd(passwd, users, prefer_tool)
+    acl.write_text(render_acl(settings.fleet, settings.agent_ids, settings.operator,
+                              settings.readable_updates))
     conf = out_dir / "mosquitto.conf"
-    conf.write_text(render_conf(settings, out_dir, has_passwd=passwd is not None))
-    return MosquittoFiles(conf, acl, passwd, tool)
+    conf.write_text(render_conf(settings, acl))
+    return MosquittoFiles(conf, acl)
 
 
 class MosquittoProcess:
-    """A `mosquitto -c CONF` child process listening on `port` (for tests, benches and trials)."""
+    """A `mosquitto -c CONF` child process listening on `port` (for tests, benches and trials).
+
+    `tls` says whether the listener speaks TLS, for `url` (`mqtts://` then).
+    """
 
     def __init__(self, conf: Path, port: int, host: str = "127.0.0.1",
-                 binary: str | None = None, startup_timeout_s: float = 10.0) -> None:
+                 binary: str | None = None, startup_timeout_s: float = 10.0,
+                 tls: bool = False) -> None:
         self.conf = conf
         self.port = port
         self.host = host
+        self.tls = tls
         self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.startup_timeout_s = startup_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def log_path(self) -> Path:
+        """Where the broker's log (its stderr) goes: beside the config."""
+        return self.conf.with_name(self.conf.name + ".log")
+
+    @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """The broker's URL on `host`."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self) -> MosquittoProcess:
         """Start mosquitto and wait until the port accepts connections."""
@@ -213,12 +234,14 @@ class MosquittoProcess:
             # files, which private (0700) directories such as pytest's tmp_path would hide.
             conf = self.conf.with_name(self.conf.name + ".as-root")
             conf.write_text(self.conf.read_text() + "user root\n")
-        self._process = subprocess.Popen([self.binary, "-c", str(conf)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The log goes to a file: a pipe nobody reads would fill up and stall the broker.
+        with self.log_path.open("wb") as log_file:
+            self._process = subprocess.Popen([self.binary, "-c", str(conf)],
+                                             stdout=subprocess.DEVNULL, stderr=log_file)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                err = self.log_path.read_text(errors="replace")
                 raise RuntimeError(f"mosquitto -c {self.conf} exited: {err.strip()[-500:]}")
             try:
                 with socket.create_connection((self.host, self.port), 0.5):
@@ -235,7 +258,9 @@ class MosquittoProcess:
         terminate(process)
 
     def __enter__(self) -> MosquittoProcess:
+        """Start mosquitto."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Stop mosquitto."""
         self.stop()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 
 
-def terminate(process: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
+def terminate(process: subprocess.Popen[bytes] | subprocess.Popen[str] | None,
+              timeout_s: float = 10.0) -> None:
     """Stop `process` if it still runs and release its pipes (None: nothing to do)."""
     if process is None:
         return

@@ -3,6 +3,13 @@
 `UpdateReceiver.feed` returns a verified, decoded `Update` holding the sender's full parameter
 vector (deltas already applied to the right reference), or None. It never raises: every rejected
 message is counted by `Reject` reason and logged with the reason.
+
+Beyond integrity (digest, HMAC with the sender's key) it refuses what is valid but unwanted:
+retained messages (an update is live or nothing: a retained one is a leftover or a replay), other
+runs, epochs older than the sender's newest (replays from before a restart), rounds older than the
+last accepted from the sender in its epoch (`stale`), and rounds further ahead of our own round
+than `round_window` (one forged round 4,000,000,000 would otherwise make every later genuine update
+stale). Incomplete updates are bounded per sender and in total (broker.chunking).
 """
 
 from __future__ import annotations
@@ -12,14 +19,15 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 
 from broker import codecs, topics, wire
-from broker.chunking import MAX_MESSAGE_BYTES, Reassembler
+from broker.chunking import MAX_MESSAGE_BYTES, Reassembler, ReassemblyLimits
 from broker.codecs import CodecError
+from broker.keys import KeyRing, as_keyring, check_run_id
 from broker.rejects import Reject, RejectedError
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,8 @@ class Update(NamedTuple):
 
 
 class _UpdateKey(NamedTuple):
+    run_id: bytes
+    epoch: int
     sender: str
     branch_key: str
     round_idx: int
@@ -64,19 +74,51 @@ class _Reference:
 
 
 class UpdateReceiver:
-    """Verifies, reassembles and decodes the updates one agent receives."""
+    """Verifies, reassembles and decodes the updates one agent receives.
+
+    Parameters
+    ----------
+    fleet : str
+        Our fleet; updates of another are rejected.
+    expected : callable
+        branch key -> (signature, n_elements) of the branch as we hold it, or None.
+    hmac_key : KeyRing, bytes or None
+        Verification keys, or the fleet key they derive from; with keys, unsigned updates are
+        rejected.
+    reassembly_timeout_s : float
+        How long an incomplete update may wait for its missing chunks.
+    max_message_bytes : int
+        Longest message accepted.
+    clock : callable
+        Monotonic seconds (tests pass a fake clock).
+    run_id : bytes or None
+        Accept only updates of this run (None: any run, until `set_run`).
+    round_window : int or None
+        Reject rounds more than this many ahead of our own round (`set_round`); None: no bound.
+    limits : ReassemblyLimits or None
+        Bounds on pending reassemblies (its `timeout_s` is replaced by `reassembly_timeout_s`).
+    """
 
     def __init__(self, fleet: str, expected: Callable[[str], tuple[str, int] | None],
-                 hmac_key: bytes | None = None, reassembly_timeout_s: float = 30.0,
+                 hmac_key: KeyRing | bytes | None = None, reassembly_timeout_s: float = 30.0,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, run_id: bytes | None = None,
+                 round_window: int | None = None, limits: ReassemblyLimits | None = None) -> None:
         self.fleet = topics.check_name("fleet", fleet)
         self.expected = expected
-        self.hmac_key = hmac_key or None
+        self.keys = as_keyring(fleet, hmac_key)
         self.max_message_bytes = max_message_bytes
+        if round_window is not None and round_window < 0:
+            raise ValueError(f"round_window: expected >= 0 rounds, got {round_window}")
+        self.round_window = round_window
+        self.run_id = None if run_id is None else check_run_id(run_id)
         self.rejections: Counter[Reject] = Counter()
         self.accepted = 0
-        self._reassembler = Reassembler(timeout_s=reassembly_timeout_s, clock=clock)
+        self.internal_errors = 0  # bugs caught on the network thread (counted as malformed too)
+        limits = replace(limits or ReassemblyLimits(), timeout_s=reassembly_timeout_s)
+        self._reassembler: Reassembler[_UpdateKey] = Reassembler(limits, clock=clock)
+        self._own_round = 0
+        self._epochs: dict[str, int] = {}  # newest epoch accepted from each sender
         self._references: dict[tuple[str, str], _Reference] = {}
         self._last_round: dict[tuple[str, str], int] = {}
         self._delivered: OrderedDict[_UpdateKey, None] = OrderedDict()
@@ -85,18 +127,36 @@ class UpdateReceiver:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def feed(self, topic: str, payload: bytes) -> Update | None:
-        """One MQTT message in; a complete verified update out, or None. Never raises."""
+    def feed(self, topic: str, payload: bytes, retained: bool = False) -> Update | None:
+        """One MQTT message in (with its retain flag); a complete verified update out, or None.
+
+        Never raises: a rejected message is counted in `rejections` by reason.
+        """
         with self._lock:
             try:
                 self._count_expired(self._reassembler.expire())
-                return self._feed(topic, payload)
+                return self._feed(topic, payload, retained)
             except RejectedError as exc:
                 self._reject(exc.reason, exc.detail, topic)
             except Exception as exc:  # a bug must not kill the network thread
                 log.exception("update on %s: internal error", topic)
+                self.internal_errors += 1
                 self._reject(Reject.MALFORMED, f"internal error {exc!r}", topic)
+            finally:
+                for key in self._reassembler.take_evicted():
+                    self._reject(Reject.EVICTED, f"round {key.round_idx} incomplete, evicted for a "
+                                                 "newer update", f"{key.sender}/{key.branch_key}")
             return None
+
+    def set_round(self, round_idx: int) -> None:
+        """Our own round: updates more than `round_window` rounds ahead of it are rejected."""
+        with self._lock:
+            self._own_round = round_idx
+
+    def set_run(self, run_id: bytes | None) -> None:
+        """Accept only updates of `run_id` from now on (None: any run)."""
+        with self._lock:
+            self.run_id = None if run_id is None else check_run_id(run_id)
 
     def expire(self, now_s: float | None = None) -> int:
         """Drop incomplete updates older than the reassembly timeout; return how many."""
@@ -119,20 +179,35 @@ class UpdateReceiver:
         """Round of the last update accepted from (sender, branch), or None."""
         return self._last_round.get((sender, branch_key))
 
+    def epoch(self, sender: str) -> int | None:
+        """Newest epoch accepted from `sender`, or None."""
+        return self._epochs.get(sender)
+
     def forget(self, sender: str) -> None:
-        """Drop every reference held for `sender` (e.g. it went offline and will restart)."""
+        """Drop every reference held for `sender` (e.g. it went offline and will restart).
+
+        Its newest epoch is kept: updates from before its restart stay rejected.
+        """
         with self._lock:
-            for key in [k for k in self._references if k[0] == sender]:
-                del self._references[key]
-            for key in [k for k in self._last_round if k[0] == sender]:
-                del self._last_round[key]
+            self._forget(sender)
+
+    def _forget(self, sender: str) -> None:
+        for key in [k for k in self._references if k[0] == sender]:
+            del self._references[key]
+        for key in [k for k in self._last_round if k[0] == sender]:
+            del self._last_round[key]
 
     @property
     def pending(self) -> int:
         """Updates waiting for more chunks."""
         return self._reassembler.pending
 
-    def _count_expired(self, keys: list) -> int:
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes reserved for updates waiting for more chunks."""
+        return self._reassembler.held_bytes
+
+    def _count_expired(self, keys: list[_UpdateKey]) -> int:
         for key in keys:
             self._reject(Reject.INCOMPLETE, f"round {key.round_idx} still incomplete after timeout",
                          f"{key.sender}/{key.branch_key}")
@@ -146,19 +221,30 @@ class UpdateReceiver:
         key = (reason, where)
         quiet = reason is Reject.DUPLICATE or now_s - self._last_warned.get(key, -1e18) < _LOG_EVERY_S
         if not quiet:
+            if len(self._last_warned) >= _RECENT_UPDATES:  # bounded under a flood of topics
+                self._last_warned.clear()
             self._last_warned[key] = now_s
         log.log(logging.DEBUG if quiet else logging.WARNING, "update rejected (%s) on %s: %s",
                 reason.value, where, detail)
 
-    def _feed(self, topic: str, data: bytes) -> Update | None:
-        header, piece = wire.decode_message(data, self.hmac_key, self.max_message_bytes)
+    def _check_header(self, topic: str, info: topics.TopicInfo | None, header: wire.Header) -> int:
+        """Everything decidable from one chunk's header; returns our element count."""
         if header.fleet != self.fleet:
             raise RejectedError(Reject.WRONG_FLEET, f"fleet {header.fleet!r}, ours is {self.fleet!r}")
-        info = topics.parse_topic(topic)
+        if self.run_id is not None and header.run_id != self.run_id:
+            raise RejectedError(Reject.OTHER_RUN, f"run {header.run_id.hex()}, ours {self.run_id.hex()}")
         if (info is None or info.kind != "update" or info.fleet != header.fleet
                 or info.agent != header.sender or info.branch_key != header.branch_key):
             raise RejectedError(Reject.TOPIC_MISMATCH,
                                 f"header {header.sender}/{header.branch_key} on topic {topic!r}")
+        newest_epoch = self._epochs.get(header.sender)
+        if newest_epoch is not None and header.epoch < newest_epoch:
+            raise RejectedError(Reject.REPLAYED, f"epoch {header.epoch} < {header.sender}'s newest "
+                                                 f"{newest_epoch} (from before a restart)")
+        if self.round_window is not None and header.round_idx > self._own_round + self.round_window:
+            raise RejectedError(Reject.OUT_OF_WINDOW,
+                                f"round {header.round_idx} > our round {self._own_round} + window "
+                                f"{self.round_window}")
         expected = self.expected(header.branch_key)
         if expected is None:
             raise RejectedError(Reject.UNKNOWN_BRANCH, f"branch {header.branch_key!r} is not held here")
@@ -172,26 +258,35 @@ class UpdateReceiver:
         if header.total_len > _MAX_BYTES_PER_ELEMENT * n_elements + 64:
             raise RejectedError(Reject.OVERSIZED,
                                 f"update of {header.total_len} bytes for {n_elements} elements")
-        ref_key = (header.sender, header.branch_key)
+        same_epoch = newest_epoch is None or header.epoch == newest_epoch
+        last_round = self._last_round.get((header.sender, header.branch_key))
+        if same_epoch and last_round is not None and header.round_idx < last_round:
+            raise RejectedError(Reject.STALE, f"round {header.round_idx} < accepted round {last_round}")
+        return n_elements
+
+    def _feed(self, topic: str, data: bytes, retained: bool) -> Update | None:
+        info = topics.parse_topic(topic)
+        if info is not None and info.kind == "probe":
+            return None  # an agent's publish probe (broker.probe), not an update: nothing to count
+        if retained:
+            raise RejectedError(Reject.RETAINED, "retained message on an update topic")
+        header, piece = wire.decode_message(data, self.keys, self.max_message_bytes)
         # Every identity field is part of the key: a chunk whose header disagrees with its
         # siblings lands in an entry of its own and the update never completes (then expires).
-        update_key = _UpdateKey(header.sender, header.branch_key, header.round_idx, header.signature,
-                                int(header.codec), header.ref_round, header.n_elements,
-                                header.total_len, header.chunk_count, header.sha256)
+        update_key = _UpdateKey(header.run_id, header.epoch, header.sender, header.branch_key,
+                                header.round_idx, header.signature, int(header.codec),
+                                header.ref_round, header.n_elements, header.total_len,
+                                header.chunk_count, header.sha256)
         if update_key in self._delivered:  # before the stale check: a late QoS 1 redelivery
             raise RejectedError(Reject.DUPLICATE, f"round {header.round_idx} already delivered")
-        last_round = self._last_round.get(ref_key)
-        if last_round is not None and header.round_idx < last_round:
-            raise RejectedError(Reject.STALE, f"round {header.round_idx} < accepted round {last_round}")
+        n_elements = self._check_header(topic, info, header)
         assembled = self._reassembler.add(update_key, header.chunk_index, header.chunk_count,
-                                          header.chunk_offset, header.total_len, piece, len(data))
+                                          header.chunk_offset, header.total_len, piece, len(data),
+                                          owner=header.sender)
         if assembled is None:
             return None
         payload, bytes_on_wire = assembled
-        digest = wire.update_digest(header.fleet, header.sender, header.round_idx, header.branch_key,
-                                    header.signature, header.codec, header.ref_round,
-                                    header.n_elements, payload, header.keep_reference)
-        if digest != header.sha256:
+        if wire.update_digest(header, payload) != header.sha256:
             raise RejectedError(Reject.BAD_SHA256, f"round {header.round_idx}: digest mismatch")
         try:
             decoded = codecs.decode(header.codec, payload, n_elements)
@@ -199,6 +294,11 @@ class UpdateReceiver:
             raise RejectedError(Reject.DECODE_FAILED, str(exc)) from None
         if not np.isfinite(decoded).all():
             raise RejectedError(Reject.NON_FINITE, f"round {header.round_idx}: NaN or inf values")
+        ref_key = (header.sender, header.branch_key)
+        if header.epoch != self._epochs.get(header.sender, header.epoch):
+            # The sender restarted (perhaps from an older checkpoint): nothing it sent before
+            # applies any more, and its rounds may start again lower.
+            self._forget(header.sender)
         held = self._references.get(ref_key)
         if header.is_delta:
             if held is None or held.round_idx != header.ref_round:
@@ -211,6 +311,7 @@ class UpdateReceiver:
                 raise RejectedError(Reject.NON_FINITE, "delta overflows the reference")
         else:
             vector = decoded
+        self._epochs[header.sender] = header.epoch
         if header.keep_reference:
             self._references[ref_key] = _Reference(vector, header.round_idx)
             vector = vector.copy()  # the caller may modify its copy; ours must stay intact

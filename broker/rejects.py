@@ -1,4 +1,9 @@
-"""Why an incoming update was rejected: one enum shared by the wire, reassembly and exchange layers."""
+"""Why an incoming message was rejected: one enum shared by every receive path.
+
+The update wire format, reassembly, the update receiver and the signed envelopes of status, metrics,
+control and probe messages all raise `RejectedError` with a `Reject`. The values are stable counter
+names: agents report `{reason: count}` in final.json.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from enum import Enum
 
 
 class Reject(str, Enum):
-    """Rejection reason of an incoming update message; values are stable counter names."""
+    """Rejection reason of an incoming message; values are stable counter names."""
 
     TRUNCATED = "truncated"  # shorter than its header says
     OVERSIZED = "oversized"  # message or whole update above the configured limit
@@ -28,10 +33,24 @@ class Reject(str, Enum):
     STALE = "stale"  # an older round than the one already accepted from this sender
     DUPLICATE = "duplicate"  # an update already delivered (QoS 1 redelivery)
     INCOMPLETE = "incomplete"  # chunks missing when the reassembly timeout expired
+    EVICTED = "evicted"  # an incomplete update dropped to keep pending reassemblies within bounds
+    OTHER_RUN = "other_run"  # signed for another run id (a leftover or a replay from another run)
+    REPLAYED = "replayed"  # an epoch older than the sender's newest, or a sequence number seen before
+    RETAINED = "retained"  # a retained message on a topic where only live messages are valid
+    OUT_OF_WINDOW = "out_of_window"  # a round further ahead of ours than the configured window
+    WRONG_KIND = "wrong_kind"  # an envelope kind that does not belong on this topic
 
 
 class RejectedError(Exception):
-    """Raised by the pure decoding functions; the receive path turns it into a counter."""
+    """Raised by the pure decoding functions; the receive path turns it into a counter.
+
+    Parameters
+    ----------
+    reason : Reject
+        The counter it goes to.
+    detail : str
+        What exactly was wrong (for the log).
+    """
 
     def __init__(self, reason: Reject, detail: str) -> None:
         self.reason = reason

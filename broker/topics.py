@@ -1,4 +1,14 @@
-"""The MQTT topic scheme of DESIGN.md §3: builders, filters and a parser."""
+"""The MQTT topic scheme of DESIGN.md §3: builders, filters and a parser.
+
+    parse/<fleet>/agents/<agent>/status    retained presence (signed envelope)
+    parse/<fleet>/updates/<agent>/<branch>  branch updates (binary wire format, broker.wire)
+    parse/<fleet>/updates/<agent>/$probe    the agent's publish probe (broker.probe)
+    parse/<fleet>/metrics/<agent>           per-round metrics rows (signed envelope)
+    parse/<fleet>/control                   keyframe requests, run announcements (signed envelope)
+
+The probe lives under the agent's update topics so that it passes the very ACL rule the updates
+pass; '$' cannot start a branch level, so it never collides with a branch.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +19,14 @@ ROOT = "parse"
 # `fuse/accel+gyro` use it, so topic levels carry ',' instead. The wire header holds the true key.
 _PLUS_STAND_IN = ","
 _FORBIDDEN = ("#", "+", "/", "\x00")
+PROBE_LEVEL = "$probe"
 
 
 class TopicInfo(NamedTuple):
     """A parsed parse-edge topic."""
 
     fleet: str
-    kind: str  # "status" | "update" | "metrics" | "control"
+    kind: str  # "status" | "update" | "probe" | "metrics" | "control"
     agent: str | None
     branch_key: str | None
 
@@ -36,8 +47,8 @@ def branch_to_levels(branch_key: str) -> str:
     """Topic suffix for a branch key: '/' keeps its levels, '+' becomes ','."""
     if not branch_key or "#" in branch_key or _PLUS_STAND_IN in branch_key or "\x00" in branch_key:
         raise ValueError(f"branch_key: {branch_key!r} must be non-empty without '#', ',' or NUL")
-    if any(level == "" for level in branch_key.split("/")):
-        raise ValueError(f"branch_key: {branch_key!r} has an empty level")
+    if any(level == "" or level.startswith("$") for level in branch_key.split("/")):
+        raise ValueError(f"branch_key: {branch_key!r} has an empty level or one starting with '$'")
     return branch_key.replace("+", _PLUS_STAND_IN)
 
 
@@ -57,6 +68,11 @@ def update_topic(fleet: str, agent: str, branch_key: str) -> str:
         f"{ROOT}/{check_name('fleet', fleet)}/updates/{check_name('agent', agent)}/"
         f"{branch_to_levels(branch_key)}"
     )
+
+
+def probe_topic(fleet: str, agent: str) -> str:
+    """Where `agent` publishes (and reads back) its publish probe."""
+    return f"{ROOT}/{check_name('fleet', fleet)}/updates/{check_name('agent', agent)}/{PROBE_LEVEL}"
 
 
 def metrics_topic(fleet: str, agent: str) -> str:
@@ -93,6 +109,8 @@ def parse_topic(topic: str) -> TopicInfo | None:
     fleet, kind = parts[1], parts[2]
     if kind == "agents" and len(parts) == 5 and parts[4] == "status" and parts[3]:
         return TopicInfo(fleet, "status", parts[3], None)
+    if kind == "updates" and len(parts) == 5 and parts[3] and parts[4] == PROBE_LEVEL:
+        return TopicInfo(fleet, "probe", parts[3], None)
     if kind == "updates" and len(parts) >= 5 and parts[3] and all(parts[4:]):
         return TopicInfo(fleet, "update", parts[3], levels_to_branch("/".join(parts[4:])))
     if kind == "metrics" and len(parts) == 4 and parts[3]:

@@ -1,4 +1,5 @@
-"""Chunking: bounded pieces; reassembly with duplicates, reordering, interleaving and timeouts."""
+"""Chunking: bounded pieces; reassembly with duplicates, reordering, interleaving and timeouts, and
+bounds on what forged first chunks can hold (per sender, in total, in bytes; O(1) expiry)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 
 import pytest
 
-from broker.chunking import Reassembler, split_payload
+from broker.chunking import Reassembler, ReassemblyLimits, split_payload
 from broker.rejects import Reject, RejectedError
 
 
@@ -57,7 +58,7 @@ def test_interleaved_reordered_duplicated_updates_each_complete_once() -> None:
 
 def test_timeout_drops_and_counts() -> None:
     clock = FakeClock()
-    r = Reassembler(timeout_s=5.0, clock=clock)
+    r: Reassembler[str] = Reassembler(ReassemblyLimits(timeout_s=5.0), clock=clock)
     pieces = split_payload(b"x" * 100, 30)
     _feed(r, "k", pieces, 100, [0, 1])
     clock.now_s = 4.9
@@ -81,11 +82,58 @@ def test_contradicting_chunks_are_malformed() -> None:
     assert single.value.reason is Reject.MALFORMED
 
 
-def test_pending_budget_is_enforced() -> None:
-    r = Reassembler(max_pending_bytes=100)
+def test_byte_budget_evicts_the_oldest_and_refuses_what_never_fits() -> None:
+    r: Reassembler[str] = Reassembler(ReassemblyLimits(max_pending_bytes=100))
     r.add("k1", 0, 2, 0, 80, b"a" * 40, 50)  # the whole update's buffer is reserved up front
     with pytest.raises(RejectedError) as info:
-        r.add("k2", 0, 2, 0, 80, b"a" * 40, 50)
-    assert info.value.reason is Reject.OVERSIZED
-    assert r.add("k1", 1, 2, 40, 80, b"b" * 40, 50) == (bytearray(b"a" * 40 + b"b" * 40), 100)
-    assert r.add("k2", 0, 2, 0, 80, b"a" * 40, 50) is None  # room again once k1 completed
+        r.add("big", 0, 2, 0, 101, b"a" * 40, 50)
+    assert info.value.reason is Reject.OVERSIZED and r.pending == 1
+    assert r.add("k2", 0, 2, 0, 80, b"a" * 40, 50) is None  # k1 gives way: the budget holds
+    assert r.take_evicted() == ["k1"] and r.held_bytes == 80 and r.pending == 1
+    assert r.add("k2", 1, 2, 40, 80, b"b" * 40, 50) == (bytearray(b"a" * 40 + b"b" * 40), 100)
+    assert r.held_bytes == 0 and r.take_evicted() == []
+
+
+def test_per_sender_and_total_limits_evict_the_oldest() -> None:
+    r: Reassembler[str] = Reassembler(ReassemblyLimits(max_pending_per_sender=2, max_pending_total=3))
+    for key in ("x1", "x2", "x3"):  # a flooding sender x keeps at most 2
+        r.add(key, 0, 2, 0, 20, b"a" * 10, 10, owner="x")
+    assert r.take_evicted() == ["x1"] and r.pending == 2
+    r.add("y1", 0, 2, 0, 20, b"a" * 10, 10, owner="y")
+    r.add("z1", 0, 2, 0, 20, b"a" * 10, 10, owner="z")  # total 3: the oldest overall goes
+    assert r.take_evicted() == ["x2"] and r.pending == 3
+    # the survivors still complete
+    assert r.add("y1", 1, 2, 10, 20, b"b" * 10, 10, owner="y") is not None
+    assert r.add("x3", 1, 2, 10, 20, b"b" * 10, 10, owner="x") is not None
+
+
+def test_expiry_looks_only_at_the_oldest_entries() -> None:
+    clock = FakeClock()
+    r: Reassembler[int] = Reassembler(ReassemblyLimits(timeout_s=10.0, max_pending_total=20_000,
+                                                       max_pending_per_sender=20_000), clock=clock)
+    for i in range(10_000):
+        clock.now_s = i * 1e-3  # first seen 0 .. 9.999 s
+        r.add(i, 0, 2, 0, 2, b"a", 1)
+    clock.now_s = 10.5
+    assert r.expire() == list(range(501))  # first seen at <= 0.5 s
+    assert r.pending == 10_000 - 501 and r.expired_count == 501
+    # a pending set that is all fresh costs one look, not a scan
+    entries = r._pending
+    looked: list[int] = []
+
+    class Spy(type(entries)):  # type: ignore[misc]
+        def items(self):  # type: ignore[no-untyped-def]
+            for pair in super().items():
+                looked.append(pair[0])
+                yield pair
+
+    r._pending = Spy(entries)
+    assert r.expire() == [] and len(looked) == 1
+
+
+@pytest.mark.parametrize("field,value", [("timeout_s", float("nan")), ("timeout_s", 0.0),
+                                         ("max_pending_bytes", 0), ("max_pending_per_sender", 0),
+                                         ("max_pending_total", -1)])
+def test_limits_are_checked(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        ReassemblyLimits(**{field: value})

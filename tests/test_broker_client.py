@@ -20,7 +20,7 @@ from broker.client import MqttClient, parse_broker_url
 from broker.discovery import AgentStatus, NeighbourTable, encode_status, offline_status
 from broker.embedded import EmbeddedBroker
 from broker.exchange import Update, UpdateReceiver, UpdateSender
-from tests.broker_support import private_mosquitto, wait_for
+from tests.broker_support import PrivateBroker, private_mosquitto, wait_for
 
 FLEET = f"it{uuid.uuid4().hex[:8]}"
 AGENTS = ["a1", "a2", "a3"]
@@ -36,33 +36,47 @@ def amqtt_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with private_mosquitto(tmp_path_factory.mktemp("mq"), FLEET, AGENTS) as process:
-        yield process.url
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    with private_mosquitto(tmp_path_factory.mktemp("mq"), FLEET, AGENTS) as broker:
+        yield broker
+
+
+class Broker:
+    """One broker kind: its URL, protocol level, and clients logged in as a given user."""
+
+    def __init__(self, url: str, protocol: int, private: PrivateBroker | None = None) -> None:
+        self.url, self.protocol, self.private = url, protocol, private
+
+    def password(self, user: str) -> str | None:
+        return self.private.credentials.passwords[user] if self.private else None
+
+    def client(self, user: str, client_id: str, **kwargs: object) -> MqttClient:
+        # username = agent id is what the generated Mosquitto ACL keys on; the client id is free
+        return MqttClient(self.url, client_id, username=user, password=self.password(user),
+                          protocol=self.protocol, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])
-def broker(request: pytest.FixtureRequest) -> tuple[str, int]:
-    """(url, MQTT protocol level) of each broker kind."""
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """Each broker kind: amqtt (MQTT 3.1.1, open) and Mosquitto (MQTT 5, generated credentials)."""
     if request.param == "amqtt":
-        return request.getfixturevalue("amqtt_url"), 4
-    return request.getfixturevalue("mosquitto_url"), 5
+        return Broker(request.getfixturevalue("amqtt_url"), 4)
+    private = request.getfixturevalue("mosquitto")
+    return Broker(private.url, 5, private)
 
 
 class Agent:
     """Just enough of an agent: one client, a sender and a receiver."""
 
-    def __init__(self, url: str, agent: str, protocol: int) -> None:
+    def __init__(self, broker: Broker, agent: str) -> None:
         self.agent = agent
         self.updates: list[Update] = []
         self.got = threading.Condition()
         self.sender = UpdateSender(FLEET, agent, "fp32", hmac_key=KEY)
         self.receiver = UpdateReceiver(FLEET, lambda b: (SIG, N_ELEMENTS) if b == BRANCH else None,
                                        hmac_key=KEY)
-        # username = agent id is what the generated Mosquitto ACL keys on; the client id is free
-        self.client = MqttClient(url, f"{FLEET}-{agent}", username=agent,
-                                 on_message=self.on_message, protocol=protocol,
-                                 will=(topics.status_topic(FLEET, agent), offline_status(agent)))
+        self.client = broker.client(agent, f"{FLEET}-{agent}", on_message=self.on_message,
+                                    will=(topics.status_topic(FLEET, agent), offline_status(agent)))
 
     def on_message(self, topic: str, payload: bytes) -> None:
         update = self.receiver.feed(topic, payload)
@@ -72,10 +86,9 @@ class Agent:
                 self.got.notify_all()
 
 
-def test_three_agents_exchange_multi_chunk_updates_intact(broker: tuple[str, int]) -> None:
+def test_three_agents_exchange_multi_chunk_updates_intact(broker: Broker) -> None:
     # Prepare
-    url, protocol = broker
-    agents = [Agent(url, a, protocol) for a in AGENTS]
+    agents = [Agent(broker, a) for a in AGENTS]
     vectors = {a: np.random.default_rng(i).normal(size=N_ELEMENTS).astype(np.float32)
                for i, a in enumerate(AGENTS)}
     try:
@@ -117,8 +130,9 @@ from broker import topics
 from broker.client import MqttClient
 from broker.discovery import AgentStatus, encode_status, offline_status
 url, fleet, agent, protocol = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+password = sys.stdin.readline().strip() or None
 status = topics.status_topic(fleet, agent)
-client = MqttClient(url, fleet + "-" + agent, username=agent, protocol=protocol,
+client = MqttClient(url, fleet + "-" + agent, username=agent, password=password, protocol=protocol,
                     will=(status, offline_status(agent)), keepalive_s=60)
 client.start()
 client.publish(status, encode_status(AgentStatus(agent, True, ("accel",), {"enc/accel": "s1"})),
@@ -129,18 +143,19 @@ time.sleep(120)
 """
 
 
-def test_sigkilled_agent_shows_offline_through_its_last_will(broker: tuple[str, int]) -> None:
+def test_sigkilled_agent_shows_offline_through_its_last_will(broker: Broker) -> None:
     # Prepare: an observer folding status messages into a neighbour table
-    url, protocol = broker
     table = NeighbourTable(FLEET, {"a1": ["a3"], "a3": ["a1"]})
-    observer = MqttClient(url, f"{FLEET}-a1", username="a1", protocol=protocol,
-                          on_message=table.observe)
+    observer = broker.client("a1", f"{FLEET}-a1", on_message=table.observe)
     observer.start()
     observer.subscribe(topics.status_filter(FLEET))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, url, FLEET, "a3", str(protocol)],
-                             stdout=subprocess.PIPE, text=True,
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, broker.url, FLEET, "a3", str(broker.protocol)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     try:
+        assert child.stdin is not None
+        child.stdin.write((broker.password("a3") or "") + "\n")  # not on the command line
+        child.stdin.close()
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         assert wait_for(lambda: table.live_neighbours("a1", "enc/accel", "s1") == {"a3"}, 10)
         # Execute
@@ -158,14 +173,12 @@ def test_sigkilled_agent_shows_offline_through_its_last_will(broker: tuple[str, 
         observer.stop(publish_will=False)
 
 
-def test_stop_publishes_offline_status_and_flush_waits_for_acks(broker: tuple[str, int]) -> None:
-    url, protocol = broker
+def test_stop_publishes_offline_status_and_flush_waits_for_acks(broker: Broker) -> None:
     table = NeighbourTable(FLEET, {"a1": ["a2"]})
-    observer = MqttClient(url, f"{FLEET}-a1", username="a1", protocol=protocol,
-                          on_message=table.observe).start()
+    observer = broker.client("a1", f"{FLEET}-a1", on_message=table.observe).start()
     observer.subscribe(topics.status_filter(FLEET))
-    agent = MqttClient(url, f"{FLEET}-a2", username="a2", protocol=protocol,
-                       will=(topics.status_topic(FLEET, "a2"), offline_status("a2"))).start()
+    agent = broker.client("a2", f"{FLEET}-a2",
+                          will=(topics.status_topic(FLEET, "a2"), offline_status("a2"))).start()
     try:
         agent.publish(topics.status_topic(FLEET, "a2"),
                       encode_status(AgentStatus("a2", True, (), {"head/R": "h"})), retain=True)
@@ -202,8 +215,7 @@ def test_url_parsing() -> None:
         ("h", 9, True, "u@x", "p:w")
 
 
-def test_publish_from_many_threads_loses_nothing(broker: tuple[str, int]) -> None:
-    url, protocol = broker
+def test_publish_from_many_threads_loses_nothing(broker: Broker) -> None:
     received: list[bytes] = []
     lock = threading.Lock()
 
@@ -211,8 +223,9 @@ def test_publish_from_many_threads_loses_nothing(broker: tuple[str, int]) -> Non
         with lock:
             received.append(payload)
 
-    sink = MqttClient(url, f"{FLEET}-a2", username="a2", protocol=protocol, on_message=record).start()
-    source = MqttClient(url, f"{FLEET}-a1", username="a1", protocol=protocol).start()
+    # the operator: agents may not read each other's metrics (the generated ACL)
+    sink = broker.client("operator", f"{FLEET}-operator", on_message=record).start()
+    source = broker.client("a1", f"{FLEET}-a1").start()
     try:
         sink.subscribe(topics.metrics_topic(FLEET, "a1"))
         assert sink.wait_subscribed(5)
@@ -238,11 +251,10 @@ def test_publish_from_many_threads_loses_nothing(broker: tuple[str, int]) -> Non
         sink.stop(publish_will=False)
 
 
-def test_client_socket_has_tcp_nodelay(broker: tuple[str, int]) -> None:
+def test_client_socket_has_tcp_nodelay(broker: Broker) -> None:
     import socket
 
-    url, protocol = broker
-    with MqttClient(url, f"{FLEET}-nodelay", protocol=protocol) as client:
+    with broker.client("a1", f"{FLEET}-nodelay") as client:
         sock = client._paho.socket()
         assert sock is not None
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

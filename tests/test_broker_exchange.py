@@ -17,6 +17,7 @@ from broker.exchange import (
     encode_keyframe_request,
     parse_keyframe_request,
 )
+from broker.keys import NO_RUN
 from broker.rejects import Reject
 
 FLEET, BRANCH, SIG = "f", "syn/accel@accel+gyro", "9c0ffee1"
@@ -162,16 +163,11 @@ def test_incomplete_update_expires_with_a_count() -> None:
 
 def _forge(payload: bytes, n: int, codec: CodecId = CodecId.FP32, **fields: object) -> tuple[str, bytes]:
     """A well-formed message carrying an arbitrary payload (what a buggy or hostile sender sends)."""
-    header = dict(fleet=FLEET, sender="a1", round_idx=0, branch_key=BRANCH, signature=SIG,
-                  codec=codec, ref_round=-1, n_elements=n)
-    header.update(fields)
-    keep = header["ref_round"] >= 0  # type: ignore[operator]
-    digest = wire.update_digest(header["fleet"], header["sender"], header["round_idx"],
-                                header["branch_key"], header["signature"], header["codec"],
-                                header["ref_round"], header["n_elements"], payload, keep)
-    h = wire.Header(**header, total_len=len(payload), chunk_index=0, chunk_count=1, chunk_offset=0,
-                    payload_len=len(payload), sha256=digest, keep_reference=keep)
-    return topics.update_topic(FLEET, header["sender"], BRANCH), wire.encode_message(h, payload)
+    h = wire.Header(FLEET, "a1", 0, BRANCH, SIG, codec, -1, n, len(payload), 0, 1, 0, len(payload),
+                    b"", NO_RUN, 0)._replace(**fields)
+    h = h._replace(keep_reference=h.ref_round >= 0)
+    h = h._replace(sha256=wire.update_digest(h, payload))
+    return topics.update_topic(FLEET, h.sender, BRANCH), wire.encode_message(h, payload)
 
 
 def test_named_bad_cases_are_rejected_with_their_reason(caplog: pytest.LogCaptureFixture) -> None:
@@ -184,7 +180,7 @@ def test_named_bad_cases_are_rejected_with_their_reason(caplog: pytest.LogCaptur
         Reject.TRUNCATED: (good_topic, good[:-5], None),
         Reject.OVERSIZED: (good_topic, good + b"\x00" * 300_000, None),
         Reject.BAD_MAGIC: (good_topic, b"MQTT" + good[4:], None),
-        Reject.BAD_VERSION: (good_topic, good[:4] + b"\x02" + good[5:], None),
+        Reject.BAD_VERSION: (good_topic, good[:4] + b"\x09" + good[5:], None),
         Reject.WRONG_SIGNATURE: UpdateSender(FLEET, "a1", "fp32").encode(0, BRANCH, "other", _vector(n))[0]
         + (None,),
         Reject.WRONG_SHAPE: UpdateSender(FLEET, "a1", "fp32").encode(0, BRANCH, SIG, _vector(n + 1))[0]

@@ -1,4 +1,4 @@
-"""Mosquitto configuration: generated files, and a real Mosquitto enforcing the ACL and passwords."""
+"""Mosquitto configuration: generated files, and a real Mosquitto enforcing passwords and the ACL."""
 
 from __future__ import annotations
 
@@ -12,53 +12,67 @@ from broker.client import MqttClient, TlsFiles
 from broker.mosquitto import (
     MAX_PACKET_BYTES,
     MosquittoSettings,
-    hash_password,
     render_acl,
     render_conf,
     write_mosquitto_config,
 )
-from tests.broker_support import private_mosquitto, wait_for
+from tests.broker_support import PrivateBroker, private_mosquitto, wait_for
 
 FLEET = "aclfleet"
+AGENTS = ["a1", "a2", "a3", "a4"]
 
 
-def test_acl_lets_each_agent_write_only_its_own_topics() -> None:
-    acl = render_acl(FLEET, ["a1", "a2"])
-    lines = [line for line in acl.splitlines() if not line.startswith("#")]
-    assert lines == [
-        f"pattern read parse/{FLEET}/#",
-        f"pattern write parse/{FLEET}/agents/%u/#",
-        f"pattern write parse/{FLEET}/updates/%u/#",
-        f"pattern write parse/{FLEET}/metrics/%u",
-        f"pattern write parse/{FLEET}/control",
-    ]
+def test_acl_gives_each_agent_its_own_topics_and_the_operator_the_fleet() -> None:
+    acl = render_acl(FLEET, ["a3", "a4"])
+    blocks = [b.splitlines() for b in acl.split("\n\n")[1:] if b.strip()]
+    root = f"parse/{FLEET}"
+    assert blocks[0] == ["user a3", f"topic write {root}/agents/a3/status",
+                         f"topic write {root}/updates/a3/#", f"topic write {root}/metrics/a3",
+                         f"topic readwrite {root}/control",
+                         f"topic read {root}/agents/+/status", f"topic read {root}/updates/+/#"]
+    assert blocks[1][0] == "user a4" and f"topic write {root}/updates/a4/#" in blocks[1]
+    assert blocks[2] == ["user operator", f"topic read {root}/#", f"topic write {root}/control"]
+    assert "pattern" not in acl and "%u" not in acl  # no rule for users it does not name
+    narrow = render_acl(FLEET, ["a3", "a4"], readable_updates={"a3": ["a4"]})
+    reads = {block.splitlines()[0]: [line for line in block.splitlines() if "read" in line
+                                      and "updates" in line]
+             for block in narrow.split("\n\n")[1:3]}
+    assert reads == {"user a3": [f"topic read {root}/updates/a3/#", f"topic read {root}/updates/a4/#"],
+                     "user a4": [f"topic read {root}/updates/a4/#"]}
 
 
-def test_conf_holds_listener_limits_persistence_and_tls(tmp_path: Path) -> None:
-    settings = MosquittoSettings(FLEET, ["a1"], port=8883, username="u", password="p",
-                                 tls=TlsFiles("ca.pem", "server.pem", "server.key"),
-                                 require_client_certificate=True)
-    conf = render_conf(settings, tmp_path, has_passwd=True)
-    assert "listener 8883\n" in conf
-    assert f"max_packet_size {MAX_PACKET_BYTES}" in conf and MAX_PACKET_BYTES > 256 * 1024
+def test_conf_never_allows_anonymous_clients(tmp_path: Path) -> None:
+    with_passwords = MosquittoSettings(FLEET, ["a1"], port=8883, password_file=tmp_path / "passwd",
+                                       tls=TlsFiles("ca.pem", "server.pem", "server.key"))
+    conf = render_conf(with_passwords, tmp_path / "acl")
+    assert "listener 8883\n" in conf and f"max_packet_size {MAX_PACKET_BYTES}" in conf
     assert "allow_anonymous false" in conf and f"password_file {tmp_path.resolve()}/passwd" in conf
     assert "persistence true" in conf and "persistence_location /var/lib/mosquitto/" in conf
-    assert f"certfile {Path('server.pem').resolve()}" in conf and "require_certificate true" in conf
-    open_conf = render_conf(MosquittoSettings(FLEET, persistence=False, bind_address="127.0.0.1"),
-                            tmp_path, has_passwd=False)
-    assert "listener 1883 127.0.0.1" in open_conf and "allow_anonymous true" in open_conf
-    assert "persistence false" in open_conf and "password_file" not in open_conf
+    assert f"certfile {Path('server.pem').resolve()}" in conf and "require_certificate false" in conf
+    certificates = MosquittoSettings(FLEET, ["a1"], tls=TlsFiles("ca.pem", "s.pem", "s.key"),
+                                     require_client_certificate=True, use_identity_as_username=True,
+                                     persistence=False, bind_address="127.0.0.1")
+    conf = render_conf(certificates, tmp_path / "acl")
+    assert "require_certificate true" in conf and "use_identity_as_username true" in conf
+    assert "allow_anonymous false" in conf and "password_file" not in conf
+    assert "listener 1883 127.0.0.1" in conf and "persistence false" in conf
+    assert "allow_anonymous true" not in conf
 
 
 @pytest.mark.parametrize("settings,match", [
-    (MosquittoSettings("bad/fleet"), "fleet"),
-    (MosquittoSettings(FLEET, ["a1", "a+"]), "agent id"),
-    (MosquittoSettings(FLEET, ["a1", "a1"]), "duplicates"),
-    (MosquittoSettings(FLEET, port=0), "port"),
-    (MosquittoSettings(FLEET, username="u"), "both"),
-    (MosquittoSettings(FLEET, username="u:x", password="p"), "username"),
-    (MosquittoSettings(FLEET, username="u", password="p\nq"), "line break"),
-    (MosquittoSettings(FLEET, tls=TlsFiles("ca.pem")), "cert_file"),
+    (MosquittoSettings("bad/fleet", password_file=Path("p")), "fleet"),
+    (MosquittoSettings(FLEET, ["a1", "a+"], password_file=Path("p")), "agent id"),
+    (MosquittoSettings(FLEET, ["a1", "a1"], password_file=Path("p")), "duplicates"),
+    (MosquittoSettings(FLEET, ["operator"], password_file=Path("p")), "operator"),
+    (MosquittoSettings(FLEET, port=0, password_file=Path("p")), "port"),
+    (MosquittoSettings(FLEET, max_packet_bytes=100, password_file=Path("p")), "max_packet_bytes"),
+    (MosquittoSettings(FLEET), "anonymous clients are never allowed"),
+    (MosquittoSettings(FLEET, tls=TlsFiles("ca.pem"), password_file=Path("p")), "cert_file"),
+    (MosquittoSettings(FLEET, tls=TlsFiles(None, "s", "k"), require_client_certificate=True,
+                       use_identity_as_username=True), "ca_file"),
+    (MosquittoSettings(FLEET, use_identity_as_username=True), "require_client_certificate"),
+    (MosquittoSettings(FLEET, ["a1"], readable_updates={"a1": ["a9"]}, password_file=Path("p")),
+     "a9"),
 ])
 def test_bad_settings_name_the_field(settings: MosquittoSettings, match: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=match):
@@ -66,113 +80,95 @@ def test_bad_settings_name_the_field(settings: MosquittoSettings, match: str, tm
     assert not (tmp_path / "mosquitto.conf").exists()
 
 
-def test_password_hash_format_is_mosquittos() -> None:
-    hashed = hash_password("secret", salt=b"0123456789ab")
-    kind, iterations, salt, digest = hashed.split("$")[1:]
-    assert (kind, iterations, salt) == ("7", "101", "MDEyMzQ1Njc4OWFi")
-    assert len(digest) == 88  # base64 of a 64-byte SHA-512
+class Recorder:
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        with self.lock:
+            self.topics.append(topic)
+
+    def seen(self) -> list[str]:
+        with self.lock:
+            return list(self.topics)
 
 
-def test_passwords_with_colons_are_hashed_in_full(tmp_path: Path) -> None:
-    from broker.mosquitto import write_passwd
+def _cannot_write_a4s_topics(broker: PrivateBroker, protocol: int) -> MqttClient:
+    """a3 publishes on a4's topics, then on its own; an operator watching everything sees only
+    a3's own messages (so the denied ones never arrived, not even late). Returns a3's client."""
+    recorder = Recorder()
+    operator = broker.client("operator", on_message=recorder).start()
+    # a3 even borrows a4's client id: the ACL goes by the authenticated user
+    a3 = broker.client("a3", f"{FLEET}-a4", protocol=protocol).start()
+    try:
+        operator.subscribe(f"parse/{FLEET}/#")
+        assert operator.wait_subscribed(5)
+        forbidden = [topics.update_topic(FLEET, "a4", "enc/accel"), topics.status_topic(FLEET, "a4"),
+                     topics.metrics_topic(FLEET, "a4"), topics.probe_topic(FLEET, "a4"),
+                     f"parse/{FLEET}/agents/a3/other", f"parse/{FLEET}/anything"]
+        allowed = [topics.update_topic(FLEET, "a3", "fuse/accel+gyro"), topics.status_topic(FLEET, "a3"),
+                   topics.metrics_topic(FLEET, "a3"), topics.control_topic(FLEET)]
+        for topic in forbidden + allowed:
+            a3.publish(topic, b"x")
+        assert a3.flush(10)
+        assert wait_for(lambda: len(recorder.seen()) >= len(allowed), 10)
+        assert recorder.seen() == allowed
+        assert a3.is_connected  # Mosquitto drops the messages, not the client
+        return a3
+    finally:
+        a3.stop(publish_will=False)
+        operator.stop(publish_will=False)
 
-    assert write_passwd(tmp_path / "p1", {"u": "plain"}) == "mosquitto_passwd"
-    assert write_passwd(tmp_path / "p2", {"u": "has:colon"}) == "pbkdf2-sha512"
-    assert (tmp_path / "p1").read_text().startswith("u:$7$101$")
-    assert oct((tmp_path / "p1").stat().st_mode & 0o777) == "0o640"
 
-
-@pytest.mark.parametrize("prefer_tool,password", [(True, "s3cret pw"), (False, "s3cret:pw")],
-                         ids=["mosquitto_passwd", "builtin-pbkdf2"])
-def test_real_mosquitto_enforces_acl_and_password(tmp_path: Path, prefer_tool: bool,
-                                                  password: str) -> None:
-    # Prepare: Mosquitto running exactly the generated files
-    with private_mosquitto(tmp_path, FLEET, ["a1", "a2"], username="fleet", password=password,
-                           prefer_tool=prefer_tool) as mosquitto:
-        seen: list[str] = []
-        lock = threading.Lock()
-
-        def record(topic: str, payload: bytes) -> None:
-            with lock:
-                seen.append(topic)
-
-        observer = MqttClient(mosquitto.url, "observer", username="fleet", password=password,
-                              on_message=record).start()
-        # a1 even borrows a2's client id: the ACL goes by the authenticated username
-        a1 = MqttClient(mosquitto.url, "a2", username="a1", password=password, protocol=5).start()
-        try:
-            observer.subscribe(f"parse/{FLEET}/#")
-            assert observer.wait_subscribed(5)
-            forbidden = [topics.update_topic(FLEET, "a2", "enc/accel"), topics.status_topic(FLEET, "a2"),
-                         topics.metrics_topic(FLEET, "a2")]
-            allowed = [topics.update_topic(FLEET, "a1", "fuse/accel+gyro"),
-                       topics.status_topic(FLEET, "a1"), topics.metrics_topic(FLEET, "a1"),
-                       topics.control_topic(FLEET)]
-            # Execute: forbidden first, so their absence is proven by the later allowed arrivals
-            for topic in forbidden + allowed:
-                a1.publish(topic, b"x")
-            assert a1.flush(10)
-            # Assert
-            assert wait_for(lambda: len(seen) >= len(allowed), 10)
-            with lock:
-                assert seen == allowed
-            assert a1.is_connected  # Mosquitto drops the messages, not the client
-            users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
-            assert sorted(users) == ["a1", "a2", "fleet"]
-            intruder = MqttClient(mosquitto.url, "a3", username="a2", password="wrong")
+def test_a3_cannot_write_a4s_topics_with_its_password(tmp_path: Path) -> None:
+    with private_mosquitto(tmp_path, FLEET, AGENTS) as broker:
+        a3 = _cannot_write_a4s_topics(broker, protocol=5)
+        # MQTT 5: every denied publish came back as a refusal naming the topic
+        refused = [(r.action, r.topic, r.code) for r in a3.refusals]
+        assert len(refused) == 6 and all(a == "publish" and c == 0x87 for a, _, c in refused)
+        assert refused[0][1] == topics.update_topic(FLEET, "a4", "enc/accel")
+        with pytest.raises(RuntimeError, match=r"refused publish on parse/aclfleet/updates/a4/enc/accel: "
+                           r"Not authorized \(the broker's ACL does not let MQTT user 'a3'"):
+            a3.raise_for_refusals()
+        # and a3 (nor anyone) cannot log in as a4 without a4's secret, or anonymously
+        for user, password in (("a4", broker.credentials.passwords["a3"]), (None, None)):
+            intruder = broker.client(user, "intruder", password=password)
             with pytest.raises(ConnectionError, match=r"[Nn]ot authori[sz]ed"):
-                intruder.start(timeout_s=1)
-        finally:
-            a1.stop(publish_will=False)
-            observer.stop(publish_will=False)
+                intruder.start(timeout_s=2)
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    import subprocess
-
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _make_pki(d: Path) -> None:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-             "-subj", "/CN=parse-edge test CA", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        extra = ["-extfile", "san.ext"] if name == "server" else []
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", *extra, cwd=d)
-
-
-def test_tls_listener_with_client_certificates(tmp_path: Path) -> None:
-    from broker.embedded import free_port
-    from broker.mosquitto import MosquittoProcess
-
-    # Prepare: a PKI and the generated TLS configuration
-    _make_pki(tmp_path)
-    port = free_port()
-    settings = MosquittoSettings(FLEET, ["a1"], port=port, bind_address="127.0.0.1",
-                                 persistence=False, require_client_certificate=True,
-                                 tls=TlsFiles(str(tmp_path / "ca.pem"), str(tmp_path / "server.pem"),
-                                              str(tmp_path / "server.key")))
-    files = write_mosquitto_config(settings, tmp_path / "conf")
-    url = f"mqtts://127.0.0.1:{port}"
-    with MosquittoProcess(files.conf, port):
-        # Execute / Assert: with a client certificate the round trip works over TLS
-        got = threading.Event()
-        client = MqttClient(url, "a1", username="a1", on_message=lambda t, p: got.set(),
-                            tls=TlsFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"),
-                                         str(tmp_path / "client.key"))).start()
-        try:
-            client.subscribe(topics.metrics_topic(FLEET, "a1"))
-            assert client.wait_subscribed(5)
-            client.publish(topics.metrics_topic(FLEET, "a1"), b"{}")
-            assert got.wait(5)
-        finally:
-            client.stop(publish_will=False)
-        # without one, the handshake is refused
-        anonymous = MqttClient(url, "a1", tls=TlsFiles(str(tmp_path / "ca.pem")))
+def test_a3_cannot_write_a4s_topics_with_its_certificate(tmp_path: Path) -> None:
+    with private_mosquitto(tmp_path, FLEET, AGENTS, certificates=True) as broker:
+        assert broker.url.startswith("mqtts://")
+        _cannot_write_a4s_topics(broker, protocol=4)
+        # no certificate: the TLS handshake is refused; a certificate from another CA too
+        ca_only = MqttClient(broker.url, "anon", tls=TlsFiles(str(tmp_path / "pki" / "ca.pem")))
         with pytest.raises(ConnectionError):
-            anonymous.start(timeout_s=1)
+            ca_only.start(timeout_s=2)
+
+
+def test_agents_read_statuses_and_updates_but_not_metrics(tmp_path: Path) -> None:
+    with private_mosquitto(tmp_path, FLEET, AGENTS, readable_updates={"a1": ["a2"]}) as broker:
+        recorder = Recorder()
+        a1 = broker.client("a1", on_message=recorder, protocol=5).start()
+        senders = {a: broker.client(a, protocol=5).start() for a in ("a2", "a3")}
+        try:
+            a1.subscribe(f"parse/{FLEET}/#")
+            assert a1.wait_subscribed(5)
+            published = []
+            for agent, client in senders.items():
+                for topic in (topics.metrics_topic(FLEET, agent), topics.update_topic(FLEET, agent, "k"),
+                              topics.status_topic(FLEET, agent)):
+                    client.publish(topic, b"x")
+                    published.append(topic)
+                assert client.flush(10)
+            senders["a3"].publish(topics.control_topic(FLEET), b"x")
+            assert senders["a3"].flush(10)
+            expected = [topics.update_topic(FLEET, "a2", "k"), topics.status_topic(FLEET, "a2"),
+                        topics.status_topic(FLEET, "a3"), topics.control_topic(FLEET)]
+            assert wait_for(lambda: len(recorder.seen()) >= len(expected), 10)
+            assert sorted(recorder.seen()) == sorted(expected)  # a3's update: not a neighbour of a1
+        finally:
+            for client in (a1, *senders.values()):
+                client.stop(publish_will=False)

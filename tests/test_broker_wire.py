@@ -8,18 +8,25 @@ import pytest
 
 from broker import wire
 from broker.codecs import CodecId
+from broker.keys import KeyRing
 from broker.rejects import Reject, RejectedError
 
-KEY = b"fleet-secret"
+FLEET_KEY = b"fleet-secret"
+KEYS = KeyRing("f", FLEET_KEY)
+KEY = KEYS.key_for("a1")  # the sender's own key, derived from the fleet key
+RUN = bytes(range(16))
+
+
+def _header(payload: bytes, ref_round: int = -1, **fields: object) -> wire.Header:
+    keep = ref_round >= 0
+    header = wire.Header("f", "a1", 3, "fuse/accel+gyro", "sig1", CodecId.FP32, ref_round, 1,
+                         len(payload), 0, 1, 0, len(payload), b"", RUN, 7, keep)._replace(**fields)
+    return header._replace(sha256=wire.update_digest(header, payload))
 
 
 def _message(payload: bytes = b"\x01\x02\x03\x04", key: bytes | None = None, ref_round: int = -1,
              **fields: object) -> tuple[wire.Header, bytes]:
-    keep = ref_round >= 0
-    digest = wire.update_digest("f", "a1", 3, "fuse/accel+gyro", "sig1", CodecId.FP32, ref_round, 1,
-                                payload, keep)
-    header = wire.Header("f", "a1", 3, "fuse/accel+gyro", "sig1", CodecId.FP32, ref_round, 1,
-                         len(payload), 0, 1, 0, len(payload), digest, keep)._replace(**fields)
+    header = _header(payload, ref_round)._replace(**fields)
     return header, wire.encode_message(header, payload, key)
 
 
@@ -27,7 +34,7 @@ def _message(payload: bytes = b"\x01\x02\x03\x04", key: bytes | None = None, ref
 @pytest.mark.parametrize("ref_round", [-1, 2])
 def test_round_trip(key: bytes | None, ref_round: int) -> None:
     header, data = _message(key=key, ref_round=ref_round)
-    decoded, payload = wire.decode_message(data, key)
+    decoded, payload = wire.decode_message(data, KEYS if key else None)
     assert decoded == header
     assert payload == b"\x01\x02\x03\x04"
     assert len(data) == wire.header_len(header, signed=key is not None) + 4
@@ -35,23 +42,18 @@ def test_round_trip(key: bytes | None, ref_round: int) -> None:
 
 
 def test_digest_covers_identity_fields() -> None:
-    base = wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, -1, 1, b"x")
-    variants = [
-        wire.update_digest("g", "a1", 3, "k", "s", CodecId.FP32, -1, 1, b"x"),
-        wire.update_digest("f", "a2", 3, "k", "s", CodecId.FP32, -1, 1, b"x"),
-        wire.update_digest("f", "a1", 4, "k", "s", CodecId.FP32, -1, 1, b"x"),
-        wire.update_digest("f", "a1", 3, "k2", "s", CodecId.FP32, -1, 1, b"x"),
-        wire.update_digest("f", "a1", 3, "k", "s2", CodecId.FP32, -1, 1, b"x"),
-        wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP16, -1, 1, b"x"),
-        wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, 2, 1, b"x"),
-        wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, -1, 2, b"x"),
-        wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, -1, 1, b"y"),
-        wire.update_digest("f", "a1", 3, "k", "s", CodecId.FP32, -1, 1, b"x", keep_reference=True),
-    ]
-    assert base not in variants and len(set(variants)) == len(variants)
+    header = _header(b"x")
+    base = wire.update_digest(header, b"x")
+    variants = [wire.update_digest(header._replace(**{name: value}), b"x") for name, value in [
+        ("fleet", "g"), ("sender", "a2"), ("round_idx", 4), ("branch_key", "k2"), ("signature", "s2"),
+        ("codec", CodecId.FP16), ("ref_round", 2), ("n_elements", 2), ("keep_reference", True),
+        ("run_id", bytes(16)), ("epoch", 8)]] + [wire.update_digest(header, b"y")]
+    # the chunk fields are not part of the update's identity
+    same = wire.update_digest(header._replace(chunk_index=1, chunk_count=2, chunk_offset=5), b"x")
+    assert base not in variants and len(set(variants)) == len(variants) and same == base
 
 
-def _reason(data: bytes, key: bytes | None = None, limit: int | None = None) -> Reject:
+def _reason(data: bytes, key: KeyRing | None = None, limit: int | None = None) -> Reject:
     with pytest.raises(RejectedError) as info:
         wire.decode_message(data, key, limit)
     return info.value.reason
@@ -68,11 +70,18 @@ def test_named_damage_gets_named_reason() -> None:
     assert _reason(b"ab") is Reject.BAD_MAGIC
     assert _reason(data[:4] + b"\x09" + data[5:]) is Reject.BAD_VERSION
     assert _reason(data, limit=len(data) - 1) is Reject.OVERSIZED
-    assert _reason(data, key=KEY) is Reject.UNSIGNED
-    assert _reason(signed, key=b"other key") is Reject.BAD_HMAC
+    assert _reason(data, key=KEYS) is Reject.UNSIGNED
+    assert _reason(signed, key=KeyRing("f", b"other key")) is Reject.BAD_HMAC
+    # signed with another agent's key: a2's key cannot vouch for a message claiming sender a1
+    _, by_a2 = _message(key=KEYS.key_for("a2"))
+    assert _reason(by_a2, key=KEYS) is Reject.BAD_HMAC
+    for offset in (wire.FIXED_LEN - 20, wire.FIXED_LEN - 1):  # run id, epoch: both authenticated
+        tampered = bytearray(signed)
+        tampered[offset] ^= 1
+        assert _reason(bytes(tampered), key=KEYS) is Reject.BAD_HMAC
     tampered = bytearray(signed)
     tampered[-1] ^= 1
-    assert _reason(bytes(tampered), key=KEY) is Reject.BAD_HMAC
+    assert _reason(bytes(tampered), key=KEYS) is Reject.BAD_HMAC
 
 
 def test_inconsistent_fields_are_malformed() -> None:
@@ -103,15 +112,25 @@ def test_inconsistent_fields_are_malformed() -> None:
 
 def test_header_layout_is_stable() -> None:
     _, data = _message()
-    assert data[:4] == b"PEUP" and data[4] == wire.VERSION
+    assert data[:4] == b"PEUP" and data[4] == wire.VERSION == 2
     (round_idx,) = struct.unpack_from(">I", data, 8)
     assert round_idx == 3
-    assert wire.FIXED_LEN == 68
+    assert data[68:84] == RUN and struct.unpack_from(">I", data, 84) == (7,)
+    assert wire.FIXED_LEN == 88
+
+
+def test_version_1_messages_are_refused() -> None:
+    _, data = _message()
+    assert _reason(data[:4] + b"\x01" + data[5:]) is Reject.BAD_VERSION
+
+
+def test_encode_refuses_a_bad_run_id_or_epoch() -> None:
+    with pytest.raises(ValueError, match="run_id"):
+        _message(run_id=b"short")
+    with pytest.raises(ValueError, match="epoch"):
+        _message(epoch=2**32)
 
 
 def test_encode_refuses_long_strings() -> None:
-    payload = b""
     with pytest.raises(ValueError, match="branch_key"):
-        digest = wire.update_digest("f", "a", 0, "k" * 300, "s", CodecId.FP32, -1, 0, payload)
-        wire.encode_message(wire.Header("f", "a", 0, "k" * 300, "s", CodecId.FP32, -1, 0, 0, 0, 1, 0,
-                                        0, digest), payload)
+        _message(b"", branch_key="k" * 300)
