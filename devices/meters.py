@@ -35,7 +35,8 @@ class ResourceUsage:
 
 def kernel_peak_rss_mb(pid: int, proc_root: str | Path = "/proc") -> float | None:
     """The kernel's high-water mark of resident memory (VmHWM) for `pid`, or None where the
-    kernel does not expose it."""
+    kernel does not expose it.
+    """
     try:
         for line in (Path(proc_root) / str(pid) / "status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -46,14 +47,15 @@ def kernel_peak_rss_mb(pid: int, proc_root: str | Path = "/proc") -> float | Non
 
 
 def self_peak_rss_mb() -> float:
-    """This process's lifetime peak RSS via getrusage (kB on Linux, bytes on macOS)."""
+    """Lifetime peak RSS of the current process via getrusage (kB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MB if sys.platform == "darwin" else peak * 1024 / MB
 
 
 class ResourceMeter:
     """Meter one process (default: this one) from `start()`; `sample()` is cheap (a /proc read)
-    and only needed for the RSS peak where the kernel does not keep one."""
+    and only needed for the RSS peak where the kernel does not keep one.
+    """
 
     def __init__(self, pid: int | None = None, *, include_children: bool = False) -> None:
         self.pid = pid if pid is not None else os.getpid()
