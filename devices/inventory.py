@@ -49,7 +49,7 @@ class _Fields(BaseModel):
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     identity: str | None = None
     known_hosts: str | None = None
-    prefix: Annotated[str, StringConstraints(pattern=r"^/[^\0]*$")] | None = None
+    prefix: Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$")] | None = None
     python: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
 
 

@@ -121,3 +121,15 @@ def local_wheelhouse(dest: Path, requirements: list[str]) -> Path:
                     "-d", str(dest), *requirements], check=True, env=env,
                    stdout=subprocess.DEVNULL)
     return dest
+
+
+_WHEELS: dict[str, Path] = {}
+
+
+def project_wheel(out_dir: Path) -> Path:
+    """The parse-edge wheel, built once per test session (reproducibly; ~2 s)."""
+    if "wheel" not in _WHEELS:
+        from devices.wheel import build_wheel
+
+        _WHEELS["wheel"] = build_wheel(out_dir)
+    return _WHEELS["wheel"]

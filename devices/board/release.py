@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-HEALTH_S = 5.0
+HEALTH_S = 10.0
 TOOLS = Path("tools") / "devices" / "board"  # where a release keeps these scripts
 
 

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                         help="switch back to the previous release (and restart it)")
     parser.add_argument("--no-start", action="store_true",
                         help="install and switch, but do not (re)start the agent")
-    parser.add_argument("--health-s", type=float, default=5.0,
+    parser.add_argument("--health-s", type=float, default=10.0,
                         help="seconds the new agent must stay up before `current` moves")
     parser.set_defaults(run=run)
 
