@@ -119,13 +119,15 @@ def parse_inventory(raw: object, source: str) -> Inventory:
         return Inventory(source, InventoryFile.model_validate(raw))
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        loc = [str(p) for p in err["loc"]]
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key; expected host, user, port, identity, known_hosts, prefix, python"
-        elif err["type"] == "string_pattern_mismatch" and err["loc"][0] == "boards" and \
-                len(err["loc"]) == 2:
-            msg = "expected an agent id [A-Za-z0-9_-]{1,64}"
+        elif loc[-1:] == ["[key]"]:  # a board name that is no agent id
+            loc, msg = loc[:-1], "expected an agent id [A-Za-z0-9_-]{1,64}"
+        elif loc[-1:] == ["prefix"]:
+            msg = "expected an absolute path on the board"
+        where = ".".join(loc) or "<top level>"
         raise InventoryError(f"{source}: {where}: {msg}") from None
 
 

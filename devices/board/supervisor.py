@@ -1,11 +1,12 @@
 """A small process supervisor for boards without systemd (stdlib only; shipped in every bundle).
 
-``supervisor.py start --run-dir D --log F --release R -- CMD...`` detaches (double fork, new
-session), writes ``D/supervisor.pid`` and keeps ``CMD`` running: a child that exits non-zero or
-dies from a signal is restarted after an exponential backoff (1 s doubling to 30 s, reset once a
-child has run for 60 s), the way systemd's ``Restart=on-failure`` with ``RestartSec`` behaves; a
-child that exits 0 has finished its work and is not restarted. Child output is appended to the log
-file. ``D/state.json`` records the supervisor and child pids, restarts and the last exit status.
+``supervisor.py start --run-dir D --log F --release R -- CMD...`` starts a detached supervisor
+(a new process in its own session; ``run`` instead of ``start`` stays in the foreground) that
+writes ``D/supervisor.pid`` and keeps ``CMD`` running: a child that exits non-zero or dies from a
+signal is restarted after an exponential backoff (1 s doubling to 30 s, reset once a child has
+run for 60 s), the way systemd's ``Restart=on-failure`` with ``RestartSec`` behaves; a child that
+exits 0 has finished its work and is not restarted. Child output is appended to the log file.
+``D/state.json`` records the supervisor and child pids, restarts and the last exit status.
 ``supervisor.py stop --run-dir D`` sends SIGTERM (forwarded to the child, SIGKILL after a grace
 period) and waits; ``supervisor.py status --run-dir D`` prints that state as JSON.
 """
@@ -149,7 +150,11 @@ class _Supervisor:
 
 
 def start(run_dir: Path, log: Path, release: str, command: list[str]) -> int:
-    """Detach and supervise `command`; returns in the caller once the pid file exists.
+    """Start a detached supervisor for `command`; returns 0 once its pid file exists.
+
+    The supervisor is a new process in its own session (``supervisor.py run ...``, started with
+    ``setsid`` semantics and stdio on /dev/null), not a fork of the caller, so a caller with
+    threads (a test runner, an SSH session) cannot leave it holding a lock or a pipe.
 
     Raises
     ------
@@ -164,31 +169,30 @@ def start(run_dir: Path, log: Path, release: str, command: list[str]) -> int:
         raise RuntimeError(f"{run_dir}: a supervisor already runs (pid {old})")
     pid_file.unlink(missing_ok=True)
     (run_dir / "state.json").unlink(missing_ok=True)
-    first = os.fork()
-    if first > 0:
-        os.waitpid(first, 0)  # the intermediate child exits at once; reap it
-        deadline = time.monotonic() + 10
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return 0 if pid_file.exists() else 1
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "run", "--run-dir",
+                             str(run_dir), "--log", str(log), "--release", release, "--",
+                             *command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return 0 if pid_file.exists() else 1
+
+
+def run(run_dir: Path, log: Path, release: str, command: list[str]) -> int:
+    """Supervise `command` in the foreground until stopped (what ``start`` runs detached)."""
     supervisor = _Supervisor(run_dir, log, release, command)
     signal.signal(signal.SIGTERM, supervisor.on_term)
     signal.signal(signal.SIGINT, supervisor.on_term)
     _write_state(run_dir, supervisor.state)
+    pid_file = run_dir / "supervisor.pid"
     tmp = run_dir / "supervisor.pid.tmp"
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, pid_file)
     try:
-        supervisor.run()
+        return supervisor.run()
     finally:
         pid_file.unlink(missing_ok=True)
-    os._exit(0)
 
 
 def stop(run_dir: Path, timeout_s: float = STOP_GRACE_S + 5) -> bool:
@@ -208,7 +212,7 @@ def stop(run_dir: Path, timeout_s: float = STOP_GRACE_S + 5) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Command line: start | stop | status."""
     parser = argparse.ArgumentParser(prog="supervisor.py", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "run", "stop", "status"])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--log", type=Path, default=None)
     parser.add_argument("--release", default="")
@@ -216,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     # Everything after `--` is the supervised command, options included.
     command = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    if args.action == "start":
+    if args.action in ("start", "run"):
         if not command or args.log is None:
-            parser.error("start needs --log and a command after --")
+            parser.error(f"{args.action} needs --log and a command after --")
+        if args.action == "run":
+            return run(args.run_dir, args.log, args.release, command)
         try:
             return start(args.run_dir, args.log, args.release, command)
         except RuntimeError as exc:
