@@ -1,5 +1,7 @@
-"""Deploy: bundle sizes (train / infer, with and without a wheelhouse), flash time per board, and
-8 local sshd "boards" flashed one after another beside the same 8 flashed in parallel (ratio).
+"""Deploy benchmark: bundle sizes, flash time per board, a fleet sequential vs parallel.
+
+Bundle sizes (train / infer, with and without a wheelhouse), flash time per board, and 8 local
+sshd "boards" flashed one after another beside the same 8 flashed in parallel (ratio).
 
 Boards are real sshd processes on 127.0.0.1 with throw-away keys (tests/deploy_support.py); the
 board interpreter carries the heavy packages in its system site-packages (as JetPack's Python does
@@ -38,7 +40,7 @@ TRAIN_REQS = ["torch==2.13.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0
 
 
 def config(fleet: str, rounds: int) -> str:
-    """A small synthetic fleet whose agents finish `rounds` rounds and exit."""
+    """Return a small synthetic fleet config whose agents finish `rounds` rounds and exit."""
     return (f"fleet: {fleet}\ndata: {{dataset: synthetic-pid, synthetic: {{modalities: [a, b], "
             f"n_samples: 400, dim: 8}}}}\nagents: {{count: 8}}\ntopology: {{kind: ring}}\n"
             f"training: {{rounds: {rounds}}}\ncomm: {{deadline_s: 1}}\n"
@@ -46,7 +48,7 @@ def config(fleet: str, rounds: int) -> str:
 
 
 def spec(agent: str, role: Role, wheel: Path, fleet: str, **kw: Any) -> BundleSpec:
-    """A bundle for this machine's platform."""
+    """Describe a bundle for this machine's platform."""
     return BundleSpec(agent=agent, role=role, version="0.1.0", fleet=fleet,
                       config_text=config(fleet, 2), wheel=wheel,
                       target=TargetPlatform(platform.machine(), PY), **kw)

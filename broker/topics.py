@@ -86,8 +86,11 @@ def control_topic(fleet: str) -> str:
 
 
 def infer_topic(fleet: str, agent: str, kind: str) -> str:
-    """An inference-only board's topics: `request` (npz bytes in), `prediction` (JSON out),
-    `status` (retained JSON presence). Kept apart from agents/ so discovery never sees them."""
+    """Return one topic of an inference-only board.
+
+    `request` (npz bytes in), `prediction` (JSON out), `status` (retained JSON presence); kept
+    apart from agents/ so discovery never sees them.
+    """
     if kind not in ("request", "prediction", "status"):
         raise ValueError(f"kind: expected request, prediction or status, got {kind!r}")
     return f"{ROOT}/{check_name('fleet', fleet)}/infer/{check_name('agent', agent)}/{kind}"

@@ -64,6 +64,7 @@ class TargetPlatform:
     python: str
 
     def __post_init__(self) -> None:
+        """Check the names."""
         if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", self.arch):
             raise BundleError(f"target arch: expected a machine name like aarch64, got {self.arch!r}")
         if not re.fullmatch(r"3\.\d{1,2}", self.python):
@@ -114,7 +115,7 @@ class BundleInfo:
 
 
 def release_name(version: str, sha256: str) -> str:
-    """The release directory name of a bundle with this version and file sha256."""
+    """Return the release directory name of a bundle with this version and file sha256."""
     return f"{version}-{sha256[:12]}"
 
 
@@ -134,7 +135,7 @@ def _tree(root: Path, prefix: str, what: str) -> list[BundleFile]:
 
 
 def collect_board_tools() -> list[BundleFile]:
-    """The board tools (installer, release manager, supervisor, launcher) and the install shim."""
+    """List the board tools (installer, release manager, supervisor, launcher) and install shim."""
     here = Path(board_install.__file__).parent
     files = [BundleFile("tools/devices/__init__.py", b'"""Board tools of a parse-edge bundle."""\n')]
     files += [BundleFile(f"tools/devices/board/{name}", (here / name).read_bytes())
@@ -147,8 +148,10 @@ def collect_board_tools() -> list[BundleFile]:
 
 
 def systemd_unit(agent: str) -> str:
-    """The template unit ``parse-edge-<agent>@<release>.service``; ``@PREFIX@`` is filled in on
-    the board. Restart policy as the supervisor's: on failure, after 2 s, without a start limit.
+    """Return the template unit ``parse-edge-<agent>@<release>.service``.
+
+    ``@PREFIX@`` is filled in on the board. Restart policy as the supervisor's: on failure, after
+    2 s, without a start limit.
     """
     return (
         "[Unit]\n"
@@ -212,7 +215,7 @@ def _size(source: bytes | Path) -> int:
 
 
 def metadata(spec: BundleSpec, files: Sequence[BundleFile], manifest: bytes) -> dict[str, object]:
-    """The bundle.json document."""
+    """Build the bundle.json document."""
     wheel_bytes = sum(_size(f.source) for f in files if f.path.endswith(".whl"))
     return {
         "format": FORMAT, "agent": spec.agent, "role": spec.role.value, "version": spec.version,
@@ -273,7 +276,7 @@ def _write_tar(raw: IO[bytes], entries: Iterable[tuple[str, bytes | Path, int]])
 
 
 def read_metadata(bundle: Path) -> dict[str, Any]:
-    """The bundle.json of a bundle file (laptop side, before flashing).
+    """Read the bundle.json of a bundle file (laptop side, before flashing).
 
     Raises
     ------

@@ -71,7 +71,7 @@ class FlashResult:
 
 
 def board_tools_tar() -> bytes:
-    """The board tools as an uncompressed tar (a few tens of KB), deterministic."""
+    """Pack the board tools as an uncompressed tar (a few tens of KB), deterministically."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for f in bundle_mod.collect_board_tools():
@@ -94,14 +94,16 @@ class BoardSession:
         self._tools = board_tools_tar()
 
     def __enter__(self) -> BoardSession:
+        """Open the (multiplexed) SSH connection."""
         self.ssh.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close it."""
         self.ssh.__exit__(*exc)
 
     def fail(self, message: str) -> FlashError:
-        """A FlashError naming this board."""
+        """Build a FlashError naming this board."""
         return FlashError(f"{self.board.name} ({self.board.target}): {message}")
 
     def action(self, action: str, *args: str, quiet: bool = False) -> list[str]:
@@ -248,6 +250,6 @@ def rollback(board: Board, options: SshOptions, *, start: bool = True,
 
 
 def board_status(board: Board, options: SshOptions) -> dict[str, Any]:
-    """The board's current release, whether its agent runs, and the last metrics line."""
+    """Ask the board for its current release, whether its agent runs, its last metrics line."""
     with BoardSession(board, options, lambda line: None) as session:
         return session.json_action("status")

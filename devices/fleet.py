@@ -41,7 +41,7 @@ class BoardOutcome:
 
 
 def bundles_for(inventory: Inventory, bundle_dir: Path) -> dict[str, Path]:
-    """The bundle of every inventory agent: ``bundle_dir/<agent>.tar.gz`` (bundle --all-agents).
+    """Find every inventory agent's bundle: ``bundle_dir/<agent>.tar.gz`` (--all-agents).
 
     Raises
     ------
@@ -115,7 +115,7 @@ def status_fleet(inventory: Inventory, options: SshOptions, *,
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain fixed-width text table."""
+    """Format a plain fixed-width text table."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
@@ -124,13 +124,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def outcome_table(outcomes: Sequence[BoardOutcome]) -> str:
-    """The per-board result table of a fleet flash."""
+    """Format the per-board result table of a fleet flash."""
     return table(["agent", "host", "release", "result", "seconds"],
                  [(o.agent, o.host, o.release, o.result, f"{o.seconds:.1f}") for o in outcomes])
 
 
 def status_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The per-board status table: release, running, last round and accuracy."""
+    """Format the per-board status table: release, running, last round and accuracy."""
     out = []
     for r in rows:
         metrics = r.get("last_metrics") or {}

@@ -76,9 +76,11 @@ class Inventory:
         self.doc = doc
 
     def __iter__(self) -> Iterator[str]:
+        """Iterate over agent ids in file order."""
         return iter(self.doc.boards)
 
     def __len__(self) -> int:
+        """Count the boards."""
         return len(self.doc.boards)
 
     def _value(self, agent: str, name: str, default: Any) -> Any:
@@ -97,7 +99,7 @@ class Inventory:
                      str(self._value(agent, "python", "python3")))
 
     def ssh_options(self, agent: str, base: SshOptions) -> SshOptions:
-        """`base` with this board's identity and known_hosts file, when the inventory sets them."""
+        """Return `base` with this board's identity and known_hosts file where the inventory sets them."""
         identity = self._value(agent, "identity", None)
         known = self._value(agent, "known_hosts", None)
         return SshOptions(
@@ -164,7 +166,7 @@ def _ansible_hosts(group: Mapping[str, Any], inherited: dict[str, Any]
 
 
 def from_ansible(path: str | Path) -> Inventory:
-    """An inventory from an Ansible YAML inventory (see the module docstring for the mapping).
+    """Read an Ansible YAML inventory as ours (see the module docstring for the mapping).
 
     Raises
     ------

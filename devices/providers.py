@@ -33,7 +33,7 @@ class ProviderError(ValueError):
 
 
 def canonical(name: str) -> str:
-    """The full provider name for a short one (``cuda`` -> ``CUDAExecutionProvider``).
+    """Return the full provider name for a short one (``cuda`` -> ``CUDAExecutionProvider``).
 
     Raises
     ------
@@ -49,7 +49,7 @@ def canonical(name: str) -> str:
 
 def select_providers(available: Sequence[str], profile_providers: Sequence[str] | None = None,
                      override: str | None = None) -> list[str]:
-    """The providers to ask onnxruntime for, best first, always ending with CPU.
+    """Choose the providers to ask onnxruntime for, best first, always ending with CPU.
 
     Parameters
     ----------
@@ -80,7 +80,7 @@ def select_providers(available: Sequence[str], profile_providers: Sequence[str] 
 
 
 def make_session(path: str, options: ort.SessionOptions, providers: Sequence[str]) -> Any:
-    """An ``InferenceSession`` on the first provider of `providers` that loads.
+    """Make an ``InferenceSession`` on the first provider of `providers` that loads.
 
     A provider that raises while the session is made, or that onnxruntime silently drops, is
     reported with one warning; the session is then made on CPU.

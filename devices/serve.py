@@ -88,7 +88,7 @@ class InferenceService:
         self.client.stop()
 
     def answer(self, payload: bytes) -> dict[str, Any]:
-        """The JSON reply to one request payload."""
+        """Compute the JSON reply to one request payload."""
         if len(payload) > MAX_REQUEST_BYTES:
             return {"error": f"request: {len(payload)} bytes, expected at most "
                              f"{MAX_REQUEST_BYTES}"}

@@ -67,6 +67,7 @@ class SshTarget:
         return cls(match["host"].strip("[]"), match["user"], port)
 
     def __str__(self) -> str:
+        """Format as ``user@host:port``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.user + '@' if self.user else ''}{host}:{self.port}"
 
@@ -82,7 +83,7 @@ class SshOptions:
     executable: str = "ssh"
 
     def argv(self, target: SshTarget, control_path: Path | None) -> list[str]:
-        """The ssh command line up to (not including) the remote command."""
+        """Build the ssh command line up to (not including) the remote command."""
         args = [self.executable, "-p", str(target.port), "-o", "BatchMode=yes",
                 "-o", "StrictHostKeyChecking=yes", "-o", "UpdateHostKeys=no",
                 "-o", f"ConnectTimeout={max(1, round(self.connect_timeout_s))}",
@@ -135,11 +136,13 @@ class SshSession:
         self._dir: str | None = None
 
     def __enter__(self) -> SshSession:
+        """Prepare the private folder of the connection-sharing socket."""
         # Unix socket paths are limited to ~104 bytes: a short private folder, %C is a hash.
         self._dir = tempfile.mkdtemp(prefix="pe-ssh-")
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close the shared connection and remove its folder."""
         if self._dir is None:
             return
         control = Path(self._dir) / "%C"

@@ -23,7 +23,7 @@ TOP_FILES = ("pyproject.toml", "README.md")
 
 
 def project_root() -> Path:
-    """The source checkout this parse-edge runs from.
+    """Find the source checkout this parse-edge runs from.
 
     Raises
     ------

@@ -72,7 +72,7 @@ def _carry(cfg: FleetConfig, value: str, field: str, files: dict[str, BundleFile
 
 def board_config(cfg: FleetConfig, request: BundleRequest
                  ) -> tuple[str, dict[str, bytes], list[BundleFile]]:
-    """The config text a board gets, its secrets, and the files it needs.
+    """Return the config text a board gets, its secrets, and the files it needs.
 
     Raises
     ------
@@ -119,7 +119,7 @@ def board_config(cfg: FleetConfig, request: BundleRequest
 
 def bundle_spec(cfg: FleetConfig, agent_id: str, request: BundleRequest, wheel: Path
                 ) -> BundleSpec:
-    """The devices.bundle description of `agent_id`'s bundle.
+    """Describe `agent_id`'s bundle for devices.bundle.
 
     Raises
     ------
@@ -147,8 +147,10 @@ def bundle_spec(cfg: FleetConfig, agent_id: str, request: BundleRequest, wheel: 
 
 def write_bundles(config: str | Path, agents: list[str] | None, out: Path, request: BundleRequest,
                   log: Callable[[str], None] = print) -> list[BundleInfo]:
-    """Write one bundle per agent: to `out` (one agent) or `out/<agent>.tar.gz` (`agents` None:
-    every agent of the config). The project wheel is built once, reproducibly.
+    """Write one bundle per agent.
+
+    To `out` (one agent) or `out/<agent>.tar.gz` (`agents` None: every agent of the config). The
+    project wheel is built once, reproducibly.
 
     Raises
     ------

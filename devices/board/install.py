@@ -51,7 +51,7 @@ def sha256_file(path: Path) -> str:
 
 
 def board_platform() -> dict[str, str]:
-    """This interpreter's machine architecture and Python ``major.minor``."""
+    """Return the machine architecture and Python ``major.minor`` of this interpreter."""
     return {"arch": platform.machine(), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
 
 
@@ -64,7 +64,7 @@ def free_bytes(path: Path) -> int:
 
 
 def probe(prefix: Path, name: str | None) -> dict[str, Any]:
-    """What flash needs to plan: platform, free space, releases and whether the agent runs."""
+    """Report what flash needs to plan: platform, free space, releases, whether the agent runs."""
     release = prefix / "releases" / name if name else None
     return {
         **board_platform(), "init": init_system(), "free_bytes": free_bytes(prefix),
@@ -141,9 +141,11 @@ def verify_manifest(root: Path, meta: dict[str, Any]) -> int:
 
 
 def _outer_pip(python: str) -> bool:
-    """Whether the board interpreter's own pip can install into another environment
-    (``pip --python``, pip >= 22.3): then venvs are made without pip, which saves the ~4 s
-    ``ensurepip`` takes per release."""
+    """Tell whether the board interpreter's pip can install into another environment.
+
+    That is ``pip --python`` (pip >= 22.3); venvs are then made without pip, which saves the
+    ~4 s ``ensurepip`` takes per release.
+    """
     proc = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True,
                           env={**os.environ, **PIP_ENV})
     parts = proc.stdout.split()

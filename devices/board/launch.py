@@ -44,7 +44,7 @@ def runtime_config(release: Path) -> Path:
 
 
 def command(release: Path, prefix: Path) -> list[str]:
-    """The agent's command line for this release's role."""
+    """Return the agent's command line for this release's role."""
     meta = json.loads((release / "bundle.json").read_text())
     python = str(release / "venv" / "bin" / "python")
     config = str(runtime_config(release))

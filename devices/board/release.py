@@ -43,6 +43,7 @@ def init_system() -> str:
 
 
 def link_target(link: Path) -> str | None:
+    """Return the release name a link (``current``, ``previous``) points at, or None."""
     try:
         return Path(os.readlink(link)).name
     except OSError:
@@ -59,6 +60,7 @@ def switch_link(prefix: Path, link: str, name: str) -> None:
 
 @contextlib.contextmanager
 def locked(prefix: Path) -> Iterator[None]:
+    """Hold the prefix's flash lock (one flash at a time), or raise BoardError at once."""
     prefix.mkdir(parents=True, exist_ok=True)
     with (prefix / ".lock").open("w") as lock:
         try:
@@ -70,7 +72,7 @@ def locked(prefix: Path) -> Iterator[None]:
 
 
 def read_meta(release: Path) -> dict[str, Any]:
-    """The bundle.json of an installed release."""
+    """Read the bundle.json of an installed release."""
     meta: dict[str, Any] = json.loads((release / "bundle.json").read_text())
     return meta
 
@@ -110,6 +112,7 @@ def _start(prefix: Path, name: str, init: str, python: str) -> None:
 
 
 def stop(prefix: Path, name: str | None, init: str, python: str) -> None:
+    """Stop the agent of release `name` (systemd unit or supervisor)."""
     if init == "systemd":
         if name:
             _systemctl("disable", "--now", _unit(prefix, name))
@@ -221,7 +224,7 @@ def rollback(prefix: Path, start: bool, health_s: float, python: str) -> str:
 
 
 def status(prefix: Path) -> dict[str, Any]:
-    """Current release, whether the agent runs, and its last metrics line."""
+    """Report the current release, whether the agent runs, and its last metrics line."""
     name = link_target(prefix / "current")
     doc: dict[str, Any] = {"current": name, "previous": link_target(prefix / "previous"),
                               "init": init_system(), "running": running(prefix),
@@ -238,7 +241,7 @@ def status(prefix: Path) -> dict[str, Any]:
 
 
 def _last_line(path: Path, block: int = 65536) -> object:
-    """The last JSON line of a metrics file, reading at most `block` bytes from its end."""
+    """Read the last JSON line of a metrics file (at most `block` bytes from its end)."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)

@@ -31,7 +31,7 @@ STOP_GRACE_S = 10.0
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
-    """The supervisor's state file merged with liveness: ``running`` is True while its pid lives.
+    """Read the state file merged with liveness: ``running`` is True while the pid lives.
 
     Parameters
     ----------

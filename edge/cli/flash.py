@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
 
 
 def ssh_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The SshOptions and the inventory (or the single board) of the command line."""
+    """Read the SshOptions and the inventory (or the single board) from the command line."""
     from devices.flash import DEFAULT_PREFIX, Board
     from devices.inventory import InventoryError, load_inventory
     from devices.ssh import SshOptions, SshTarget
