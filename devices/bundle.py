@@ -101,6 +101,8 @@ class BundleSpec:
     wheelhouse: Path | None = None
     data_path: str | None = None  # where the board reads its data, when not in the bundle
     extra_imports: tuple[str, ...] = ()
+    device_profile: str | None = None  # devices.profiles name: limits execution providers
+    provider: str | None = None  # onnxruntime execution provider override (infer role)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ def metadata(spec: BundleSpec, files: Sequence[BundleFile], manifest: bytes) -> 
         "imports": [*ROLE_IMPORTS[spec.role], *spec.extra_imports],
         "config": "config/fleet.yaml", "secrets": sorted(f"secrets/{n}" for n in spec.secrets),
         "model": "model" if spec.export_dir is not None else None, "data_path": spec.data_path,
+        "device_profile": spec.device_profile, "provider": spec.provider,
         "unit": UNIT_FILE, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
         "venv_bytes_estimate": VENV_BASE_BYTES + UNPACK_FACTOR * wheel_bytes,
     }

@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devices.board.release import HEALTH_S
 from devices.bundle import BundleError, read_metadata
 from devices.flash import FlashError, Log, board_status, flash
-from devices.inventory import Inventory, InventoryError
 from devices.ssh import SshOptions
+
+if TYPE_CHECKING:  # pydantic (the `deploy` extra) is only needed once an inventory is read
+    from devices.inventory import Inventory
 
 # SSH sessions and remote installs are I/O-bound for the laptop; the boards do the work.
 DEFAULT_WORKERS = 8
@@ -49,6 +51,8 @@ def bundles_for(inventory: Inventory, bundle_dir: Path) -> dict[str, Path]:
         When an agent of the inventory has no bundle (it is not an agent of the bundled config)
         or a bundle belongs to another agent.
     """
+    from devices.inventory import InventoryError
+
     found = {p.name.removesuffix(".tar.gz"): p for p in sorted(bundle_dir.glob("*.tar.gz"))}
     result = {}
     for agent in inventory:

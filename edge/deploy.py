@@ -20,7 +20,7 @@ import copy
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class BundleRequest:
     data_path: str | None = None
     target_arch: str | None = None
     target_python: str | None = None
+    provider: str | None = None
 
 
 def _load_raw(cfg: FleetConfig) -> dict[str, Any]:
@@ -140,7 +141,8 @@ def bundle_spec(cfg: FleetConfig, agent_id: str, request: BundleRequest, wheel: 
                           fleet=cfg.fleet, config_text=text, wheel=wheel,
                           target=TargetPlatform(arch, python), secrets=secrets, files=files,
                           export_dir=request.export_dir, wheelhouse=request.wheelhouse,
-                          data_path=request.data_path, extra_imports=extra)
+                          data_path=request.data_path, extra_imports=extra,
+                          device_profile=spec.device, provider=request.provider)
     except BundleError as exc:
         raise UserError(str(exc)) from None
 
@@ -180,6 +182,4 @@ def write_bundles(config: str | Path, agents: list[str] | None, out: Path, reque
 
 
 def _with_export(request: BundleRequest, export: Path | None) -> BundleRequest:
-    return BundleRequest(request.role, export, request.wheelhouse, request.wheel,
-                         request.broker_url, request.data_path, request.target_arch,
-                         request.target_python)
+    return replace(request, export_dir=export)

@@ -329,3 +329,42 @@ def test_infer_bundle_serves_predictions_without_torch(env, prefixes, fleet_name
     state = board_status(b, env["sshd"].options())
     assert state["role"] == "infer" and state["last_metrics"]["requests"] == 1
 
+
+
+def test_cli_from_config_to_running_boards_and_status(env, prefixes, fleet_name, mosquitto_url,
+                                                      tmp_path, capsys):
+    from edge.cli import main
+
+    sshd: Sshd = env["sshd"]
+    config = tmp_path / "fleet.yaml"
+    config.write_text(train_config(fleet_name, mosquitto_url, rounds=100000))
+    out = tmp_path / "bundles"
+    assert main(["bundle", str(config), "--all-agents", "--out", str(out), "--wheel",
+                 str(env["wheel"])]) == 0
+    dirs = {a: env["root"] / f"cli-{a}-{time.monotonic_ns()}" for a in ("a0", "a1")}
+    prefixes.extend(dirs.values())
+    inventory = tmp_path / "boards.yaml"
+    inventory.write_text(
+        f"defaults: {{user: root, port: {sshd.port}, identity: {sshd.client_key}, "
+        f"known_hosts: {sshd.known_hosts}, python: {env['python']}}}\nboards:\n"
+        + "".join(f"  {a}: {{host: 127.0.0.1, prefix: {d}}}\n" for a, d in dirs.items()))
+    common = ["--inventory", str(inventory), "--ssh-config", "/dev/null"]
+    capsys.readouterr()
+    assert main(["flash", str(out), *common, "--health-s", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rows = [ln.split() for ln in printed if ln.startswith(("a0 ", "a1 "))]
+    assert [r[0] for r in rows] == ["a0", "a1"] and all(r[3] == "installed" for r in rows)
+    for a in ("a0", "a1"):
+        retained_status(mosquitto_url, topics.status_topic(fleet_name, a))
+    time.sleep(1.5)  # a round or two: the agents write metrics lines
+    assert main(["status", *common]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["agent", "host", "current"]
+    assert all("running (pid" in line for line in table[1:]) and len(table) == 3
+    # One board, by --host, as JSON.
+    host = ["--host", f"root@127.0.0.1:{sshd.port}", "--identity", str(sshd.client_key),
+            "--known-hosts", str(sshd.known_hosts), "--ssh-config", "/dev/null",
+            "--prefix", str(dirs["a0"]), "--python", env["python"]]
+    assert main(["status", *host, "--json"]) == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["agent"] == "a0" and doc["running"] and doc["current"] == rows[0][2]

@@ -51,8 +51,10 @@ def command(release: Path, prefix: Path) -> list[str]:
     state = str(prefix / "state")
     agent = str(meta["agent"])
     if meta["role"] == "infer":
+        extra = [f"--{key}={meta[field]}" for key, field in
+                 (("profile", "device_profile"), ("provider", "provider")) if meta.get(field)]
         return [python, "-m", "devices.serve", "--model", str(release / "model"), "--config",
-                config, "--agent", agent, "--out", state]
+                config, "--agent", agent, "--out", state, *extra]
     return [python, "-m", "edge", "agent", config, "--agent", agent, "--out", state, "--quiet"]
 
 

@@ -41,18 +41,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                              "profile, e.g. aarch64 for rpi4)")
     parser.add_argument("--target-python", default=None, metavar="X.Y",
                         help="board Python version (default: this interpreter's)")
+    parser.add_argument("--provider", default=None,
+                        help="onnxruntime execution provider for --role infer (tensorrt, cuda, "
+                             "xnnpack, cpu; default: the best the board has)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the bundle(s)."""
     from devices.bundle import Role
+    from devices.providers import ProviderError, canonical
     from edge.deploy import BundleRequest, write_bundles
+    from edge.errors import UserError
+
+    if args.provider is not None:
+        try:
+            canonical(args.provider)
+        except ProviderError as exc:
+            raise UserError(str(exc)) from None
 
     request = BundleRequest(role=Role(args.role), export_dir=args.export,
                             wheelhouse=args.wheelhouse, wheel=args.wheel,
                             broker_url=args.broker, data_path=args.data_path,
-                            target_arch=args.target_arch, target_python=args.target_python)
+                            target_arch=args.target_arch, target_python=args.target_python,
+                            provider=args.provider)
     agents = None if args.all_agents else [args.agent]
     write_bundles(args.config, agents, Path(args.out), request)
     return 0

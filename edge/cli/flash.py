@@ -51,7 +51,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
 def ssh_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """Read the SshOptions and the inventory (or the single board) from the command line."""
     from devices.flash import DEFAULT_PREFIX, Board
-    from devices.inventory import InventoryError, load_inventory
     from devices.ssh import SshOptions, SshTarget
 
     if (args.host is None) == (args.inventory is None):
@@ -61,6 +60,11 @@ def ssh_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     options = SshOptions(identity=args.identity, known_hosts=args.known_hosts,
                          config_file=args.ssh_config)
     if args.inventory is not None:
+        try:
+            from devices.inventory import InventoryError, load_inventory
+        except ImportError:
+            raise UserError("--inventory: needs pydantic; pip install 'parse-edge[deploy]'") \
+                from None
         try:
             return options, load_inventory(args.inventory), None
         except InventoryError as exc:
@@ -77,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
     """Flash, roll back, or flash a fleet."""
     from devices.bundle import BundleError
     from devices.flash import FlashError, flash, rollback
-    from devices.fleet import bundles_for, flash_fleet, outcome_table
-    from devices.inventory import InventoryError
 
     options, inventory, board = ssh_setup(args)
     if args.health_s <= 0:
@@ -101,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--rollback: expected --host (roll boards back one at a time)")
     if args.bundle is None or not args.bundle.is_dir():
         raise UserError(f"{args.bundle}: expected the folder of `parse-edge bundle --all-agents`")
+    from devices.fleet import bundles_for, flash_fleet, outcome_table
+    from devices.inventory import InventoryError
     try:
         bundles = bundles_for(inventory, args.bundle)
     except InventoryError as exc:

@@ -24,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
 def run(args: argparse.Namespace) -> int:
     """Print the table (or JSON); exit 1 if a board could not be asked."""
     from devices.flash import FlashError, board_status
-    from devices.fleet import status_fleet, status_table
     from edge.cli.flash import ssh_setup
 
     options, inventory, board = ssh_setup(args)
@@ -35,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
         except FlashError as exc:
             raise UserError(str(exc)) from None
     else:
+        from devices.fleet import status_fleet
+
         rows = status_fleet(inventory, options, workers=args.workers)
+    from devices.fleet import status_table
+
     print(json.dumps(rows, indent=2) if args.json else status_table(rows))
     return 1 if any("error" in r for r in rows) else 0
