@@ -34,7 +34,7 @@ from tests.deploy_support import Sshd, board_python, local_wheelhouse  # noqa: E
 
 DEFAULT_OUT = REPO / "bench" / "results" / "deploy.json"
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
-INFER_REQS = ["numpy>=1.24", "onnxruntime>=1.18", "pyyaml>=6", "paho-mqtt>=2,<3"]
+INFER_REQS = ["numpy>=1.24", "onnxruntime>=1.18", "pyyaml>=6", "paho-mqtt>=2,<3", "msgspec>=0.18"]
 TRAIN_REQS = ["torch==2.13.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2",
               "paho-mqtt>=2,<3", "pyyaml>=6", "psutil>=5.9", "numpy>=1.24", "amqtt>=0.11"]
 

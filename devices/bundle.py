@@ -43,9 +43,11 @@ class Role(str, enum.Enum):
 # wheel with its own dependencies from pyproject.toml.
 ROLE_IMPORTS = {
     Role.TRAIN: ("torch", "onnx", "onnxruntime", "numpy", "yaml", "paho.mqtt", "psutil"),
-    Role.INFER: ("numpy", "onnxruntime", "yaml", "paho.mqtt"),
+    Role.INFER: ("numpy", "onnxruntime", "yaml", "paho.mqtt", "msgspec"),
 }
-INFER_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.18", "pyyaml>=6", "paho-mqtt>=2,<3")
+# The `board` extra of pyproject.toml plus paho-mqtt for the inference service.
+INFER_REQUIREMENTS = ("numpy>=1.24", "onnxruntime>=1.18", "pyyaml>=6", "paho-mqtt>=2,<3",
+                      "msgspec>=0.18")
 # Room a venv needs beyond the bundle: pip and setuptools (~20 MB) plus unpacked wheels, which
 # take about 3x their compressed size (torch 2.x: 180 MB wheel, 790 MB installed).
 VENV_BASE_BYTES = 30_000_000

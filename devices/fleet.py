@@ -19,7 +19,7 @@ from devices.bundle import BundleError, read_metadata
 from devices.flash import FlashError, Log, board_status, flash
 from devices.ssh import SshOptions
 
-if TYPE_CHECKING:  # pydantic (the `deploy` extra) is only needed once an inventory is read
+if TYPE_CHECKING:  # single-board commands never load the inventory models
     from devices.inventory import Inventory
 
 # SSH sessions and remote installs are I/O-bound for the laptop; the boards do the work.

@@ -30,7 +30,8 @@ from devices.bundle import BundleError, BundleFile, BundleInfo, BundleSpec, Role
 from devices.bundle import write_bundle as write_devices_bundle
 from devices.profiles import get_profile
 from devices.wheel import build_wheel
-from edge.config import FleetConfig, load_config
+from edge.config.load import load_config
+from edge.config.schema import FleetConfig
 from edge.errors import ConfigError, UserError
 from edge.version import software_version
 

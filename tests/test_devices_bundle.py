@@ -100,7 +100,7 @@ def test_infer_role_carries_the_model_and_no_torch(wheel, tmp_path):
         meta = json.loads(tar.extractfile("bundle.json").read())  # type: ignore[union-attr]
         names = tar.getnames()
     assert "torch" not in " ".join(meta["imports"] + meta["requirements"])
-    assert sorted(meta["imports"]) == ["numpy", "onnxruntime", "paho.mqtt", "yaml"]
+    assert sorted(meta["imports"]) == ["msgspec", "numpy", "onnxruntime", "paho.mqtt", "yaml"]
     assert "model/manifest.json" in names
     with pytest.raises(BundleError, match="infer bundle needs the exported model"):
         write_bundle(spec(wheel, role=Role.INFER), tmp_path / "j.tar.gz")

@@ -285,7 +285,8 @@ def test_inventory_of_three_boards_flashes_in_parallel_one_failure_spares_the_ot
 @pytest.fixture(scope="module")
 def infer_wheelhouse(env: dict) -> Path:
     return local_wheelhouse(env["root"] / "wheelhouse",
-                            ["numpy>=1.24", "onnxruntime>=1.18", "pyyaml>=6", "paho-mqtt>=2,<3"])
+                            ["numpy>=1.24", "onnxruntime>=1.18", "pyyaml>=6", "paho-mqtt>=2,<3",
+                             "msgspec>=0.18"])
 
 
 def test_infer_bundle_serves_predictions_without_torch(env, prefixes, fleet_name, mosquitto_url,

@@ -60,11 +60,8 @@ def ssh_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     options = SshOptions(identity=args.identity, known_hosts=args.known_hosts,
                          config_file=args.ssh_config)
     if args.inventory is not None:
-        try:
-            from devices.inventory import InventoryError, load_inventory
-        except ImportError:
-            raise UserError("--inventory: needs pydantic; pip install 'parse-edge[deploy]'") \
-                from None
+        from devices.inventory import InventoryError, load_inventory
+
         try:
             return options, load_inventory(args.inventory), None
         except InventoryError as exc:
