@@ -8,6 +8,7 @@ import json
 import platform
 import re
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -222,3 +223,25 @@ def test_the_arch_follows_the_device_profile(tmp_path, wheel):
     assert meta["target"]["arch"] == "aarch64" != platform.machine()
     raw = gzip.decompress((tmp_path / "a0.tar.gz").read_bytes())
     assert b"mqtt://10.0.0.2:1883" in raw
+
+
+def test_the_systemd_unit_verifies(tmp_path):
+    """systemd's own checker accepts the rendered unit (PID 1 here is not systemd, so the
+    systemd start path itself cannot run in this test environment)."""
+    import subprocess
+
+    from devices.bundle import systemd_unit
+
+    release = tmp_path / "releases" / "0.1.0-abc"
+    (release / "venv" / "bin").mkdir(parents=True)
+    (release / "venv" / "bin" / "python").symlink_to(sys.executable)
+    unit = systemd_unit("a0").replace("@PREFIX@", str(tmp_path))
+    assert "ExecStart=" + str(tmp_path) + "/releases/%i/venv/bin/python" in unit
+    (tmp_path / "parse-edge-a0@0.1.0-abc.service").write_text(unit)
+    proc = subprocess.run(["systemd-analyze", "verify", "parse-edge-a0@0.1.0-abc.service"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "parse-edge-a0@0.1.0-gone.service").write_text(unit)
+    proc = subprocess.run(["systemd-analyze", "verify", "parse-edge-a0@0.1.0-gone.service"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode != 0 and "is not executable" in proc.stderr

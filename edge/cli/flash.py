@@ -60,6 +60,10 @@ def ssh_setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     options = SshOptions(identity=args.identity, known_hosts=args.known_hosts,
                          config_file=args.ssh_config)
     if args.inventory is not None:
+        for flag in ("prefix", "python"):
+            if getattr(args, flag) is not None:
+                raise UserError(f"--{flag}: expected it in the inventory (defaults.{flag} or per "
+                                "board) when --inventory is given")
         from devices.inventory import InventoryError, load_inventory
 
         try:
