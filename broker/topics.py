@@ -85,6 +85,17 @@ def control_topic(fleet: str) -> str:
     return f"{ROOT}/{check_name('fleet', fleet)}/control"
 
 
+def infer_topic(fleet: str, agent: str, kind: str) -> str:
+    """Return one topic of an inference-only board.
+
+    `request` (npz bytes in), `prediction` (JSON out), `status` (retained JSON presence); kept
+    apart from agents/ so discovery never sees them.
+    """
+    if kind not in ("request", "prediction", "status"):
+        raise ValueError(f"kind: expected request, prediction or status, got {kind!r}")
+    return f"{ROOT}/{check_name('fleet', fleet)}/infer/{check_name('agent', agent)}/{kind}"
+
+
 def status_filter(fleet: str) -> str:
     """Subscription filter for every agent's status."""
     return f"{ROOT}/{check_name('fleet', fleet)}/agents/+/status"

@@ -53,6 +53,9 @@ class DeviceProfile:
         Radio/NIC energy per byte on the wire, in joules, on top of the idle draw.
     model_markers : tuple of str
         Substrings of the device-tree model (``/proc/device-tree/model``) that identify the board.
+    onnx_providers : tuple of str
+        onnxruntime execution providers this board class can have, best first
+        (:mod:`devices.providers` chooses among those the installed build offers).
 
     Raises
     ------
@@ -71,6 +74,7 @@ class DeviceProfile:
     radio_j_per_byte_sent: float = WIFI_J_PER_BYTE_SENT
     radio_j_per_byte_received: float = WIFI_J_PER_BYTE_RECEIVED
     model_markers: tuple[str, ...] = ()
+    onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     def __post_init__(self) -> None:
         """Reject figures that are not positive finite numbers."""
@@ -91,6 +95,11 @@ class DeviceProfile:
         return self.active_extra_w / self.cpu_cores
 
 
+# Jetsons (and an x86 host with an NVIDIA GPU) can serve with TensorRT or CUDA; Pis with XNNPACK
+# where the onnxruntime build has it (https://onnxruntime.ai/docs/execution-providers/).
+_ARM_CPU = ("XnnpackExecutionProvider", "CPUExecutionProvider")
+_NVIDIA = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
 PROFILES: dict[str, DeviceProfile] = {
     p.name: p
     for p in (
@@ -101,6 +110,7 @@ PROFILES: dict[str, DeviceProfile] = {
             # [SBCB] "Raspberry Pi 4 B (BCM2711)", 1800 MHz, Bullseye arm64 (results/3OBF.txt).
             cpu_speed_mips=1769,
             model_markers=("Raspberry Pi 4 Model B", "Raspberry Pi 400", "Compute Module 4"),
+            onnx_providers=_ARM_CPU,
         ),
         DeviceProfile(
             "rpi5", "Raspberry Pi 5 (4x Cortex-A76 @ 2.4 GHz)", "aarch64", 4, 8192,
@@ -109,6 +119,7 @@ PROFILES: dict[str, DeviceProfile] = {
             # [SBCB] "Raspberry Pi 5 B (BCM2712)", 2400 MHz, kernel 6.6 (results/8-NK.txt).
             cpu_speed_mips=3305,
             model_markers=("Raspberry Pi 5", "Raspberry Pi 500", "Compute Module 5"),
+            onnx_providers=_ARM_CPU,
         ),
         DeviceProfile(
             "jetson-nano", "Jetson Nano 4GB (4x Cortex-A57 @ 1.48 GHz), 10 W (MAXN) mode",
@@ -123,6 +134,7 @@ PROFILES: dict[str, DeviceProfile] = {
             # [SBCB] "Jetson Nano", 1480 MHz (results/4rLX.txt).
             cpu_speed_mips=1578,
             model_markers=("Jetson Nano",),
+            onnx_providers=_NVIDIA,
         ),
         DeviceProfile(
             "jetson-orin-nano", "Jetson Orin Nano 8GB (6x Cortex-A78AE @ 1.5 GHz), 15 W mode",
@@ -136,6 +148,7 @@ PROFILES: dict[str, DeviceProfile] = {
             # [SBCB] "Jetson Orin Nano", 1510 MHz (results/4vy7.txt).
             cpu_speed_mips=2153,
             model_markers=("Orin Nano",),
+            onnx_providers=_NVIDIA,
         ),
         DeviceProfile(
             "x86", "x86-64 host, reference: Intel N100 mini PC (4x Gracemont @ 3.4 GHz)",
@@ -144,6 +157,7 @@ PROFILES: dict[str, DeviceProfile] = {
             idle_w=9.1, active_extra_w=18.5 - 9.1,
             # [SBCB] "Intel N100", 3400 MHz (results/uHzXI7.txt).
             cpu_speed_mips=3910,
+            onnx_providers=_NVIDIA,
         ),
     )
 }

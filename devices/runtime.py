@@ -12,6 +12,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from devices.npzio import DEFAULT_MAX_BYTES, NpzError, read_npz
+from devices.profiles import get_profile
+from devices.providers import make_session, select_providers
 from exporters.manifest import (
     GraphEntry,
     Manifest,
@@ -88,7 +90,8 @@ class Predictor:
     """
 
     def __init__(self, bundle_dir: str | Path, *, precision: str | None = None,
-                 threads: int = 1, verify: bool = True) -> None:
+                 threads: int = 1, verify: bool = True, provider: str | None = None,
+                 profile: str | None = None) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir)
         self.precision = precision or self.manifest.default_precision
@@ -98,6 +101,10 @@ class Predictor:
         if verify:
             verify_bundle(self.bundle_dir, self.manifest)
         self.threads = threads
+        # Execution providers, best first: `provider` overrides, `profile` (a device profile
+        # name) limits the automatic choice to what that board class can have.
+        allowed = get_profile(profile).onnx_providers if profile else None
+        self.providers = select_providers(ort.get_available_providers(), allowed, provider)
         # Per-call work stays small at batch 1: statistics, shapes and graph choice are cached.
         self._norm = {m: norm_arrays(self.manifest.norm[m]) for m in self.manifest.modalities}
         self._sample_shapes = {m: spec.sample_shape for m, spec in self.manifest.inputs.items()}
@@ -142,8 +149,7 @@ class Predictor:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
-            self._sessions[entry.name] = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"])
+            self._sessions[entry.name] = make_session(str(path), options, self.providers)
         return self._sessions[entry.name]
 
     def _run(self, entry: GraphEntry, feed: dict[str, np.ndarray]) -> np.ndarray:

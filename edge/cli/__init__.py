@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "infer": "infer",
     "bundle": "bundle",
     "flash": "flash",
+    "status": "status",
     "devices": "devices",
     "field": "field",
 }

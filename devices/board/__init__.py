@@ -1,0 +1,1 @@
+"""Board-side scripts shipped inside every bundle: installer, launcher, supervisor (stdlib only)."""
