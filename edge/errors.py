@@ -17,9 +17,3 @@ class ConfigError(UserError):
         self.field = field
         self.expected = expected
         super().__init__(f"{source}: {field}: {expected}")
-
-
-class NotAvailableYet(UserError):
-    """A subcommand that exists in the interface but whose implementation has not landed."""
-
-    exit_code = 3
