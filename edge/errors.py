@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(Exception):
     """Bad input from the user; the CLI prints `error: <message>` and exits with status 2."""
@@ -23,3 +25,40 @@ class NotAvailableYet(UserError):
     """A subcommand that exists in the interface but whose implementation has not landed."""
 
     exit_code = 3
+
+
+# One-line input errors of the lower wings, which may not import edge/: (module, class). A class
+# is looked up only when its module is already loaded (it cannot have raised otherwise), so the
+# CLI start-up imports none of them (devices.runtime loads onnxruntime).
+LOWER_WING_ERRORS = (
+    ("exporters.schema", "FieldError"),      # manifest, npz (ManifestError, NpzError)
+    ("devices.energy", "EnergyUnavailable"),
+    ("devices.estimate", "EnergyTotalsError"),
+    ("devices.i2c", "I2cSpecError"),
+    ("devices.runtime", "InputError"),
+)
+# Every character str.splitlines() breaks at: escaped, so one error stays one line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def as_user_error(exc: BaseException) -> UserError | None:
+    """The user error an exception stands for, or None for a bug (which keeps its traceback).
+
+    The one place where loader failures become `error: <file>: <field>: <expected>` and exit
+    status 2: edge's own `UserError`s, and the lower wings' one-line errors in
+    `LOWER_WING_ERRORS`. The message is kept to one line.
+    """
+    if isinstance(exc, UserError):
+        user = exc
+    else:
+        lower = tuple(cls for module, name in LOWER_WING_ERRORS
+                      if isinstance(cls := getattr(sys.modules.get(module), name, None), type))
+        if not lower or not isinstance(exc, lower):
+            return None
+        user = UserError(str(exc))
+    text = str(user)
+    if text.translate(_LINE_BREAKS) != text:
+        exit_code = user.exit_code
+        user = UserError(text.translate(_LINE_BREAKS))
+        user.exit_code = exit_code
+    return user

@@ -21,7 +21,7 @@ from edge.config.schema import FleetConfig
 from edge.config.topology import build_graph
 from edge.data.fleet_data import agent_data, fleet_info
 from edge.errors import UserError
-from edge.learning.checkpoint import load_checkpoint, save_checkpoint
+from edge.learning.checkpoint import load_checkpoint, restore_into, save_checkpoint
 from edge.learning.learner import Learner, holdings, make_learner
 from edge.learning.rounds import AgentRounds, run_rounds
 from edge.learning.sharing import combination
@@ -119,9 +119,7 @@ def _resume(learner: Learner, ckpt_path: Path, strategy: str, agent_id: str) -> 
     if ckpt.agent_id != agent_id or ckpt.strategy != strategy:
         raise UserError(f"{ckpt_path}: checkpoint of {ckpt.agent_id}/{ckpt.strategy}, "
                         f"expected {agent_id}/{strategy}; use another --out")
-    learner.model.load_state_dict(ckpt.model.state_dict())
-    if ckpt.optimizer_state:
-        learner.optimizer.load_state_dict(ckpt.optimizer_state)
+    restore_into(learner, ckpt)  # refuses a checkpoint written under another config
     log.info("resuming %s after round %d", agent_id, ckpt.round_idx)
     return ckpt.round_idx + 1
 
