@@ -172,7 +172,7 @@ def _check_faults(cfg: FleetConfig) -> None:
     rounds = cfg.training.rounds
     for i, f in enumerate(cfg.faults):
         path = f"faults[{i}]"
-        if f.kind in ("leave", "broker-restart") and not 0 <= f.round < rounds:
+        if f.kind in ("leave", "broker-restart", "byzantine") and not 0 <= f.round < rounds:
             raise ConfigError(cfg.source, f"{path}.round",
                               f"expected a round index in [0, {rounds}), got {f.round}")
         if f.kind == "leave":
@@ -182,7 +182,7 @@ def _check_faults(cfg: FleetConfig) -> None:
             if f.return_round is not None and not f.round < f.return_round < rounds:
                 raise ConfigError(cfg.source, f"{path}.return_round",
                                   f"expected a round after {f.round} and before {rounds}")
-        if f.kind in ("delay", "loss"):
+        if f.kind in ("delay", "loss", "byzantine"):
             unknown = [a for a in f.agents if a not in ids]
             if not f.agents or unknown:
                 raise ConfigError(cfg.source, f"{path}.agents",

@@ -193,6 +193,17 @@ class CommConfig:
     # The CHOCO consensus step gamma (edge.learning.gossip.consensus_step); 1 is plain gossip.
     # None: the codec's default, see `consensus_step` below.
     consensus_step: Annotated[float, Interval(gt=0.0, le=1.0)] | None = None
+    # How neighbours' copies are combined (edge.learning.gossip.robust_step): plain gossip (the
+    # default), coordinate-wise median or trimmed mean, or ClippedGossip (He et al. 2022).
+    mixing: Literal["gossip", "median", "trimmed-mean", "clipped-gossip"] = "gossip"
+    trim: Annotated[int, Interval(ge=1, le=MAX_AGENTS)] = 1          # trimmed-mean: per end
+    # clipped-gossip: a fixed radius, or None to clip the `clip_neighbours` farthest neighbours
+    # to the distance of the next one.
+    clip_radius: Annotated[float, Interval(gt=0.0, le=1e30)] | None = None
+    clip_neighbours: Annotated[int, Interval(ge=1, le=MAX_AGENTS)] = 1
+    # The gate of every rule: a neighbour's copy whose norm, or distance to ours, exceeds this
+    # many times our own norm is refused (edge.learning.gossip.screen).
+    max_norm_ratio: Annotated[float, Interval(ge=1.0, le=1e6)] = 10.0
 
 
 @dataclass(frozen=True)
@@ -219,14 +230,20 @@ class BrokerConfig:
 class FaultConfig:
     """One injected fault of a trial (the simulator ignores faults)."""
 
-    kind: Literal["leave", "broker-restart", "delay", "loss"]
+    kind: Literal["leave", "broker-restart", "delay", "loss", "byzantine"]
     round: Annotated[int, Interval(ge=0, le=MAX_ROUNDS)] = 1   # leave / broker-restart: when
     agent: str | None = None             # leave: who
     # leave: when it comes back (None: never)
     return_round: Annotated[int, Interval(ge=0, le=MAX_ROUNDS)] | None = None
-    agents: tuple[str, ...] = ()         # delay / loss: whose outgoing updates
+    agents: tuple[str, ...] = ()         # delay / loss / byzantine: whose outgoing updates
     delay_ms: Annotated[float, Interval(ge=0.0, le=MAX_DELAY_MS)] = 0.0
     loss_percent: Annotated[float, Interval(ge=0.0, le=100.0)] = 0.0
+    # byzantine (from `round` on; applied by the agents, in trials and in the simulator):
+    # send scale * x ("scale", default scale 5), -scale * x ("sign-flip", default 1), or
+    # x + noise_std * rms(x) * N(0, 1) per coordinate ("noise") instead of the branch x.
+    mode: Literal["scale", "sign-flip", "noise"] = "scale"
+    scale: Annotated[float, Interval(ge=-1e6, le=1e6)] | None = None
+    noise_std: Annotated[float, Interval(ge=0.0, le=1e6)] = 1.0
 
 
 @dataclass(frozen=True)

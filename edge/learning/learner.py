@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -13,8 +15,7 @@ from torch import Tensor
 
 from edge.config.schema import AgentSpec, FleetConfig, consensus_step
 from edge.data.fleet_data import AgentData, DataInfo
-from edge.learning.gossip import Holdings
-from edge.learning.gossip import consensus_step as choco_step
+from edge.learning.gossip import Holdings, Mixing, robust_step, screen
 from edge.learning.losses import objective
 from edge.learning.model import AgentModel, ModelSpec
 from edge.learning.sharing import SharingRow, branch_key, scope_of
@@ -33,6 +34,20 @@ class Branch:
     def dense_bytes(self) -> int:
         """Size of the branch as dense float32, bytes."""
         return 4 * self.size
+
+
+class MixOutcome(NamedTuple):
+    """What mixing one branch did: neighbours mixed, and neighbours refused with the reason."""
+
+    used: list[str]
+    refused: dict[str, str]
+
+
+class Snapshot(NamedTuple):
+    """A copy of an agent's model and optimizer state (`Learner.snapshot`)."""
+
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,10 @@ class Learner:
         self.model = model
         self.branches = branches
         self.params = dict(model.named_parameters())
+        c = cfg.comm
+        self.mixing = Mixing(c.mixing, c.trim, c.clip_radius, c.clip_neighbours, c.max_norm_ratio)
+        # Neighbour -> first round it is mixed again, after its copy broke our model (guard.py).
+        self.quarantine: dict[str, int] = {}
         t = cfg.training
         if t.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -128,19 +147,50 @@ class Learner:
                 offset += p.numel()
 
     def mix(self, key: str, weights: dict[str, float], received: dict[str, np.ndarray],
-            self_id: str, public_copy: np.ndarray | None = None) -> list[str]:
-        """Gossip-average one branch with the CHOCO consensus step (edge.learning.gossip).
+            self_id: str, public_copy: np.ndarray | None = None) -> MixOutcome:
+        """Mix one branch with the neighbours' copies under the fleet's `comm.mixing` rule.
 
+        Every copy passes the gate first (edge.learning.gossip.screen: finite, of our shape,
+        norm and distance within `comm.max_norm_ratio` of our own); the admitted ones are
+        combined by edge.learning.gossip.robust_step (plain gossip: the CHOCO consensus step).
         `public_copy` is our branch as the neighbours decoded it (None: they hold it exactly).
-        Weights of neighbours that sent nothing stay with us. Returns the neighbours used.
+        Weights of neighbours that sent nothing, or were refused, stay with us. A mix whose
+        result is not finite (float32 overflow) is not applied and refuses every copy.
+
+        Returns
+        -------
+        MixOutcome
+            The neighbours mixed, and the refused ones with the reason.
         """
-        used = {j: received[j] for j in weights if j != self_id and j in received}
+        offered = {j: received[j] for j in weights if j != self_id and j in received}
+        if not offered:
+            return MixOutcome([], {})
+        own = self.branch_vector(key)
+        used, refused = screen(own, public_copy, offered, self.mixing.max_norm_ratio)
         if not used:
-            return []
-        mixed = choco_step(self.branch_vector(key), public_copy, used, weights,
-                           consensus_step(self.cfg.comm))
+            return MixOutcome([], refused)
+        mixed = robust_step(own, public_copy, used, weights, consensus_step(self.cfg.comm),
+                            self.mixing)
+        if not np.isfinite(mixed).all():
+            return MixOutcome([], refused | dict.fromkeys(used, "non-finite mix"))
         self.set_branch(key, mixed)
-        return list(used)
+        return MixOutcome(list(used), refused)
+
+    # --- last good state --------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A copy of the model and optimizer state, to come back to (edge.learning.guard)."""
+        model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return Snapshot(model, copy.deepcopy(self.optimizer.state_dict()))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put back a `snapshot` (the copy stays valid for another restore)."""
+        self.model.load_state_dict(snapshot.model)
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))
+
+    def is_finite(self) -> bool:
+        """Whether every parameter of the model is finite."""
+        with torch.no_grad():
+            return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     # --- training and evaluation ----------------------------------------------------------
     def batches(self) -> Iterator[tuple[dict[str, Tensor], Tensor]]:

@@ -26,6 +26,7 @@ from edge.learning.learner import Learner, holdings, make_learner
 from edge.learning.rounds import AgentRounds, run_rounds
 from edge.learning.sharing import combination
 from edge.learning.strategies import networked_strategy
+from edge.net.byzantine import ByzantineTransport
 from edge.net.impaired import ImpairedTransport
 from edge.net.mqtt_transport import MqttTransport
 from edge.records import AgentBytes, BranchBytes, FinalDoc, MetricsRow
@@ -66,7 +67,8 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
     start_round = _resume(learner, ckpt_path, strategy.name, agent_id)
     graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, start_round, cfg.source)
     mqtt = MqttTransport(cfg, spec, learner.branches, url, graph, table)
-    transport = ImpairedTransport.for_agent(mqtt, cfg, agent_id)
+    transport = ImpairedTransport.for_agent(ByzantineTransport.for_agent(mqtt, cfg, agent_id),
+                                            cfg, agent_id)
     run = AgentRounds(cfg, agent_id, learner, table, schedule, start_round)
     rounds_done = start_round
 
