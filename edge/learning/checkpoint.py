@@ -134,7 +134,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     model.eval()
     return Checkpoint(
         model=model, agent_id=doc["agent_id"], modalities=spec.modalities,
-        labels=tuple(doc["labels"]), norm={m: {"mean": n["mean"], "std": n["std"]} for m, n in doc["norm"].items()},
+        labels=tuple(doc["labels"]),
+        norm={m: {"mean": n["mean"], "std": n["std"]} for m, n in doc["norm"].items()},
         examples={"x": {m: v.numpy() for m, v in doc["examples"]["x"].items()},
                   "y": doc["examples"]["y"].numpy()},
         input_shapes=spec.input_shapes, round_idx=doc["round_idx"], strategy=doc["strategy"],
