@@ -242,7 +242,7 @@ class FaultConfig:
     # send scale * x ("scale", default scale 5), -scale * x ("sign-flip", default 1), or
     # x + noise_std * rms(x) * N(0, 1) per coordinate ("noise") instead of the branch x.
     mode: Literal["scale", "sign-flip", "noise"] = "scale"
-    scale: Annotated[float, Interval(ge=-1e6, le=1e6)] | None = None
+    scale: Annotated[float, Interval(ge=-1e30, le=1e30)] | None = None
     noise_std: Annotated[float, Interval(ge=0.0, le=1e6)] = 1.0
 
 
