@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
+# Every character str.splitlines() breaks at: escaped, so one error stays one line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
 
 class UserError(Exception):
     """Bad input from the user; the CLI prints `error: <message>` and exits with status 2."""
@@ -15,10 +18,12 @@ class ConfigError(UserError):
     """A value in a file (config, data, manifest) is not what was expected."""
 
     def __init__(self, source: str, field: str, expected: str) -> None:
-        self.source = source
-        self.field = field
-        self.expected = expected
-        super().__init__(f"{source}: {field}: {expected}")
+        # One line whatever the parts hold: a library's multi-line message is joined, a line
+        # break in a file name or a hostile key is escaped.
+        self.source = str(source).translate(_LINE_BREAKS)
+        self.field = str(field).translate(_LINE_BREAKS)
+        self.expected = " ".join(str(expected).split())
+        super().__init__(f"{self.source}: {self.field}: {self.expected}")
 
 
 class NotAvailableYet(UserError):
@@ -37,8 +42,6 @@ LOWER_WING_ERRORS = (
     ("devices.i2c", "I2cSpecError"),
     ("devices.runtime", "InputError"),
 )
-# Every character str.splitlines() breaks at: escaped, so one error stays one line.
-_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 def as_user_error(exc: BaseException) -> UserError | None:

@@ -110,10 +110,11 @@ def check_document(raw: Any, source: str) -> CheckpointDoc:
     ConfigError
         Another format, a missing or unknown key, a value of the wrong type or out of range.
     """
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
-        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise ConfigError(source, "format",
-                          f"expected checkpoint format {FORMAT_VERSION}, got {got!r}")
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    if type(fmt) is not int or fmt != FORMAT_VERSION:  # a tensor has no single truth value
+        got = (repr(fmt)[:40] if isinstance(fmt, (int, float, str, type(None))) and isinstance(raw, dict)
+               else type(fmt if isinstance(raw, dict) else raw).__name__)
+        raise ConfigError(source, "format", f"expected checkpoint format {FORMAT_VERSION}, got {got}")
     try:
         doc: CheckpointDoc = _adapter().validate_python(raw)
     except ValidationError as exc:
