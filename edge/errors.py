@@ -45,7 +45,7 @@ LOWER_WING_ERRORS = (
 
 
 def as_user_error(exc: BaseException) -> UserError | None:
-    """The user error an exception stands for, or None for a bug (which keeps its traceback).
+    """Return the user error an exception stands for, or None for a bug (it keeps its traceback).
 
     The one place where loader failures become `error: <file>: <field>: <expected>` and exit
     status 2: edge's own `UserError`s, and the lower wings' one-line errors in

@@ -277,7 +277,7 @@ class FleetConfig:
         return [a.id for a in self.agent_specs]
 
     def agent(self, agent_id: str) -> AgentSpec:
-        """The spec of one agent.
+        """Return the spec of one agent.
 
         Raises
         ------
@@ -291,14 +291,16 @@ class FleetConfig:
                           f"expected one of {', '.join(self.agent_ids)}, got agent {agent_id!r}")
 
     def resolve_path(self, path: str) -> Path:
-        """A path from the config, relative to the config file's folder."""
+        """Resolve a path from the config relative to the config file's folder."""
         p = Path(path)
         return p if p.is_absolute() else Path(self.source).parent / p
 
 
 def consensus_step(comm: CommConfig) -> float:
-    """The CHOCO consensus step gamma in effect: the configured one, else 1 (plain gossip) for the
-    dense codecs and TOPK_CONSENSUS_STEP for top-k, whose lagging public copies need damping.
+    """Return the CHOCO consensus step gamma in effect.
+
+    The configured one, else 1 (plain gossip) for the dense codecs and TOPK_CONSENSUS_STEP for
+    top-k, whose lagging public copies need damping.
     """
     if comm.consensus_step is not None:
         return comm.consensus_step
@@ -306,7 +308,7 @@ def consensus_step(comm: CommConfig) -> float:
 
 
 def fleet_modalities(data: DataConfig, source: str) -> tuple[str, ...]:
-    """The modalities this fleet's data offers (all the data set's, or the selected ones).
+    """Return the modalities this fleet's data offers (all the data set's, or the selected ones).
 
     Raises
     ------

@@ -168,7 +168,7 @@ def describe(errors: list[ErrorDetails], cls: Any) -> tuple[str, str]:
 
 
 def _expected(error: ErrorDetails, hint: Any, meta: list[Any]) -> tuple[str, bool]:
-    """What one error expected, and whether to show the value it got."""
+    """Say what one error expected, and whether to show the value it got."""
     kind = error["type"]
     ctx = error.get("ctx", {})
     if kind == "missing":
@@ -193,7 +193,7 @@ def _expected(error: ErrorDetails, hint: Any, meta: list[Any]) -> tuple[str, boo
 
 
 def _range(hint: Any, meta: list[Any], ctx: dict[str, Any]) -> str:
-    """'an integer from 1 to 256', 'a number > 0 and < 10': the whole interval of the field."""
+    """Describe the whole interval of a field: 'an integer from 1 to 256', 'a number > 0'."""
     bounds: dict[str, Any] = {}
     for m in meta:
         if isinstance(m, Interval):

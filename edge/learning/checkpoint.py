@@ -49,7 +49,7 @@ class Checkpoint:
 
 
 def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
-    """A ModelSpec as plain data (torch.load(weights_only=True) accepts it)."""
+    """Convert a ModelSpec to plain data (torch.load(weights_only=True) accepts it)."""
     out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
     out["families"] = {m: dataclasses.asdict(f) for m, f in spec.families.items()}
     out["input_shapes"] = {m: list(s) for m, s in spec.input_shapes.items()}

@@ -188,7 +188,7 @@ def check_finite(tree: Any, source: str, field: str) -> None:
 
 
 def check_examples(doc: CheckpointDoc, spec: ModelSpec, source: str) -> None:
-    """The kept test inputs match the spec's modalities and input shapes, and are finite.
+    """Check that the kept test inputs match the spec's modalities and shapes, and are finite.
 
     Raises
     ------

@@ -141,13 +141,15 @@ class Mixing:
 
 
 def reference_norm(own: np.ndarray) -> float:
-    """Our branch's L2 norm, floored at `FLOOR_RMS` per coordinate (the gate's yardstick)."""
-    return max(float(np.linalg.norm(own.astype(np.float64))), FLOOR_RMS * np.sqrt(own.size))
+    """Return our branch's L2 norm, floored at `FLOOR_RMS` per coordinate (the gate's yardstick)."""
+    return max(float(np.linalg.norm(own.astype(np.float64))), FLOOR_RMS * float(np.sqrt(own.size)))
 
 
 def relative_distance(own: np.ndarray, base: np.ndarray, copy: np.ndarray) -> float:
-    """||x̂_j − x̂_i|| / `reference_norm`(x_i): how far a neighbour's copy is from ours (inf if
-    the copy is not finite or not of our shape)."""
+    """Measure how far a neighbour's copy is from ours: ||x̂_j − x̂_i|| / `reference_norm`(x_i).
+
+    Infinite when the copy is not finite or not of our shape.
+    """
     if copy.shape != base.shape or not np.isfinite(copy).all():
         return float("inf")
     return float(np.linalg.norm(copy.astype(np.float64) - base)) / reference_norm(own)
@@ -155,7 +157,7 @@ def relative_distance(own: np.ndarray, base: np.ndarray, copy: np.ndarray) -> fl
 
 def screen(own: np.ndarray, public_copy: np.ndarray | None, received: Mapping[str, np.ndarray],
            max_norm_ratio: float) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The finiteness and norm / distance gate on neighbours' copies of one branch.
+    """Gate neighbours' copies of one branch on finiteness, norm and distance.
 
     A copy is refused when it holds NaN or inf, has another shape, its L2 norm exceeds
     `max_norm_ratio` x our norm, or its distance to our public copy does. Honest neighbours
@@ -217,7 +219,8 @@ def trimmed_mean(vectors: np.ndarray, trim: int) -> np.ndarray:
     m = vectors.shape[0]
     b = min(trim, (m - 1) // 2)
     ordered = np.sort(vectors.astype(np.float64), axis=0)
-    return ordered[b: m - b].mean(axis=0)
+    mean: np.ndarray = ordered[b: m - b].mean(axis=0)
+    return mean
 
 
 def clip(z: np.ndarray, radius: float) -> np.ndarray:
@@ -227,7 +230,7 @@ def clip(z: np.ndarray, radius: float) -> np.ndarray:
 
 
 def adaptive_radius(distances: list[float], clipped: int) -> float:
-    """The clipping radius τ_i for one branch: the (clipped + 1)-th largest neighbour distance.
+    """Choose the clipping radius τ_i of one branch: the (clipped + 1)-th largest distance.
 
     The `clipped` farthest neighbours are clipped to the distance of the next one and the rest
     pass unchanged: the adaptive choice of the ClippedGossip experiments (He, Karimireddy and

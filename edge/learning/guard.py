@@ -47,8 +47,7 @@ class GuardedStep:
 
 def mix_and_train(learner: Learner, agent: str, plan: Plan, received: Received,
                   public: dict[str, np.ndarray], epochs: int, round_idx: int) -> GuardedStep:
-    """Mix the neighbours' copies into every planned branch, then train; never leave the model
-    non-finite.
+    """Mix the neighbours' copies into every planned branch, then train, never leaving NaN.
 
     Parameters
     ----------

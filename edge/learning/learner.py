@@ -61,7 +61,7 @@ class Evaluation:
 
 def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict[str, tuple[int, ...]],
                n_classes: int, arch: str) -> ModelSpec:
-    """The model an agent holding `modalities` builds under `cfg`."""
+    """Return the model spec an agent holding `modalities` builds under `cfg`."""
     m = cfg.model
     return ModelSpec(modalities=modalities,
                      input_shapes={k: input_shapes[k] for k in modalities},
@@ -71,8 +71,9 @@ def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict
 
 
 def build_model(spec: ModelSpec, seed: int) -> AgentModel:
-    """Build a model whose every submodule is initialised from (seed, its name), so agents that
-    share a branch start from the same weights and the first average is not of strangers.
+    """Build a model whose every submodule is initialised from (seed, its name).
+
+    Agents that share a branch start from the same weights: the first average is not of strangers.
     """
     model = AgentModel(spec)
     for name, module in model.named_modules():
@@ -130,7 +131,7 @@ class Learner:
 
     # --- branches ---------------------------------------------------------------------------
     def branch_vector(self, key: str) -> np.ndarray:
-        """The branch's parameters flattened into one float32 vector (a copy)."""
+        """Flatten the branch's parameters into one float32 vector (a copy)."""
         with torch.no_grad():
             flat = torch.cat([self.params[n].reshape(-1) for n in self.branches[key].names])
         vector: np.ndarray = flat.numpy().copy()
@@ -178,7 +179,7 @@ class Learner:
 
     # --- last good state --------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """A copy of the model and optimizer state, to come back to (edge.learning.guard)."""
+        """Copy the model and optimizer state, to come back to (edge.learning.guard)."""
         model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return Snapshot(model, copy.deepcopy(self.optimizer.state_dict()))
 
@@ -226,8 +227,9 @@ class Learner:
 
     @torch.no_grad()
     def evaluate(self, modalities: tuple[str, ...] | None = None) -> Evaluation:
-        """Accuracy on the agent's own test split, overall and per head, with any subset of its
-        modalities (None: all of them).
+        """Measure accuracy on the agent's own test split, overall and per head.
+
+        With any subset of its modalities (None: all of them).
         """
         self.model.eval()
         mods = modalities or self.data.modalities
@@ -238,7 +240,7 @@ class Learner:
         return Evaluation(accuracy, len(y), heads)
 
     def mean_gradients(self) -> dict[str, np.ndarray]:
-        """The mean gradient over the whole training split, per shared branch (diagnostics)."""
+        """Compute the mean gradient over the training split, per shared branch (diagnostics)."""
         self.model.train()
         self.model.zero_grad(set_to_none=True)
         parts = objective(self.model(self.train_x), self.train_y, self.cfg.losses)
@@ -254,7 +256,7 @@ class Learner:
 
 def make_learner(cfg: FleetConfig, spec: AgentSpec, data: AgentData, info: DataInfo,
                  row: SharingRow, arch: str) -> Learner:
-    """An agent's learner: its model (seeded per unit), branches by the sharing row, optimizer."""
+    """Make an agent's learner: its model (seeded per unit), branches by the sharing row, optimizer."""
     seed = cfg.training.seed
     model = build_model(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels), arch),
                         seed)
@@ -265,7 +267,7 @@ def make_learner(cfg: FleetConfig, spec: AgentSpec, data: AgentData, info: DataI
 
 def agent_branches(cfg: FleetConfig, spec: AgentSpec, info: DataInfo, row: SharingRow,
                    arch: str) -> dict[str, Branch]:
-    """The branches an agent holds, computed from shapes alone (no weights allocated)."""
+    """Compute the branches an agent holds from shapes alone (no weights allocated)."""
     with torch.device("meta"):
         model = AgentModel(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels),
                                       arch))

@@ -29,7 +29,7 @@ DEFAULT_SCALE = {"scale": 5.0, "sign-flip": 1.0, "noise": 1.0}
 
 def corrupt(vector: np.ndarray, mode: ByzantineMode, scale: float, noise_std: float,
             rng: np.random.Generator) -> np.ndarray:
-    """What a byzantine agent sends instead of its branch `vector` (flat float32, shape (n,)).
+    """Corrupt a branch `vector` (flat float32, shape (n,)) as a byzantine agent sends it.
 
     Parameters
     ----------
@@ -77,7 +77,7 @@ class ByzantineTransport:
 
     @classmethod
     def for_agent(cls, inner: Transport, cfg: FleetConfig, agent_id: str) -> ByzantineTransport:
-        """The byzantine fault the config gives `agent_id` (the first one naming it), if any."""
+        """Wrap `inner` with the byzantine fault the config gives `agent_id` (the first), if any."""
         fault = next((f for f in cfg.faults if f.kind == "byzantine" and agent_id in f.agents),
                      None)
         return cls(inner, fault, f"{cfg.training.seed}/{agent_id}/byzantine")
