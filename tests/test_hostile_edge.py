@@ -332,3 +332,24 @@ def test_checkpoint_loader_never_reads_a_zip_bomb_as_weights(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2
     _one_line_error(err, path, "<file>")
+
+
+def test_lower_wing_errors_become_one_line_user_errors() -> None:
+    # Prepare
+    from devices.energy import EnergyUnavailable
+    from devices.estimate import EnergyTotalsError
+    from devices.i2c import I2cSpecError
+    from devices.npzio import NpzError
+    from edge.errors import UserError, as_user_error
+
+    cases = [EnergyUnavailable("--energy measured: no sensor reads here"),
+             EnergyTotalsError("energy totals: expected joules >= 0"),
+             I2cSpecError("--i2c: expected chip@bus:address"),
+             NpzError("f.npz", "x\nkey", "expected\n  a readable archive")]
+    # Execute
+    mapped = [as_user_error(exc) for exc in cases]
+    # Assert: each becomes a UserError (exit 2) of one line; a bug stays a bug
+    assert all(isinstance(m, UserError) and m.exit_code == 2 for m in mapped)
+    assert all(len(str(m).splitlines()) == 1 for m in mapped)
+    assert str(mapped[3]) == "f.npz: x\\nkey: expected a readable archive"
+    assert as_user_error(RuntimeError("bug")) is None and as_user_error(KeyError("k")) is None
