@@ -452,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{hostile['accepted']} / {hostile['crashes']} |")
     print(f"| chunk flood: {flood['forged_first_chunks']} forged first chunks "
           f"({flood['wire_mb']:.1f} MB): peak receiver memory (traced) | "
-          f"{flood['peak_traced_mib']:.1f} MiB, {flood['cpu_s']:.1f} s CPU, "
-          f"{flood['pending']} pending |")
+          f"{flood['peak_traced_mib'] * 1024:.0f} KiB, {flood['cpu_s']:.1f} s CPU, "
+          f"{flood['pending']} pending, dropped {flood['rejected']} |")
     print("\n### One byzantine neighbour (a0 sends 5 x its parameters from round 1), "
           f"honest agents' accuracy, 8 agents, {args.mix_rounds} rounds, {args.seeds} seeds\n")
     print("| mixing | clean | byzantine | byzantine vs clean gossip (points) |")
