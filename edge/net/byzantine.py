@@ -86,6 +86,12 @@ class ByzantineTransport:
         """Whether the agent lies in round `round_idx`."""
         return self.fault is not None and round_idx >= self.fault.round
 
+    def begin_round(self, round_idx: int) -> None:
+        """Pass the round on, where the inner transport announces rounds (a networked agent)."""
+        begin = getattr(self.inner, "begin_round", None)
+        if begin is not None:
+            begin(round_idx)
+
     def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
         """Corrupt every branch (once active), then publish through the inner transport."""
         if self.fault is not None and self.active(round_idx):
