@@ -42,6 +42,9 @@ class MetricsRow(_MetricsRowRequired, total=False):
     rss_mb: float                      # peak resident set so far, MiB
     energy_j: float                    # running total of energy
     energy_source: str                 # measured:<backend>:<sensor> | estimated:<profile>
+    # Only in rows of rounds where a neighbour's copy was refused or skipped (edge.learning.guard):
+    refused: dict[str, dict[str, str]]  # branch key -> neighbour -> why the gate refused its copy
+    skipped: dict[str, str]             # neighbour -> why it was not mixed this round
 
 
 class BranchBytes(TypedDict):

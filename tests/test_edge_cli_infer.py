@@ -60,7 +60,8 @@ def test_infer_runs_with_torch_absent_and_prints_json(bundle):
 
 
 # The inference-only install: `pip install --no-deps parse-edge` plus these distributions.
-BOARD_DISTRIBUTIONS = ("numpy", "onnxruntime", "PyYAML", "msgspec")
+# annotated-types: the CLI imports the fleet config schema, whose bounds it declares.
+BOARD_DISTRIBUTIONS = ("numpy", "onnxruntime", "PyYAML", "msgspec", "annotated-types")
 
 
 def _board_site(root: Path) -> Path:

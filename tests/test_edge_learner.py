@@ -55,14 +55,15 @@ def test_mix_is_the_weighted_average_and_missing_weight_returns_to_self(learners
     # Prepare
     learner = learners["a3"]
     own = learner.branch_vector("syn/a@a+b")
-    peer = np.full_like(own, 3.0)
+    # A neighbour's copy near ours (the gate refuses copies 10 x our norm away: test_edge_gossip)
+    peer = own + 0.5
     weights = {"a3": 0.5, "a2": 0.25, "a0": 0.25}
     # Execute: a0 sent nothing, so its quarter stays with a3
-    used = learner.mix("syn/a@a+b", weights, {"a2": peer}, "a3")
+    outcome = learner.mix("syn/a@a+b", weights, {"a2": peer}, "a3")
     mixed = learner.branch_vector("syn/a@a+b")
     learner.set_branch("syn/a@a+b", own)
     # Assert
-    assert used == ["a2"]
+    assert outcome.used == ["a2"] and outcome.refused == {}
     np.testing.assert_allclose(mixed, 0.75 * own + 0.25 * peer, rtol=1e-6, atol=1e-6)
 
 

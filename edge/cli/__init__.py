@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from edge.errors import UserError
+from edge.errors import as_user_error
 from edge.version import software_version
 
 # Subcommand name -> module under edge.cli. Modules are imported lazily so that `--help` and
@@ -48,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except Exception as exc:
+        user = as_user_error(exc)  # the one place loader failures become `error: ...`, exit 2
+        if user is None:
+            raise
+        print(f"error: {user}", file=sys.stderr)
+        return user.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from annotated_types import Interval, Len
+
+from devices.npzio import DEFAULT_MAX_BYTES
 from devices.profiles import DEFAULT_PROFILE
 from edge.errors import ConfigError
 
@@ -24,16 +27,32 @@ DATASET_MODALITIES: dict[str, tuple[str, ...]] = {
 }
 BUILTIN_EXAMPLE = Path(__file__).parents[1] / "examples" / "basic-motions.yaml"
 
+# Bounds of the numeric fields, checked at load (edge.config.typed) from the `Interval`
+# annotations below; every float must also be finite. Each is far beyond any real fleet and
+# small enough that nothing derived from it overflows or tries to allocate the impossible.
+MAX_AGENTS = 4096                # agents in one fleet
+MAX_ROUNDS = 100_000             # rounds, and round indices of faults
+MAX_SEED = 2**32 - 1             # numpy's seed range (numpy.random.RandomState)
+MAX_WIDTH = 4096                 # an encoder layer, latent or head: 4096^2 float32 = 64 MiB
+MAX_LAYERS = 16                  # hidden layers of an encoder family
+MAX_SAMPLES = 1_000_000          # generated samples, batch size
+MAX_STEPS = 100_000              # window length / stride, in samples of a recording
+MAX_EPOCHS = 1000                # local epochs per round
+MAX_WEIGHT = 1e6                 # loss weights, split ratios, temperatures, Dirichlet alpha
+MAX_DEADLINE_S = 86_400.0        # one day: longer is a stalled fleet, not a slow one
+MAX_DELAY_MS = 600_000.0         # ten minutes of injected delay
+
 
 @dataclass(frozen=True)
 class PartitionConfig:
     """How the pool is shared out among agents (`data.partition`)."""
 
     kind: Literal["iid", "dirichlet"] = "iid"
-    alpha: float = 0.5
-    test_fraction: float = 0.25
+    # Below 1e-3, numpy's Dirichlet draws underflow to all-zero rows.
+    alpha: Annotated[float, Interval(ge=1e-3, le=MAX_WEIGHT)] = 0.5
+    test_fraction: Annotated[float, Interval(ge=0.05, le=0.8)] = 0.25
     # Dirichlet draws are repeated until every agent holds at least this many samples.
-    min_samples: int = 8
+    min_samples: Annotated[int, Interval(ge=2, le=MAX_SAMPLES)] = 8
 
 
 @dataclass(frozen=True)
@@ -41,12 +60,12 @@ class SyntheticConfig:
     """The synthetic-pid generator's settings (`data.synthetic`; see edge.data.synthetic)."""
 
     modalities: tuple[str, ...] = ("a", "b")
-    n_samples: int = 3000
-    dim: int = 16
-    redundant_bits: int = 1
-    unique_bits: int = 1
-    synergy_bits: int = 1
-    noise: float = 0.5
+    n_samples: Annotated[int, Interval(ge=100, le=MAX_SAMPLES)] = 3000
+    dim: Annotated[int, Interval(ge=2, le=MAX_WIDTH)] = 16
+    redundant_bits: Annotated[int, Interval(ge=0, le=8)] = 1
+    unique_bits: Annotated[int, Interval(ge=0, le=8)] = 1
+    synergy_bits: Annotated[int, Interval(ge=0, le=8)] = 1
+    noise: Annotated[float, Interval(ge=0.0, le=MAX_WEIGHT)] = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,11 +77,14 @@ class DataConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     # basic-motions: recordings are cut into windows after partitioning, so windows of one
     # recording never straddle an agent's train/test split.
-    window: int = 50
-    stride: int = 10
+    window: Annotated[int, Interval(ge=4, le=MAX_STEPS)] = 50
+    stride: Annotated[int, Interval(ge=1, le=MAX_STEPS)] = 10
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # npz: one file for the fleet, split by the partitioner (per-agent files go in agents.list).
     path: str | None = None
+    # npz: the most bytes one file's arrays may occupy once read, checked from the arrays'
+    # headers before anything is allocated (devices.npzio); default 1 GiB.
+    max_npz_bytes: Annotated[int, Interval(ge=1 << 10, le=1 << 40)] = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -70,9 +92,10 @@ class FamilyConfig:
     """An encoder family, declared fleet-wide per modality so holders can average it (`families.<m>`)."""
 
     kind: Literal["mlp", "conv1d"] = "mlp"
-    hidden: tuple[int, ...] = (64,)
-    latent: int = 48
-    kernel: int = 5
+    hidden: Annotated[tuple[Annotated[int, Interval(ge=1, le=MAX_WIDTH)], ...],
+                      Len(1, MAX_LAYERS)] = (64,)
+    latent: Annotated[int, Interval(ge=3, le=MAX_WIDTH)] = 48
+    kernel: Annotated[int, Interval(ge=1, le=1024)] = 5
 
 
 @dataclass(frozen=True)
@@ -89,9 +112,9 @@ class AgentSpec:
 class AgentsConfig:
     """How agents are generated (`agents`): counts by kind or one multimodal-fraction knob, plus a list."""
 
-    count: int = 0
-    multimodal_fraction: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
+    count: Annotated[int, Interval(ge=0, le=MAX_AGENTS)] = 0
+    multimodal_fraction: Annotated[float, Interval(ge=0.0, le=1.0)] = 0.0
+    counts: dict[str, Annotated[int, Interval(ge=0, le=MAX_AGENTS)]] = field(default_factory=dict)
     device: str = DEFAULT_PROFILE
     id_prefix: str = "a"
     list: tuple[AgentSpec, ...] = ()
@@ -103,9 +126,9 @@ class TopologyConfig:
 
     kind: Literal["ring", "chordal-ring", "random-regular", "complete", "erdos-renyi",
                   "edges"] = "ring"
-    chords: tuple[int, ...] = (1, 3)
-    degree: int = 4
-    p: float = 0.3
+    chords: tuple[Annotated[int, Interval(ge=1, le=MAX_AGENTS)], ...] = (1, 3)
+    degree: Annotated[int, Interval(ge=1, le=MAX_AGENTS)] = 4
+    p: Annotated[float, Interval(ge=0.0, le=1.0)] = 0.3
     edges: tuple[tuple[str, ...], ...] = ()
     resample_each_round: bool = False
 
@@ -114,14 +137,14 @@ class TopologyConfig:
 class TrainingConfig:
     """Local training and the round budget (`training`)."""
 
-    rounds: int = 20
-    local_epochs: int = 1
-    batch_size: int = 32
+    rounds: Annotated[int, Interval(ge=1, le=MAX_ROUNDS)] = 20
+    local_epochs: Annotated[int, Interval(ge=1, le=MAX_EPOCHS)] = 1
+    batch_size: Annotated[int, Interval(ge=1, le=MAX_SAMPLES)] = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 0.003
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    seed: int = 0
+    lr: Annotated[float, Interval(gt=0.0, lt=10.0)] = 0.003
+    weight_decay: Annotated[float, Interval(ge=0.0, le=10.0)] = 0.0
+    momentum: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.9
+    seed: Annotated[int, Interval(ge=0, le=MAX_SEED)] = 0
 
 
 @dataclass(frozen=True)
@@ -129,11 +152,11 @@ class ModelConfig:
     """The model every agent builds (`model`): architecture, slice split, fusion, combiner, heads."""
 
     arch: Literal["sliced", "plain"] = "sliced"
-    split: tuple[float, ...] = (1.0, 1.0, 1.0)
+    split: tuple[Annotated[float, Interval(gt=0.0, le=MAX_WEIGHT)], ...] = (1.0, 1.0, 1.0)
     fusion: Literal["concat", "sum", "gated", "tensor"] = "concat"
-    tensor_rank: int = 4
+    tensor_rank: Annotated[int, Interval(ge=1, le=64)] = 4
     combiner: Literal["sum", "mean", "gate", "fusion"] = "sum"
-    head_hidden: int = 0
+    head_hidden: Annotated[int, Interval(ge=0, le=MAX_WIDTH)] = 0
     share_heads: bool = False
 
 
@@ -141,10 +164,11 @@ class ModelConfig:
 class LossConfig:
     """Weights of the training objective's terms (`losses`; edge.learning.losses)."""
 
-    aux_head: float = 0.25
-    align: float = 0.1
-    orth: float = 0.01
-    temperature: float = 0.2
+    aux_head: Annotated[float, Interval(ge=0.0, le=MAX_WEIGHT)] = 0.25
+    align: Annotated[float, Interval(ge=0.0, le=MAX_WEIGHT)] = 0.1
+    orth: Annotated[float, Interval(ge=0.0, le=MAX_WEIGHT)] = 0.01
+    # InfoNCE divides by it: below 1e-3 the logits overflow float32.
+    temperature: Annotated[float, Interval(ge=1e-3, le=MAX_WEIGHT)] = 0.2
 
 
 # Measured on mfeat (parse, 30 rounds, top-k 2%): gamma 1 lost 10 to 36 points against fp32
@@ -157,18 +181,29 @@ class CommConfig:
     """How updates are coded and exchanged (`comm`): codec, keyframes, chunks, deadline, gamma."""
 
     codec: Literal["fp32", "fp16", "int8", "topk"] = "fp32"
-    topk_fraction: float = 0.02
+    topk_fraction: Annotated[float, Interval(gt=0.0, le=1.0)] = 0.02
     error_feedback: bool = True
     difference_coding: bool = False
     # Full updates: every N messages (0: only on first contact and when a receiver asks),
     # in this codec (None: fp32 for topk, else the codec itself).
-    keyframe_every: int = 10
+    keyframe_every: Annotated[int, Interval(ge=0, le=MAX_ROUNDS)] = 10
     keyframe_codec: Literal["fp32", "fp16", "int8"] | None = None
-    chunk_kib: int = 256
-    deadline_s: float = 30.0
+    chunk_kib: Annotated[int, Interval(ge=1, le=256)] = 256
+    deadline_s: Annotated[float, Interval(gt=0.0, le=MAX_DEADLINE_S)] = 30.0
     # The CHOCO consensus step gamma (edge.learning.gossip.consensus_step); 1 is plain gossip.
     # None: the codec's default, see `consensus_step` below.
-    consensus_step: float | None = None
+    consensus_step: Annotated[float, Interval(gt=0.0, le=1.0)] | None = None
+    # How neighbours' copies are combined (edge.learning.gossip.robust_step): plain gossip (the
+    # default), coordinate-wise median or trimmed mean, or ClippedGossip (He et al. 2022).
+    mixing: Literal["gossip", "median", "trimmed-mean", "clipped-gossip"] = "gossip"
+    trim: Annotated[int, Interval(ge=1, le=MAX_AGENTS)] = 1          # trimmed-mean: per end
+    # clipped-gossip: a fixed radius, or None to clip the `clip_neighbours` farthest neighbours
+    # to the distance of the next one.
+    clip_radius: Annotated[float, Interval(gt=0.0, le=1e30)] | None = None
+    clip_neighbours: Annotated[int, Interval(ge=1, le=MAX_AGENTS)] = 1
+    # The gate of every rule: a neighbour's copy whose norm, or distance to ours, exceeds this
+    # many times our own norm is refused (edge.learning.gossip.screen).
+    max_norm_ratio: Annotated[float, Interval(ge=1.0, le=1e6)] = 10.0
 
 
 @dataclass(frozen=True)
@@ -195,13 +230,20 @@ class BrokerConfig:
 class FaultConfig:
     """One injected fault of a trial (the simulator ignores faults)."""
 
-    kind: Literal["leave", "broker-restart", "delay", "loss"]
-    round: int = 1                       # leave / broker-restart: when (0-based round index)
+    kind: Literal["leave", "broker-restart", "delay", "loss", "byzantine"]
+    round: Annotated[int, Interval(ge=0, le=MAX_ROUNDS)] = 1   # leave / broker-restart: when
     agent: str | None = None             # leave: who
-    return_round: int | None = None      # leave: when it comes back (None: never)
-    agents: tuple[str, ...] = ()         # delay / loss: whose outgoing updates
-    delay_ms: float = 0.0
-    loss_percent: float = 0.0
+    # leave: when it comes back (None: never)
+    return_round: Annotated[int, Interval(ge=0, le=MAX_ROUNDS)] | None = None
+    agents: tuple[str, ...] = ()         # delay / loss / byzantine: whose outgoing updates
+    delay_ms: Annotated[float, Interval(ge=0.0, le=MAX_DELAY_MS)] = 0.0
+    loss_percent: Annotated[float, Interval(ge=0.0, le=100.0)] = 0.0
+    # byzantine (from `round` on; applied by the agents, in trials and in the simulator):
+    # send scale * x ("scale", default scale 5), -scale * x ("sign-flip", default 1), or
+    # x + noise_std * rms(x) * N(0, 1) per coordinate ("noise") instead of the branch x.
+    mode: Literal["scale", "sign-flip", "noise"] = "scale"
+    scale: Annotated[float, Interval(ge=-1e30, le=1e30)] | None = None
+    noise_std: Annotated[float, Interval(ge=0.0, le=1e6)] = 1.0
 
 
 @dataclass(frozen=True)
@@ -235,7 +277,7 @@ class FleetConfig:
         return [a.id for a in self.agent_specs]
 
     def agent(self, agent_id: str) -> AgentSpec:
-        """The spec of one agent.
+        """Return the spec of one agent.
 
         Raises
         ------
@@ -249,14 +291,16 @@ class FleetConfig:
                           f"expected one of {', '.join(self.agent_ids)}, got agent {agent_id!r}")
 
     def resolve_path(self, path: str) -> Path:
-        """A path from the config, relative to the config file's folder."""
+        """Resolve a path from the config relative to the config file's folder."""
         p = Path(path)
         return p if p.is_absolute() else Path(self.source).parent / p
 
 
 def consensus_step(comm: CommConfig) -> float:
-    """The CHOCO consensus step gamma in effect: the configured one, else 1 (plain gossip) for the
-    dense codecs and TOPK_CONSENSUS_STEP for top-k, whose lagging public copies need damping.
+    """Return the CHOCO consensus step gamma in effect.
+
+    The configured one, else 1 (plain gossip) for the dense codecs and TOPK_CONSENSUS_STEP for
+    top-k, whose lagging public copies need damping.
     """
     if comm.consensus_step is not None:
         return comm.consensus_step
@@ -264,7 +308,7 @@ def consensus_step(comm: CommConfig) -> float:
 
 
 def fleet_modalities(data: DataConfig, source: str) -> tuple[str, ...]:
-    """The modalities this fleet's data offers (all the data set's, or the selected ones).
+    """Return the modalities this fleet's data offers (all the data set's, or the selected ones).
 
     Raises
     ------

@@ -118,7 +118,7 @@ def load_pool(cfg: FleetConfig) -> Pool:
     elif d.dataset == "npz":
         if d.path is None:
             raise ConfigError(cfg.source, "data.path", "expected the fleet's npz file")
-        pool = read_npz(cfg.resolve_path(d.path), cfg.modalities)
+        pool = read_npz(cfg.resolve_path(d.path), cfg.modalities, d.max_npz_bytes)
     else:  # parse_config rejects other names; this guards direct construction
         raise ConfigError(cfg.source, "data.dataset", f"unknown data set {d.dataset!r}")
     return select(pool, cfg.modalities)
@@ -151,7 +151,7 @@ def _own_files(cfg: FleetConfig) -> dict[str, Pool]:
             raise ConfigError(cfg.source, "data.path",
                               f"npz data needs data.path or a data file for every agent "
                               f"(none for {', '.join(missing)})")
-    return {s.id: read_npz(cfg.resolve_path(s.data), s.modalities)
+    return {s.id: read_npz(cfg.resolve_path(s.data), s.modalities, cfg.data.max_npz_bytes)
             for s in cfg.agent_specs if s.data}
 
 

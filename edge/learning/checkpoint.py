@@ -14,11 +14,18 @@ import torch
 from edge.config.schema import FamilyConfig, FleetConfig
 from edge.data.norm import Norm
 from edge.errors import ConfigError
+from edge.learning.checkpoint_schema import (
+    FORMAT_VERSION,
+    MAX_CHECKPOINT_BYTES,
+    check_document,
+    check_examples,
+    check_finite,
+    check_state,
+)
 from edge.learning.learner import Learner
 from edge.learning.model import AgentModel, ModelSpec
 from edge.version import software_version
 
-FORMAT_VERSION = 1
 # Test inputs kept for export-time parity checks; enough for a stable argmax agreement figure.
 MAX_EXAMPLES = 256
 
@@ -42,7 +49,7 @@ class Checkpoint:
 
 
 def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
-    """A ModelSpec as plain data (torch.load(weights_only=True) accepts it)."""
+    """Convert a ModelSpec to plain data (torch.load(weights_only=True) accepts it)."""
     out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
     out["families"] = {m: dataclasses.asdict(f) for m, f in spec.families.items()}
     out["input_shapes"] = {m: list(s) for m, s in spec.input_shapes.items()}
@@ -53,8 +60,9 @@ def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
 
 def spec_from_dict(raw: dict[str, Any]) -> ModelSpec:
     """Inverse of spec_to_dict."""
-    families = {m: FamilyConfig(kind=f["kind"], hidden=tuple(f["hidden"]), latent=f["latent"],
-                                kernel=f["kernel"]) for m, f in raw["families"].items()}
+    families = {m: f if isinstance(f, FamilyConfig) else
+                FamilyConfig(kind=f["kind"], hidden=tuple(f["hidden"]), latent=f["latent"],
+                             kernel=f["kernel"]) for m, f in raw["families"].items()}
     return ModelSpec(
         modalities=tuple(raw["modalities"]),
         input_shapes={m: tuple(s) for m, s in raw["input_shapes"].items()},
@@ -94,30 +102,81 @@ def save_checkpoint(path: Path, cfg: FleetConfig, learner: Learner, agent_id: st
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint written by save_checkpoint; a bad file is a one-line error."""
+    """Load a checkpoint written by save_checkpoint, checking it before building anything.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and field: not a checkpoint, another format, a missing or
+        malformed field, a missing or misshapen weight, or NaN or inf anywhere in the weights,
+        the optimizer state or the examples (edge.learning.checkpoint_schema).
+    """
     source = str(path)
     try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise ConfigError(source, "<file>", f"no such checkpoint file ({exc.strerror})") from None
+    if size > MAX_CHECKPOINT_BYTES:
+        raise ConfigError(source, "<file>", f"expected a checkpoint of at most "
+                          f"{MAX_CHECKPOINT_BYTES} bytes, got {size}")
+    try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(source, "<file>", "no such checkpoint file") from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise ConfigError(source, "<file>", f"expected a parse-edge checkpoint ({exc})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
-        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise ConfigError(source, "format",
-                          f"expected checkpoint format {FORMAT_VERSION}, got {got!r}")
-    spec = spec_from_dict(raw["spec"])
+        text = " ".join(str(exc).split())[:200]
+        raise ConfigError(source, "<file>", f"expected a parse-edge checkpoint ({text})") from None
+    doc = check_document(raw, source)
+    spec = spec_from_dict(dict(doc["spec"]))
+    check_state(doc["model_state"], spec, source)
+    check_finite(doc.get("optimizer_state"), source, "optimizer_state")
+    check_examples(doc, spec, source)
     model = AgentModel(spec)
-    model.load_state_dict(raw["model_state"])
+    model.load_state_dict(doc["model_state"])
     model.eval()
     return Checkpoint(
-        model=model, agent_id=raw["agent_id"], modalities=spec.modalities,
-        labels=tuple(raw["labels"]), norm=raw["norm"],
-        examples={"x": {m: v.numpy() for m, v in raw["examples"]["x"].items()},
-                  "y": raw["examples"]["y"].numpy()},
-        input_shapes=spec.input_shapes, round_idx=raw["round_idx"], strategy=raw["strategy"],
-        optimizer_state=raw.get("optimizer_state"), config=raw.get("config", {}), path=source,
+        model=model, agent_id=doc["agent_id"], modalities=spec.modalities,
+        labels=tuple(doc["labels"]),
+        norm={m: {"mean": n["mean"], "std": n["std"]} for m, n in doc["norm"].items()},
+        examples={"x": {m: v.numpy() for m, v in doc["examples"]["x"].items()},
+                  "y": doc["examples"]["y"].numpy()},
+        input_shapes=spec.input_shapes, round_idx=doc["round_idx"], strategy=doc["strategy"],
+        optimizer_state=doc.get("optimizer_state"), config=doc.get("config", {}), path=source,
     )
+
+
+def restore_into(learner: Learner, ckpt: Checkpoint) -> None:
+    """Load a checkpoint's weights and optimizer state into an agent's learner (resume).
+
+    Raises
+    ------
+    ConfigError
+        A checkpoint of another model than the learner's (written under another config),
+        naming the first field of the spec that differs, or an optimizer state that does not
+        fit the learner's optimizer.
+    """
+    _check_same_model(ckpt.model.spec, learner.model.spec, ckpt.path)
+    learner.model.load_state_dict(ckpt.model.state_dict())
+    if ckpt.optimizer_state:
+        try:
+            learner.optimizer.load_state_dict(ckpt.optimizer_state)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+            text = " ".join(str(exc).split())[:160]
+            raise ConfigError(ckpt.path, "optimizer_state",
+                              f"expected the state of this config's optimizer ({text})") from None
+
+
+def _check_same_model(spec: ModelSpec, expect: ModelSpec, source: str) -> None:
+    for f in dataclasses.fields(ModelSpec):
+        ours, theirs = getattr(expect, f.name), getattr(spec, f.name)
+        if ours != theirs:
+            if isinstance(ours, dict) and isinstance(theirs, dict):
+                key = next((k for k in sorted(set(ours) | set(theirs))
+                            if ours.get(k) != theirs.get(k)), "")
+                field, ours, theirs = f"spec.{f.name}.{key}", ours.get(key), theirs.get(key)
+            else:
+                field = f"spec.{f.name}"
+            raise ConfigError(source, field, f"expected {ours} as this config builds, the "
+                              f"checkpoint has {theirs}: it was written under another config "
+                              "(use another --out, or the config it was trained with)")
 
 
 def _denormalise(x: np.ndarray, norm: Norm) -> np.ndarray:

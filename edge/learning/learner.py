@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -13,8 +15,7 @@ from torch import Tensor
 
 from edge.config.schema import AgentSpec, FleetConfig, consensus_step
 from edge.data.fleet_data import AgentData, DataInfo
-from edge.learning.gossip import Holdings
-from edge.learning.gossip import consensus_step as choco_step
+from edge.learning.gossip import Holdings, Mixing, robust_step, screen
 from edge.learning.losses import objective
 from edge.learning.model import AgentModel, ModelSpec
 from edge.learning.sharing import SharingRow, branch_key, scope_of
@@ -35,6 +36,20 @@ class Branch:
         return 4 * self.size
 
 
+class MixOutcome(NamedTuple):
+    """What mixing one branch did: neighbours mixed, and neighbours refused with the reason."""
+
+    used: list[str]
+    refused: dict[str, str]
+
+
+class Snapshot(NamedTuple):
+    """A copy of an agent's model and optimizer state (`Learner.snapshot`)."""
+
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Test accuracy of an agent's model, overall and per head."""
@@ -46,7 +61,7 @@ class Evaluation:
 
 def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict[str, tuple[int, ...]],
                n_classes: int, arch: str) -> ModelSpec:
-    """The model an agent holding `modalities` builds under `cfg`."""
+    """Return the model spec an agent holding `modalities` builds under `cfg`."""
     m = cfg.model
     return ModelSpec(modalities=modalities,
                      input_shapes={k: input_shapes[k] for k in modalities},
@@ -56,8 +71,9 @@ def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict
 
 
 def build_model(spec: ModelSpec, seed: int) -> AgentModel:
-    """Build a model whose every submodule is initialised from (seed, its name), so agents that
-    share a branch start from the same weights and the first average is not of strangers.
+    """Build a model whose every submodule is initialised from (seed, its name).
+
+    Agents that share a branch start from the same weights: the first average is not of strangers.
     """
     model = AgentModel(spec)
     for name, module in model.named_modules():
@@ -96,6 +112,10 @@ class Learner:
         self.model = model
         self.branches = branches
         self.params = dict(model.named_parameters())
+        c = cfg.comm
+        self.mixing = Mixing(c.mixing, c.trim, c.clip_radius, c.clip_neighbours, c.max_norm_ratio)
+        # Neighbour -> first round it is mixed again, after its copy broke our model (guard.py).
+        self.quarantine: dict[str, int] = {}
         t = cfg.training
         if t.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -111,7 +131,7 @@ class Learner:
 
     # --- branches ---------------------------------------------------------------------------
     def branch_vector(self, key: str) -> np.ndarray:
-        """The branch's parameters flattened into one float32 vector (a copy)."""
+        """Flatten the branch's parameters into one float32 vector (a copy)."""
         with torch.no_grad():
             flat = torch.cat([self.params[n].reshape(-1) for n in self.branches[key].names])
         vector: np.ndarray = flat.numpy().copy()
@@ -128,19 +148,50 @@ class Learner:
                 offset += p.numel()
 
     def mix(self, key: str, weights: dict[str, float], received: dict[str, np.ndarray],
-            self_id: str, public_copy: np.ndarray | None = None) -> list[str]:
-        """Gossip-average one branch with the CHOCO consensus step (edge.learning.gossip).
+            self_id: str, public_copy: np.ndarray | None = None) -> MixOutcome:
+        """Mix one branch with the neighbours' copies under the fleet's `comm.mixing` rule.
 
+        Every copy passes the gate first (edge.learning.gossip.screen: finite, of our shape,
+        norm and distance within `comm.max_norm_ratio` of our own); the admitted ones are
+        combined by edge.learning.gossip.robust_step (plain gossip: the CHOCO consensus step).
         `public_copy` is our branch as the neighbours decoded it (None: they hold it exactly).
-        Weights of neighbours that sent nothing stay with us. Returns the neighbours used.
+        Weights of neighbours that sent nothing, or were refused, stay with us. A mix whose
+        result is not finite (float32 overflow) is not applied and refuses every copy.
+
+        Returns
+        -------
+        MixOutcome
+            The neighbours mixed, and the refused ones with the reason.
         """
-        used = {j: received[j] for j in weights if j != self_id and j in received}
+        offered = {j: received[j] for j in weights if j != self_id and j in received}
+        if not offered:
+            return MixOutcome([], {})
+        own = self.branch_vector(key)
+        used, refused = screen(own, public_copy, offered, self.mixing.max_norm_ratio)
         if not used:
-            return []
-        mixed = choco_step(self.branch_vector(key), public_copy, used, weights,
-                           consensus_step(self.cfg.comm))
+            return MixOutcome([], refused)
+        mixed = robust_step(own, public_copy, used, weights, consensus_step(self.cfg.comm),
+                            self.mixing)
+        if not np.isfinite(mixed).all():
+            return MixOutcome([], refused | dict.fromkeys(used, "non-finite mix"))
         self.set_branch(key, mixed)
-        return list(used)
+        return MixOutcome(list(used), refused)
+
+    # --- last good state --------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """Copy the model and optimizer state, to come back to (edge.learning.guard)."""
+        model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return Snapshot(model, copy.deepcopy(self.optimizer.state_dict()))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put back a `snapshot` (the copy stays valid for another restore)."""
+        self.model.load_state_dict(snapshot.model)
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))
+
+    def is_finite(self) -> bool:
+        """Whether every parameter of the model is finite."""
+        with torch.no_grad():
+            return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     # --- training and evaluation ----------------------------------------------------------
     def batches(self) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
@@ -176,8 +227,9 @@ class Learner:
 
     @torch.no_grad()
     def evaluate(self, modalities: tuple[str, ...] | None = None) -> Evaluation:
-        """Accuracy on the agent's own test split, overall and per head, with any subset of its
-        modalities (None: all of them).
+        """Measure accuracy on the agent's own test split, overall and per head.
+
+        With any subset of its modalities (None: all of them).
         """
         self.model.eval()
         mods = modalities or self.data.modalities
@@ -188,7 +240,7 @@ class Learner:
         return Evaluation(accuracy, len(y), heads)
 
     def mean_gradients(self) -> dict[str, np.ndarray]:
-        """The mean gradient over the whole training split, per shared branch (diagnostics)."""
+        """Compute the mean gradient over the training split, per shared branch (diagnostics)."""
         self.model.train()
         self.model.zero_grad(set_to_none=True)
         parts = objective(self.model(self.train_x), self.train_y, self.cfg.losses)
@@ -204,7 +256,7 @@ class Learner:
 
 def make_learner(cfg: FleetConfig, spec: AgentSpec, data: AgentData, info: DataInfo,
                  row: SharingRow, arch: str) -> Learner:
-    """An agent's learner: its model (seeded per unit), branches by the sharing row, optimizer."""
+    """Make an agent's learner: its model (seeded per unit), branches by the sharing row, optimizer."""
     seed = cfg.training.seed
     model = build_model(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels), arch),
                         seed)
@@ -215,7 +267,7 @@ def make_learner(cfg: FleetConfig, spec: AgentSpec, data: AgentData, info: DataI
 
 def agent_branches(cfg: FleetConfig, spec: AgentSpec, info: DataInfo, row: SharingRow,
                    arch: str) -> dict[str, Branch]:
-    """The branches an agent holds, computed from shapes alone (no weights allocated)."""
+    """Compute the branches an agent holds from shapes alone (no weights allocated)."""
     with torch.device("meta"):
         model = AgentModel(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels),
                                       arch))

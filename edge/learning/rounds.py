@@ -5,8 +5,8 @@ A round (docs/ARCHITECTURE.md §The life of one round):
 1. the communication graph of the round (edge.config.topology),
 2. the mixing plan: Metropolis weights per branch on that branch's subgraph (edge.learning.gossip),
 3. collect the neighbours' updates of the previous round from the transport,
-4. mix them into our branches with the CHOCO consensus step,
-5. local training, 6. evaluation on the agent's own test split,
+4. mix them into our branches with the CHOCO consensus step (or a robust rule), then
+5. local training, both guarded (edge.learning.guard), 6. evaluation on the agent's own test split,
 7. publish our branches (except after the last round: nobody mixes them),
 8. checkpoint, 9. the metrics row.
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from edge.config.schema import FleetConfig
 from edge.config.topology import build_graph
 from edge.learning.gossip import Holdings, mixing_plan
+from edge.learning.guard import mix_and_train
 from edge.learning.learner import Learner
 from edge.learning.sharing import combination
 from edge.learning.strategies import Schedule
@@ -73,14 +74,10 @@ def run_rounds(run: AgentRounds, transport: Transport,
                     if round_idx > 0 else {})
         wait_s = time.perf_counter() - wait_started
         public = transport.public_copies(plan)
-        mixed_from = {}
-        for key, weights in plan.items():
-            used = learner.mix(key, weights, received.get(key, {}), agent, public.get(key))
-            if used:
-                mixed_from[key] = used
-        train_started = time.perf_counter()
-        stats = learner.train(run.schedule.local_epochs)
-        train_s = time.perf_counter() - train_started
+        # Mix and train, guarded: a non-finite model is restored and the neighbour skipped.
+        step = mix_and_train(learner, agent, plan, received, public, run.schedule.local_epochs,
+                             round_idx)
+        mixed_from, stats, train_s = step.mixed_from, step.stats, step.train_s
         evaluation = learner.evaluate()
         outbox = {key: learner.branch_vector(key) for key in plan}
         published = publishes_after(round_idx, rounds)
@@ -97,6 +94,8 @@ def run_rounds(run: AgentRounds, transport: Transport,
             "mixed_from": mixed_from, "bytes_sent": sent, "bytes_received": received_bytes,
             "dense_bytes_published": sum(v.nbytes for v in outbox.values()) if published else 0,
         }
+        if step.refused or step.skipped:
+            row.update({"refused": step.refused, "skipped": step.skipped})
         if resources is not None:
             row.update(resources(round_idx, sent + received_bytes))  # type: ignore[typeddict-item]
         yield row

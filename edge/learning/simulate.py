@@ -27,6 +27,7 @@ from edge.learning.rounds import AgentRounds, run_rounds
 from edge.learning.sharing import combination
 from edge.learning.strategies import get_strategy
 from edge.learning.transport import InMemoryBus, InMemoryTransport, update_sender
+from edge.net.byzantine import ByzantineTransport
 from edge.records import AgentInfo, MetricsRow, StrategyBlock, SummaryDoc
 from edge.summary import fleet_header, strategy_block
 
@@ -72,7 +73,9 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
     loops: dict[str, Iterator[MetricsRow]] = {}
     for agent, learner in learners.items():
         signatures = {k: b.signature for k, b in learner.branches.items()}
-        transport = InMemoryTransport(bus, update_sender(cfg, agent), signatures)
+        # A `byzantine` fault acts here too (edge.net.byzantine): the simulator measures its cost.
+        transport = ByzantineTransport.for_agent(
+            InMemoryTransport(bus, update_sender(cfg, agent), signatures), cfg, agent)
         loops[agent] = run_rounds(AgentRounds(cfg, agent, learner, table, schedule), transport,
                                   checkpoint=saver(agent))
     rows: list[MetricsRow] = []

@@ -21,11 +21,12 @@ from edge.config.schema import FleetConfig
 from edge.config.topology import build_graph
 from edge.data.fleet_data import agent_data, fleet_info
 from edge.errors import UserError
-from edge.learning.checkpoint import load_checkpoint, save_checkpoint
+from edge.learning.checkpoint import load_checkpoint, restore_into, save_checkpoint
 from edge.learning.learner import Learner, holdings, make_learner
 from edge.learning.rounds import AgentRounds, run_rounds
 from edge.learning.sharing import combination
 from edge.learning.strategies import networked_strategy
+from edge.net.byzantine import ByzantineTransport
 from edge.net.impaired import ImpairedTransport
 from edge.net.mqtt_transport import MqttTransport
 from edge.records import AgentBytes, BranchBytes, FinalDoc, MetricsRow
@@ -66,7 +67,8 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
     start_round = _resume(learner, ckpt_path, strategy.name, agent_id)
     graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, start_round, cfg.source)
     mqtt = MqttTransport(cfg, spec, learner.branches, url, graph, table)
-    transport = ImpairedTransport.for_agent(mqtt, cfg, agent_id)
+    transport = ImpairedTransport.for_agent(ByzantineTransport.for_agent(mqtt, cfg, agent_id),
+                                            cfg, agent_id)
     run = AgentRounds(cfg, agent_id, learner, table, schedule, start_round)
     rounds_done = start_round
 
@@ -119,9 +121,7 @@ def _resume(learner: Learner, ckpt_path: Path, strategy: str, agent_id: str) -> 
     if ckpt.agent_id != agent_id or ckpt.strategy != strategy:
         raise UserError(f"{ckpt_path}: checkpoint of {ckpt.agent_id}/{ckpt.strategy}, "
                         f"expected {agent_id}/{strategy}; use another --out")
-    learner.model.load_state_dict(ckpt.model.state_dict())
-    if ckpt.optimizer_state:
-        learner.optimizer.load_state_dict(ckpt.optimizer_state)
+    restore_into(learner, ckpt)  # refuses a checkpoint written under another config
     log.info("resuming %s after round %d", agent_id, ckpt.round_idx)
     return ckpt.round_idx + 1
 
