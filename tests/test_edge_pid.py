@@ -12,10 +12,13 @@ import torch
 import yaml
 
 from edge.cli import main
-from edge.config import SyntheticConfig, load_config, parse_config, slice_widths
-from edge.data import agent_data, fleet_info
+from edge.config.load import load_config, parse_config
+from edge.config.schema import SyntheticConfig
+from edge.data.fleet_data import agent_data, fleet_info
+from edge.data.synthetic import synthetic_pool
 from edge.errors import UserError
-from edge.learner import build_model, model_spec
+from edge.learning.learner import build_model, model_spec
+from edge.learning.model import slice_widths
 from edge.learning.pid import (
     Pid,
     SynergyScope,
@@ -29,7 +32,6 @@ from edge.learning.pid import (
     synergy_scope,
 )
 from edge.learning.pid_fleet import Gossip, PidOptions, agent_pid, fleet_pid, pooled_pid
-from edge.synthetic import synthetic_pool
 
 from .conftest import EXAMPLES
 

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 
-from edge.config import load_config
+from edge.config.load import load_config
 from edge.errors import UserError
 
 

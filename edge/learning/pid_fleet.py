@@ -32,9 +32,11 @@ from itertools import combinations
 
 import numpy as np
 
-from edge.config import FleetConfig
-from edge.data import AgentData, Split, agent_data
+from edge.config.schema import FleetConfig
+from edge.config.topology import Graph, build_graph
+from edge.data.fleet_data import AgentData, Split, agent_data
 from edge.errors import UserError
+from edge.learning.gossip import metropolis_weights
 from edge.learning.pid import (
     Pid,
     PidEstimate,
@@ -49,8 +51,6 @@ from edge.learning.pid import (
     planted_pid,
     synergy_scope,
 )
-from edge.sharing import metropolis_weights
-from edge.topology import Graph, build_graph
 
 
 @dataclass(frozen=True)
