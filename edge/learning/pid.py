@@ -25,6 +25,7 @@ Pure functions on numpy arrays; `dit` is imported on first use only.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -193,7 +194,11 @@ def broja(counts: np.ndarray) -> Pid:
     support = np.nonzero(p)
     outcomes = [tuple(int(v) for v in t) for t in zip(*support, strict=True)]
     dist = dit.Distribution(outcomes, p[support].tolist())
-    pid = pid_broja(dist, [[0], [1]], [2], method=_solver())
+    with warnings.catch_warnings():
+        # dit warns about the dense sample space k_a * k_b * n_classes; the tables are sparse
+        # and the cone program only sees their support.
+        warnings.filterwarnings("ignore", message="Sample space has more than")
+        pid = pid_broja(dist, [[0], [1]], [2], method=_solver())
 
     def atom(node: tuple[tuple[int, ...], ...]) -> float:
         return max(0.0, float(pid.get_pi(node)))
