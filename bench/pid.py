@@ -25,9 +25,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge.config import SyntheticConfig  # noqa: E402
+from edge.config.schema import SyntheticConfig  # noqa: E402
+from edge.data.synthetic import synthetic_pool  # noqa: E402
 from edge.learning.pid import assign, bootstrap_pid, joint_counts, kmeans, planted_pid  # noqa: E402
-from edge.synthetic import synthetic_pool  # noqa: E402
 
 SETTINGS = [(2, 1, 0), (0, 1, 2), (1, 0, 2), (2, 0, 1), (1, 2, 0), (0, 2, 1), (1, 1, 1)]
 

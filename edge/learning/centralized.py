@@ -15,10 +15,12 @@ from edge.learning.model import AgentModel, ModelSpec
 
 
 def pooled_training(learners: Sequence[Learner], epochs: int) -> AgentModel:
-    """Train one model over all modalities on the union of the agents' training data (each batch
-    carries the modalities its agent has), then load its weights into every agent's model
-    wherever names and shapes agree (fusion of a combination nobody pooled stays as it was);
-    the plain head is cut down to each agent's modalities. Returns the pooled model.
+    """Train one model on the pooled training data, hand its weights out, return it.
+
+    The model covers every modality and trains on the union of the agents' training data (each
+    batch carries the modalities its agent has); its weights are loaded into every agent's model
+    wherever names and shapes agree (fusion of a combination nobody pooled stays as it was), and
+    the plain head is cut down to each agent's modalities.
     """
     first = learners[0]
     cfg = first.cfg
@@ -49,7 +51,7 @@ def pooled_training(learners: Sequence[Learner], epochs: int) -> AgentModel:
 
 def _late_head_columns(pooled: ModelSpec, spec: ModelSpec, state: dict[str, Tensor],
                        own: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The plain model's first head layer for an agent holding fewer modalities than the pool.
+    """Cut the pooled plain head's first layer down to an agent's modalities.
 
     The pooled plain head reads concat(z_m) over every fleet modality, with zeros for the
     missing ones (AgentModel._forward_plain), so restricted to the agent's modalities it is
