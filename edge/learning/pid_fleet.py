@@ -57,7 +57,7 @@ from edge.learning.pid import (
 class PidOptions:
     """Estimator settings: clusters per modality, bootstrap draws and level, seed, Lloyd rounds."""
 
-    k: int = 8
+    k: int = 10
     draws: int = 20
     level: float = 0.9
     seed: int = 0
