@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "devices": "devices",
     "field": "field",
+    "pid": "pid",
 }
 
 
