@@ -38,6 +38,24 @@ def cumulative_total(values: Iterable[float]) -> float:
     return total + last
 
 
+def round_span(rounds: int) -> str:
+    """How rounds are shown to people: their 0-based index range, e.g. "0-11" for 12 rounds (the
+    numbers of metrics.jsonl and of the fault config: "round 3 of 0-11").
+    """
+    return f"0-{rounds - 1}"
+
+
+def round_ranges(rounds: Iterable[int]) -> str:
+    """Round indices as ranges: [1, 2, 3, 6] -> "1-3, 6"."""
+    spans: list[list[int]] = []
+    for r in sorted(rounds):
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def head_label(head: str, kind: str) -> str:
     """Readable head names: R, U/<m>, S/<combination>, late."""
     if head.startswith("U_"):

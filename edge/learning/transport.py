@@ -26,6 +26,9 @@ Received = dict[str, dict[str, np.ndarray]]
 class Transport(Protocol):
     """What the round loop (edge.learning.rounds) needs from whatever carries branch updates."""
 
+    def begin_round(self, round_idx: int) -> None:
+        """The loop enters round `round_idx` (a networked agent announces it in its status)."""
+
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
         """Neighbours' updates of `round_idx` for every planned branch.
 
@@ -85,6 +88,9 @@ class InMemoryTransport:
         self.signatures = signatures  # branch key -> signature, as announced to neighbours
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    def begin_round(self, round_idx: int) -> None:
+        """Nothing to announce: the simulator steps every agent in lock-step."""
 
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
         """Every planned neighbour's update of `round_idx` that was published."""

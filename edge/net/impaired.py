@@ -38,6 +38,10 @@ class ImpairedTransport:
                    default=0.0)
         return cls(inner, delay_ms, loss, f"{cfg.training.seed}/{agent_id}/loss")
 
+    def begin_round(self, round_idx: int) -> None:
+        """Unimpaired."""
+        self.inner.begin_round(round_idx)
+
     def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
         """Delay, drop some branches, pass the rest on."""
         if self.delay_ms:

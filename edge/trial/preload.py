@@ -1,0 +1,19 @@
+"""Imported once by the trial's fork server (edge.trial.launch): what an agent needs before its first
+round - torch, the learner, the MQTT transport, the data readers and the CLI parser - so that each
+forked agent starts without importing anything heavy.
+
+Nothing here may start a thread or touch torch's thread pools: only the forking thread survives a
+fork. `gc.freeze()` moves everything imported so far out of the collector's reach, so collections
+in the agents do not write to (and so copy) the pages they share with the server.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import edge.data.fleet_data  # the data readers
+import edge.net.agent  # noqa: F401  (torch, the learner, the round loop, the MQTT transport)
+from edge.cli import build_parser
+
+build_parser()  # imports every subcommand module, as `parse-edge agent` does
+gc.freeze()
