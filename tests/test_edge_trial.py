@@ -103,8 +103,9 @@ def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path
     config = write_config(tmp_path, fleet_name, rounds=4)
     cfg = load_config(config)
     out = tmp_path / "trial"
+    lines: list[str] = []
     # Execute
-    result = run_trial(cfg, TrialOptions(out=out, config_path=str(config)))
+    result = run_trial(cfg, TrialOptions(out=out, config_path=str(config)), progress=lines.append)
     from edge.learning.simulate import simulate_fleet
 
     simulated = simulate_fleet(cfg, ["parse"], "sliced")["strategies"]["parse"]["accuracy"]["per_agent"]
@@ -116,6 +117,17 @@ def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path
     networked = summary["strategies"]["parse"]["accuracy"]["per_agent"]
     for agent, acc in simulated.items():
         assert abs(networked[agent] - acc) <= 0.01, (agent, networked[agent], acc)
+    # The console said each round once, in the report's numbering, with the report's accuracies.
+    history = summary["strategies"]["parse"]["history"]
+    shown = [line for line in lines if "] round " in line]
+    assert len(shown) == 4 and len(history) == 4
+    for line, row in zip(shown, history, strict=True):
+        assert f"round {row['round']} of 0-3: 4/4 agents, accuracy {row['overall']:.3f} (" in line
+        for kind, acc in row["by_kind"].items():
+            assert f"{kind} {acc:.3f}" in line
+    assert any("quorum reached (4 of 4 agents)" in line for line in lines)
+    startup = summary["trial"]["startup"]
+    assert 0 < startup["quorum_s"] <= startup["round0_s"] < 120 and startup["agents_launched"] == 4
 
 
 def test_cli_trial_on_mosquitto_completes_when_an_agent_leaves(tmp_path: Path, fleet_name: str,

@@ -29,7 +29,7 @@ from edge.learning.strategies import get_strategy
 from edge.learning.transport import InMemoryBus, InMemoryTransport, update_sender
 from edge.net.byzantine import ByzantineTransport
 from edge.records import AgentInfo, MetricsRow, StrategyBlock, SummaryDoc
-from edge.summary import fleet_header, strategy_block
+from edge.summary import fleet_header, round_span, strategy_block
 
 Progress = Callable[[str], None]
 
@@ -122,7 +122,7 @@ def _progress_line(name: str, round_idx: int, rounds: int, rows: list[MetricsRow
         by_kind.setdefault(row["kind"], []).append(row["accuracy"])
     overall = np.mean([r["accuracy"] for r in rows])
     parts = " ".join(f"{k} {np.mean(v):.3f}" for k, v in by_kind.items())
-    return f"[{name}] round {round_idx + 1}/{rounds}  accuracy {overall:.3f}  ({parts})"
+    return f"[{name}] round {round_idx} of {round_span(rounds)}: accuracy {overall:.3f} ({parts})"
 
 
 def simulate_fleet(cfg: FleetConfig, strategies: list[str], arch: str, rounds: int | None = None,
