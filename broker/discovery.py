@@ -194,7 +194,7 @@ class NeighbourTable:
             return {a for a, s in self._statuses.items() if s.online}
 
     def online_statuses(self) -> dict[str, AgentStatus]:
-        """The last status of every agent that says it is online (a snapshot)."""
+        """Return the last status of every agent that says it is online (a snapshot)."""
         with self._lock:
             return {a: s for a, s in self._statuses.items() if s.online}
 

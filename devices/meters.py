@@ -1,5 +1,6 @@
-"""Resource meters: CPU seconds, wall seconds and peak resident memory of a process, and on request
-its unique and proportional set sizes (USS, PSS).
+"""Resource meters: CPU seconds, wall seconds and peak memory (RSS; USS and PSS on request).
+
+On request the meter also reads a process's unique and proportional set sizes (USS, PSS).
 
 RSS counts every page mapped into the process, including library pages shared with other
 processes (e.g. agents forked from one server that imported torch once); USS counts only the
@@ -44,8 +45,9 @@ class ResourceUsage:
 
 
 def kernel_peak_rss_mb(pid: int, proc_root: str | Path = "/proc") -> float | None:
-    """The kernel's high-water mark of resident memory (VmHWM) for `pid`, or None where the
-    kernel does not expose it.
+    """Read the kernel's high-water mark of resident memory (VmHWM) for `pid`, MiB.
+
+    None where the kernel does not expose it.
     """
     try:
         for line in (Path(proc_root) / str(pid) / "status").read_text().splitlines():
@@ -78,8 +80,10 @@ def unique_memory_mib(proc: psutil.Process) -> tuple[float, float]:
 
 
 class ResourceMeter:
-    """Meter one process (default: this one) from `start()`; `sample()` is cheap (a /proc read)
-    and only needed for the RSS peak where the kernel does not keep one.
+    """Meter one process (default: this one) from `start()`.
+
+    `sample()` is cheap (a /proc read) and only needed for the RSS peak where the kernel does not
+    keep one; with `memory_detail` it also reads USS and PSS (a walk of smaps_rollup).
     """
 
     def __init__(self, pid: int | None = None, *, include_children: bool = False,
@@ -141,9 +145,11 @@ class ResourceMeter:
         return self.sample()
 
     def __enter__(self) -> ResourceMeter:
+        """Start metering."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Take the interval's last sample."""
         self.stop()
 
     @property

@@ -1,5 +1,7 @@
-"""The result documents, typed: one metrics row per agent and round, an agent's final.json, and the
-blocks of summary.json. Every field with its unit, in one place.
+"""The result documents, typed: metrics rows, an agent's final.json, summary.json blocks.
+
+One metrics row per agent and round, an agent's final.json, and the blocks of summary.json:
+every field with its unit, in one place.
 
 Conventions: `round` is the 0-based round index, and people see the same number ("round 3 of
 0-11": files, logs, console, report and plots); byte counts are bytes (reports show MB = 10^6 B

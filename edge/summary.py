@@ -39,8 +39,9 @@ def cumulative_total(values: Iterable[float]) -> float:
 
 
 def round_span(rounds: int) -> str:
-    """How rounds are shown to people: their 0-based index range, e.g. "0-11" for 12 rounds (the
-    numbers of metrics.jsonl and of the fault config: "round 3 of 0-11").
+    """Show rounds to people as their 0-based index range, e.g. "0-11" for 12 rounds.
+
+    The numbers of metrics.jsonl and of the fault config: "round 3 of 0-11".
     """
     return f"0-{rounds - 1}"
 
@@ -114,8 +115,9 @@ def per_head_block(final: Mapping[str, MetricsRow]) -> dict[str, float]:
 
 
 def history_block(rows: Iterable[MetricsRow]) -> list[HistoryRow]:
-    """Per round: overall and by-kind accuracy, dense bytes published (the later row of a round
-    an agent ran twice).
+    """Summarise each round: overall and by-kind accuracy, dense bytes published.
+
+    A round an agent ran twice counts with its later row.
     """
     by_round: dict[int, dict[str, MetricsRow]] = defaultdict(dict)
     for row in rows:
@@ -146,7 +148,7 @@ def wire_bytes(rows: Sequence[MetricsRow]) -> dict[str, int]:
 
 
 def strategy_block(name: str, arch: str, rows: Sequence[MetricsRow], wall_s: float) -> StrategyBlock:
-    """The `strategies.<name>` block of summary.json from every agent's metrics rows.
+    """Build the `strategies.<name>` block of summary.json from every agent's metrics rows.
 
     Accuracy is each agent's last round (an agent that left early counts with its last model);
     `bytes_sent` / `bytes_received` are the transport's counts (encoded updates in the simulator,

@@ -239,7 +239,8 @@ def test_returning_agent_joins_at_the_fleets_round_and_its_missed_rounds_are_cou
     assert a3["rounds_trained"] == 7 - joined + 1 and a3["rounds_missed"] == list(range(1, joined))
     assert a3["rounds_alone"] == []
     missed = "1" if joined == 2 else f"1-{joined - 1}"
-    assert f"| a3 | a+b | x86 | {8 - joined} | {joined - 1} ({missed}) | 0 |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"| a3 | a+b | x86 | {8 - joined} | {joined - 1} ({missed}) | 0 |" in report
     assert f"joined at round {joined}; {8 - joined}/7 rounds trained, {joined - 1} missed" in leave["outcome"]
     assert restart["status"] == "injected" and "broker down" in restart["note"]
     # The console told it: a3 offline, back, where it joined; the broker down and up again.
@@ -319,7 +320,7 @@ def test_out_folder_of_an_earlier_trial_is_refused_unless_forced_and_a_foreign_o
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / "plots").mkdir()
     # Execute / Assert: not overwritten without --force ...
-    with pytest.raises(UserError, match="summary.json, agents/a0: the record of an earlier trial"):
+    with pytest.raises(UserError, match=r"summary\.json, agents/a0: the record of an earlier trial"):
         prepare_out(tmp_path)
     assert (old / "checkpoint.pt").read_bytes() == b"old"
     # ... and cleared with it.

@@ -30,7 +30,7 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every subcommand registered."""
+    """Build the full argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="parse-edge",
         description="PARSE decentralized multimodal federated learning on edge boards.",

@@ -74,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def served_inputs(raw: dict[str, Any], served: list[str], source: str) -> dict[str, Any]:
-    """The arrays of an .npz the bundle serves, keyed by modality: `x_<m>` read as `<m>`, labels
-    (`y`) and other modalities left out with a note on stderr.
+    """Keep the arrays of an .npz the bundle serves, keyed by modality.
+
+    `x_<m>` is read as `<m>`; labels (`y`) and other modalities are left out with a note on stderr.
     """
     inputs: dict[str, Any] = {}
     for key, array in raw.items():

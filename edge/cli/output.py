@@ -56,11 +56,11 @@ class PipeGuard(io.TextIOBase):
         return not self.broken and self.stream.isatty()
 
     def fileno(self) -> int:
-        """The wrapped stream's file descriptor."""
+        """Return the wrapped stream's file descriptor."""
         return self.stream.fileno()
 
     def writable(self) -> bool:
-        """Always: writes after a broken pipe are dropped, not refused."""
+        """Say yes: writes after a broken pipe are dropped, not refused."""
         return True
 
     @property

@@ -38,8 +38,10 @@ def resolve_agents(cfg: AgentsConfig, fleet: tuple[str, ...], source: str) -> tu
 
 
 def multimodal_mix(count: int, fraction: float, fleet: tuple[str, ...]) -> dict[tuple[str, ...], int]:
-    """How many agents of each kind the one-knob mix gives: round(count*fraction) hold every
-    modality, the rest are unimodal, spread as evenly as possible over the modalities.
+    """Count the agents of each kind the one-knob mix gives.
+
+    round(count*fraction) hold every modality, the rest are unimodal, spread as evenly as possible
+    over the modalities.
     """
     n_multi = round(count * fraction) if len(fleet) > 1 else 0
     n_uni = count - n_multi

@@ -1,5 +1,6 @@
-"""Command-line overrides of a loaded config (`--rounds`, `--seed`, `--strategy`, `--quorum`,
-`--start-timeout`), checked once.
+"""Command-line overrides of a loaded config, checked once.
+
+`--rounds`, `--seed`, `--strategy`, `--quorum` and `--start-timeout`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from edge.learning.strategies import get_strategy
 
 
 def parse_quorum(text: str) -> int | float | str:
-    """A `--quorum` value: "all", a count ("6") or a fraction ("0.75").
+    """Parse a `--quorum` value: "all", a count ("6") or a fraction ("0.75").
 
     Raises
     ------
@@ -38,7 +39,7 @@ def parse_quorum(text: str) -> int | float | str:
 def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | None = None,
                    strategy: str | None = None, quorum: int | float | str | None = None,
                    start_timeout_s: float | None = None) -> FleetConfig:
-    """The config with the given overrides applied (None leaves a value as configured).
+    """Return the config with the given overrides applied (None leaves a value as configured).
 
     A new seed also re-draws the partition.
 

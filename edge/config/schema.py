@@ -111,8 +111,10 @@ class AgentSpec:
 
 @dataclass(frozen=True)
 class ListedAgent:
-    """An agent of `agents.list` as written: what it leaves out comes from the fleet defaults
-    (`agents.device`) when the list is resolved into `AgentSpec`s (edge.config.agents).
+    """An agent of `agents.list` as written.
+
+    What it leaves out comes from the fleet defaults (`agents.device`) when the list is resolved
+    into `AgentSpec`s (edge.config.agents).
     """
 
     id: str

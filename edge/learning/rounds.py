@@ -61,8 +61,9 @@ def publishes_after(round_idx: int, rounds: int) -> bool:
 
 
 def join_round(resume_round: int, neighbour_rounds: Iterable[int]) -> int:
-    """The round an agent starts at, given the round it would resume from and the rounds its
-    online neighbours are running (their statuses; -1 while they wait for the quorum).
+    """Return the round an agent starts at, from its resume round and its neighbours' rounds.
+
+    The neighbours' rounds come from their statuses (-1 while they wait for the quorum).
 
     Round r mixes the neighbours' updates of round r-1, and an MQTT update is not retained: an
     agent can only mix what is published after it subscribed. With its neighbours in round F > 0,

@@ -96,9 +96,10 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
 
 def _conflict_after_mixing(cfg: FleetConfig, learners: dict[str, Learner], table: Holdings,
                            bus: InMemoryBus, round_idx: int) -> dict[str, dict[str, float | None]]:
-    """Gradient conflict measured on the models right after round `round_idx`'s mixing, i.e. on
-    the weights the holders share, before local training pulls them apart again (the models are
-    restored afterwards).
+    """Measure gradient conflict on the models right after round `round_idx`'s mixing.
+
+    That is on the weights the holders share, before local training pulls them apart again (the
+    models are restored afterwards).
     """
     graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, round_idx, cfg.source)
     grads: dict[str, dict[str, np.ndarray]] = {}

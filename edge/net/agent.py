@@ -1,6 +1,8 @@
-"""The networked agent: what runs on a board. The round loop of edge.learning.rounds over MQTT,
-behind a start barrier (quorum, or joining a fleet under way: edge.net.quorum), with resource and
-energy metering, checkpoints to resume from, a metrics file and a narration of what happens.
+"""The networked agent: what runs on a board.
+
+The round loop of edge.learning.rounds over MQTT, behind a start barrier (quorum, or joining a
+fleet under way: edge.net.quorum), with resource and energy metering, checkpoints to resume from,
+a metrics file and a narration of what happens.
 """
 
 from __future__ import annotations
@@ -153,8 +155,9 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
 
 
 def claim_agent_folder(agent_dir: Path, force: bool) -> None:
-    """Make `agent_dir` ready for a run: refuse a finished agent's folder unless `force`, which
-    clears it (an unfinished one - checkpoint, no final.json - is resumed).
+    """Make `agent_dir` ready for a run; refuse a finished agent's folder unless `force`.
+
+    `force` clears it; an unfinished one (checkpoint, no final.json) is resumed.
 
     Raises
     ------

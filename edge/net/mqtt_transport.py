@@ -91,8 +91,9 @@ class MqttTransport:
         self.announce()
 
     def announce(self) -> None:
-        """Publish our retained status (again after a reconnect: a restarted broker without
-        persistence has forgotten it).
+        """Publish our retained status.
+
+        Again after a reconnect: a restarted broker without persistence has forgotten it.
         """
         status = AgentStatus(self.agent_id, True, self.spec.modalities,
                              {k: b.signature for k, b in self.branches.items()},
@@ -118,8 +119,10 @@ class MqttTransport:
             self.client.publish_many(self.sender.encode(round_idx, key, branch.signature, vector))
 
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
-        """Neighbours' updates of `round_idx` for every planned branch, waiting (with `wait`) at
-        most `comm.deadline_s` for online neighbours; late or offline ones are simply absent.
+        """Collect the neighbours' updates of `round_idx` for every planned branch.
+
+        With `wait`, wait at most `comm.deadline_s` for online neighbours that ran that round;
+        late or offline ones are simply absent.
         """
         if self.client.connect_count != self._announced_on:
             self.announce()

@@ -76,7 +76,7 @@ class RichConsole:
 
 
 def make_console(stream: TextIO | None = None, plain: bool = False) -> Console:
-    """A rich live console when `stream` (default stderr) is a terminal, else plain lines."""
+    """Choose a rich live console when `stream` (default stderr) is a terminal, else plain lines."""
     stream = stream or sys.stderr
     if not plain and stream.isatty():
         try:

@@ -57,12 +57,12 @@ class FaultRecord:
     outcome: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready data."""
+        """Return the record as JSON-ready data."""
         return asdict(self)
 
 
 def fault_record(fault: FaultConfig) -> FaultRecord:
-    """A fresh record for one configured fault."""
+    """Make a fresh record for one configured fault."""
     timed = fault.kind in ("leave", "broker-restart")
     record = FaultRecord(
         kind=fault.kind, round=fault.round if timed else None,
@@ -141,8 +141,9 @@ def _pct(value: float | None) -> str:
 
 def describe_outcomes(records: list[FaultRecord], rows_by_agent: dict[str, list[MetricsRow]],
                       coverage: dict[str, Any], rounds: int) -> None:
-    """Fill in `resumed_at_round` and a one-line `outcome` for every record, from the rows and
-    the mix coverage (see edge.coverage).
+    """Fill in `resumed_at_round` and a one-line `outcome` for every record.
+
+    From the rows and the mix coverage (see edge.trial.coverage).
     """
     completed = {a: len({int(r["round"]) for r in rows}) for a, rows in rows_by_agent.items()}
     done = sum(1 for n in completed.values() if n >= rounds)

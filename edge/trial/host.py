@@ -1,5 +1,6 @@
-"""Where a trial ran: the host's name, system and processor, and which device profile (if any) it
-is - so that a report can say when the boards of the config were *emulated* on another machine.
+"""Where a trial ran: the host's name, system, processor, and which device profile it is.
+
+So that a report can say when the boards of the config were *emulated* on another machine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ BOARD_MODELS = (("Raspberry Pi 5", "rpi5"), ("Raspberry Pi 4", "rpi4"),
 
 
 def board_model(root: str | Path = "/") -> str | None:
-    """The device-tree model string of this board (None on machines without one, e.g. x86)."""
+    """Read the device-tree model string of this board (None on machines without one, e.g. x86)."""
     try:
         text = (Path(root) / "proc" / "device-tree" / "model").read_bytes()
     except OSError:
@@ -26,8 +27,10 @@ def board_model(root: str | Path = "/") -> str | None:
 
 
 def host_profile(model: str | None, machine: str) -> str | None:
-    """The device profile this host is: a known board by its model, `x86` on an x86-64 machine,
-    else None (an ARM board parse-edge has no profile for).
+    """Name the device profile this host is.
+
+    A known board by its model, `x86` on an x86-64 machine, else None (an ARM board parse-edge has
+    no profile for).
     """
     for needle, profile in BOARD_MODELS:
         if model and needle in model:
@@ -51,7 +54,8 @@ def host_facts(root: str | Path = "/") -> dict[str, Any]:
 
 
 def emulated_devices(devices: list[str], host: dict[str, Any]) -> list[str]:
-    """The device profiles of `devices` this host is not (they were emulated: their energy is an
-    estimate from the profile, their speed is this host's).
+    """List the device profiles of `devices` this host is not: they were emulated.
+
+    Their energy is an estimate from the profile, their speed is this host's.
     """
     return sorted({d for d in devices if d != host.get("profile")})

@@ -56,17 +56,19 @@ _PRCTL = _load_prctl()
 
 
 def die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent dies, even by SIGKILL, so no agent learns on
-    after a crashed runner (for a forked agent the parent is the fork server, which exits with the
-    runner).
+    """Ask Linux to SIGTERM this process when its parent dies, even by SIGKILL.
+
+    So no agent learns on after a crashed runner (for a forked agent the parent is the fork
+    server, which exits with the runner).
     """
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 class AgentHandle(Protocol):
-    """A started agent process, as the runner controls it (Popen's conventions: a negative return
-    code is the signal that ended the process).
+    """A started agent process, as the runner controls it.
+
+    Popen's conventions: a negative return code is the signal that ended the process.
     """
 
     @property
@@ -74,7 +76,7 @@ class AgentHandle(Protocol):
         """The process id."""
 
     def poll(self) -> int | None:
-        """The return code once the process ended, else None."""
+        """Return the return code once the process ended, else None."""
 
     def send_signal(self, sig: int) -> None:
         """Send a signal (ignored when the process is gone)."""
@@ -107,7 +109,7 @@ class PopenHandle:
         return self.process.pid
 
     def poll(self) -> int | None:
-        """The return code once ended, else None."""
+        """Return the return code once ended, else None."""
         return self.process.poll()
 
     def send_signal(self, sig: int) -> None:
@@ -135,7 +137,7 @@ class ForkedHandle:
         return int(self.process.pid)
 
     def poll(self) -> int | None:
-        """The return code once ended (negative: the signal), else None."""
+        """Return the return code once ended (negative: the signal), else None."""
         code = self.process.exitcode
         return None if code is None else int(code)
 
@@ -160,7 +162,7 @@ class IsolatedLauncher:
         self.python = python
 
     def command(self, argv: list[str]) -> list[str]:
-        """The full command line of one agent (unbuffered, isolated, the runner's package)."""
+        """Return the full command line of one agent (unbuffered, isolated, the runner's package)."""
         return [self.python, "-I", "-u", "-c", BOOT, PACKAGE_ROOT, *argv]
 
     def start(self, argv: list[str], log_path: Path, env: dict[str, str]) -> AgentHandle:
@@ -215,7 +217,7 @@ class ForkServerLauncher:
 
 
 def agent_main(argv: list[str], log_path: str, env: dict[str, str]) -> None:
-    """The body of a forked agent: its own session and log, then `parse-edge <argv>`."""
+    """Run a forked agent: its own session and log, then `parse-edge <argv>`."""
     os.setsid()
     die_with_parent()
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -237,5 +239,5 @@ def agent_main(argv: list[str], log_path: str, env: dict[str, str]) -> None:
 
 
 def make_launcher(isolated: bool, python: str = sys.executable) -> Launcher:
-    """The launcher a trial uses: isolated interpreters, or the fork server (default)."""
+    """Make the launcher a trial uses: isolated interpreters, or the fork server (default)."""
     return IsolatedLauncher(python) if isolated else ForkServerLauncher()

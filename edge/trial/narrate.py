@@ -1,6 +1,7 @@
-"""What the trial console says, and when: start-up phases (agents started, connected, quorum
-reached), one line per round, and events as they happen (an agent offline or back, where it joins,
-the broker down or up, updates rejected).
+"""What the trial console says, and when: start-up phases, one line per round, events.
+
+Start-up phases (agents started, connected, quorum reached), one line per round, and events as
+they happen (an agent offline or back, where it joins, the broker down or up, updates rejected).
 
 The narrator reads what the runner watches - metrics rows (the record) and retained statuses (the
 live view, edge.trial.watch) - and hands every event to the runner's `emit`, which timestamps it,
@@ -31,8 +32,9 @@ BROKER_QUIET_S = 10.0
 
 @dataclass
 class Startup:
-    """Seconds from the first process start (the fork server, or the first isolated agent) to each
-    start-up phase (None: not reached).
+    """Seconds from the first process start to each start-up phase (None: not reached).
+
+    The first process is the fork server, or the first isolated agent.
     """
 
     launcher: str = ""
@@ -75,13 +77,14 @@ class Narrator:
     # --- start-up -------------------------------------------------------------------------------
 
     def launching(self) -> None:
-        """The runner starts its first process now (the fork server, or the first agent): the
-        start-up is timed from here.
+        """Mark now as the start of the first process (fork server or first agent).
+
+        The start-up is timed from here.
         """
         self.first_launch_at = self.clock()
 
     def agents_started(self, agents: Collection[str], launcher: str) -> None:
-        """The runner started the first agents (the ones not held back by a fault)."""
+        """Note that the runner started the first agents (the ones not held back by a fault)."""
         now = self.clock()
         self.first_launch_at = self.first_launch_at or now
         self.launched |= set(agents)
@@ -91,7 +94,7 @@ class Narrator:
                           f"{len(self.ids)} ({launcher}, {self.startup.launched_s:.1f} s)")
 
     def watch_startup(self, monitor: PresenceMonitor | None, quorum: int) -> None:
-        """Connected n/N (at most one line a second), quorum reached, every agent in round 0."""
+        """Say connected n/N (at most one line a second), quorum reached, every agent in round 0."""
         if monitor is None or self.first_launch_at is None or self.startup.round0_s is not None:
             return
         online = {a for a in self.launched if a in monitor.first_online_at}
@@ -115,8 +118,9 @@ class Narrator:
     # --- events ---------------------------------------------------------------------------------
 
     def watch_presence(self, monitor: PresenceMonitor | None, watch: FleetWatch) -> None:
-        """Agents going offline, coming back online, and the round a returning agent joins at
-        (an agent that reported the last round and goes offline has finished: not an event).
+        """Say when agents go offline, come back online, and where a returning agent joins.
+
+        An agent that reported the last round and goes offline has finished: not an event.
         """
         if monitor is None:
             return
@@ -135,15 +139,16 @@ class Narrator:
                                            f"it started again)")
 
     def broker_restarted(self, down_s: float) -> None:
-        """The runner restarted the embedded broker itself (a fault): say so, and do not report
-        its own connection dropping for it again.
+        """Say that the runner restarted the embedded broker itself (a fault).
+
+        Its own connection dropping for it is not reported again.
         """
         self.emit("broker", None, "broker down (restart fault)")
         self.emit("broker", None, f"broker up again after {down_s:.1f} s")
         self._quiet_until = self.clock() + BROKER_QUIET_S
 
     def watch_broker(self, monitor: PresenceMonitor | None) -> None:
-        """The runner's own MQTT connection going down and up again: the broker, as it sees it."""
+        """Say when the runner's own MQTT connection goes down and up: the broker, as it sees it."""
         if monitor is None:
             return
         up = monitor.connected
@@ -158,7 +163,7 @@ class Narrator:
             self._broker_up = up
 
     def watch_rejections(self, watch: FleetWatch) -> None:
-        """Updates an agent's receiver rejected since the last look, by reason (from its rows)."""
+        """Say which updates an agent's receiver rejected since the last look, by reason."""
         for agent, row in watch.latest().items():
             now = dict(row.get("rejected", {}))
             seen = self._rejected.get(agent, {})
@@ -173,7 +178,7 @@ class Narrator:
     # --- rounds ---------------------------------------------------------------------------------
 
     def watch_rounds(self, watch: FleetWatch, running: Collection[str]) -> None:
-        """One line per round, once every running agent reported it (or joined after it)."""
+        """Say one line per round, once every running agent reported it (or joined after it)."""
         while self._next_round < self.rounds:
             r = self._next_round
             rows = watch.round_rows(r)
@@ -208,7 +213,7 @@ class Narrator:
                 f"{moved / 1e6:.2f} MB on the wire so far")
 
     def footer(self, online: int | None, running: int) -> str:
-        """The live footer: phase, round, agents online, elapsed time."""
+        """Compose the live footer: phase, round, agents online, elapsed time."""
         if self.startup.round0_s is None:
             phase = "starting"
         elif self._next_round >= self.rounds:

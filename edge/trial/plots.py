@@ -1,6 +1,8 @@
-"""PNG plots of a trial: accuracy per round by agent kind (mean and the spread of its agents),
-cumulative traffic by agent kind, energy per agent. Every plot over rounds marks the faults and
-events (an agent leaving, rejoining, killed and restarted; the broker restarting).
+"""PNG plots of a trial: accuracy and traffic by agent kind over rounds, energy per agent.
+
+Accuracy per round by agent kind (mean and the spread of its agents), cumulative traffic by agent
+kind, energy per agent. Every plot over rounds marks the faults and events (an agent leaving,
+rejoining, killed and restarted; the broker restarting).
 
 Rounds are the 0-based index of metrics.jsonl; traffic is MB (10^6 B). matplotlib (the `report`
 extra) is imported here only, with the Agg backend (no display needed).
@@ -48,8 +50,9 @@ def _band(cells: dict[int, list[float]]) -> Band:
 
 
 def accuracy_by_kind(rows: list[MetricsRow]) -> dict[str, Band]:
-    """Kind -> per round: mean, lowest and highest accuracy of that kind's agents (an agent's
-    later row of a round it ran twice).
+    """Map kind -> per round: mean, lowest and highest accuracy of that kind's agents.
+
+    An agent's later row counts for a round it ran twice.
     """
     cells: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
@@ -84,8 +87,10 @@ def cumulative_mb_by_kind(rows: list[MetricsRow]) -> dict[str, Band]:
 
 
 def markers(doc: SummaryDoc) -> list[Marker]:
-    """Faults and events on the round axis: leave (at its round), rejoin (the round the agent
-    joined at), broker restart, an agent killed and restarted (after the round it had reported).
+    """List the faults and events to mark on the round axis.
+
+    Leave (at its round), rejoin (the round the agent joined at), broker restart, an agent killed
+    and restarted (after the round it had reported).
     """
     trial = doc["trial"]
     out: list[Marker] = []

@@ -1,6 +1,7 @@
-"""Imported once by the trial's fork server (edge.trial.launch): what an agent needs before its first
-round - torch, the learner, the MQTT transport, the data readers and the CLI parser - so that each
-forked agent starts without importing anything heavy.
+"""What the trial's fork server (edge.trial.launch) imports once, before it forks any agent.
+
+Torch, the learner, the MQTT transport, the data readers and the CLI parser: what an agent needs
+before its first round, so that each forked agent starts without importing anything heavy.
 
 Nothing here may start a thread or touch torch's thread pools: only the forking thread survives a
 fork. `gc.freeze()` moves everything imported so far out of the collector's reach, so collections

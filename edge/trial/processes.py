@@ -25,7 +25,7 @@ class ExitKind(str, Enum):
 
 
 def tail_lines(path: Path, lines: int = 20) -> list[str]:
-    """The last `lines` lines of a text file (empty when it does not exist)."""
+    """Return the last `lines` lines of a text file (empty when it does not exist)."""
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -123,13 +123,15 @@ class AgentProcess:
             self.handle.wait(30.0)
 
     def log_tail(self, lines: int = 20) -> list[str]:
-        """The last lines the agent wrote (stdout and stderr)."""
+        """Return the last lines the agent wrote (stdout and stderr)."""
         return tail_lines(self.log_path, lines)
 
 
 def agent_env(n_agents: int, cores: int | None = None) -> dict[str, str]:
-    """Environment for agent processes: torch threads split over the cores so that N agents on C
-    cores do not oversubscribe the CPU (the agents also set one torch thread themselves).
+    """Build the environment of agent processes: torch threads split over the cores.
+
+    So that N agents on C cores do not oversubscribe the CPU (the agents also set one torch
+    thread themselves).
     """
     cores = cores or os.cpu_count() or 1
     threads = str(max(1, cores // max(1, n_agents)))

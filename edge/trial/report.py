@@ -33,7 +33,7 @@ def _mb(n: float) -> str:
 
 
 def render_report(doc: SummaryDoc) -> str:
-    """The markdown report of a trial's summary document."""
+    """Render the markdown report of a trial's summary document."""
     trial = doc["trial"]
     name = trial["strategy"]
     block = doc["strategies"][name]
@@ -146,7 +146,7 @@ def _accuracy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
 
 
 def _rounds(rounds: list[int] | None) -> str:
-    """A count with the round indices: "2 (4-5)", "0"."""
+    """Show a count with the round indices: "2 (4-5)", "0"."""
     return f"{len(rounds)} ({round_ranges(rounds)})" if rounds else "0"
 
 

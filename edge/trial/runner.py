@@ -365,7 +365,8 @@ class TrialRunner:
 
 def run_trial(cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None,
               console: Console | None = None) -> TrialResult:
-    """Run a field trial of `cfg` (see TrialRunner); narration goes to `console`, else to
-    `progress` one line at a time.
+    """Run a field trial of `cfg` (see TrialRunner).
+
+    Narration goes to `console`, else to `progress` one line at a time.
     """
     return TrialRunner(cfg, opts, progress, console).run()

@@ -44,7 +44,7 @@ class TrialOptions:
 
 
 def effective_config(cfg: FleetConfig, opts: TrialOptions) -> FleetConfig:
-    """The config with the options' overrides applied; refuses strategies that need pooled data."""
+    """Apply the options' overrides to the config; refuse strategies that need pooled data."""
     cfg = with_overrides(cfg, rounds=opts.rounds, strategy=opts.strategy, quorum=opts.quorum,
                          start_timeout_s=opts.start_timeout_s)
     networked_strategy(cfg.strategy)
@@ -52,16 +52,20 @@ def effective_config(cfg: FleetConfig, opts: TrialOptions) -> FleetConfig:
 
 
 def trial_quorum(cfg: FleetConfig, launched: int) -> int:
-    """The quorum every agent of the trial is given: the configured one, but never more than the
-    agents started together (an agent held back by a round-0 leave fault joins later).
+    """Return the quorum every agent of the trial is given.
+
+    The configured one, but never more than the agents started together (an agent held back by a
+    round-0 leave fault joins later).
     """
     return max(1, min(quorum_count(cfg.training, len(cfg.agent_specs)), launched))
 
 
 def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) -> tuple[float, float]:
-    """(overall, stall) timeouts: startup (with --isolated every agent imports torch; the cores
-    are shared) plus, per round, twice the round deadline and a training allowance; a stall is no
-    new row for three deadlines.
+    """Return the (overall, stall) timeouts.
+
+    Overall: startup (with --isolated every agent imports torch; the cores are shared) plus, per
+    round, twice the round deadline and a training allowance; a stall is no new row for three
+    deadlines.
     """
     cores = cores or os.cpu_count() or 1
     startup_s = 60.0 + 10.0 * math.ceil(n_agents / cores)
@@ -73,8 +77,9 @@ def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) 
 
 def agent_argv(config_path: str, agent_id: str, url: str, out: Path, opts: TrialOptions,
                quorum: int, start_timeout_s: float) -> list[str]:
-    """The `parse-edge` arguments of one agent process (absolute paths: the launcher decides the
-    interpreter, see edge.trial.launch).
+    """Return the `parse-edge` arguments of one agent process.
+
+    Paths are absolute; the launcher decides the interpreter (edge.trial.launch).
     """
     argv = ["agent", str(Path(config_path).resolve()), "--agent", agent_id, "--broker", url,
             "--out", str(out.resolve()), "--energy", opts.energy, "--quorum", str(quorum),
@@ -87,9 +92,11 @@ def agent_argv(config_path: str, agent_id: str, url: str, out: Path, opts: Trial
 
 
 def prepare_out(out: Path, force: bool = False) -> None:
-    """Make `out` ready for a trial. A folder holding an earlier trial's record is refused unless
-    `force`, which clears it (agents would resume from old checkpoints); with or without it,
-    `out/agents` holding something that is not an agent folder of a trial is refused.
+    """Make `out` ready for a trial.
+
+    A folder holding an earlier trial's record is refused unless `force`, which clears it (agents
+    would resume from old checkpoints); with or without it, `out/agents` holding something that
+    is not an agent folder of a trial is refused.
 
     Raises
     ------

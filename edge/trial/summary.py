@@ -1,5 +1,7 @@
-"""A trial's record: summary.json (simulate's schema plus what the network measured), metrics.jsonl,
-report.md and plots, built from the agents' metrics rows and final.json files.
+"""A trial's record: summary.json, metrics.jsonl, report.md and plots.
+
+summary.json has simulate's schema plus what the network measured; all of it is built from the
+agents' metrics rows and final.json files.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from edge.trial.setup import write_json
 
 
 def read_final(path: Path) -> dict[str, Any] | None:
-    """An agent's final.json, or None when it did not write one (or it is unreadable)."""
+    """Read an agent's final.json; None when it did not write one (or it is unreadable)."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -48,8 +50,10 @@ def _peak(rows: list[MetricsRow], final: dict[str, Any] | None,
 
 def round_participation(rows: list[MetricsRow], rounds: int,
                         expected: Expected) -> dict[str, list[int]]:
-    """Which rounds an agent trained, missed (not trained: away, or skipped to rejoin the fleet)
-    and trained without any neighbour (it expected updates, none was mixed).
+    """Sort an agent's rounds into trained, missed and trained alone.
+
+    Missed: not trained (away, or skipped to rejoin the fleet). Alone: it expected neighbours'
+    updates and mixed none.
     """
     by_round = {int(r["round"]): r for r in rows}
     trained = sorted(by_round)
@@ -61,8 +65,10 @@ def round_participation(rows: list[MetricsRow], rounds: int,
 
 def agent_resources(rows: list[MetricsRow], final: dict[str, Any] | None, starts: int,
                     rounds: int) -> dict[str, Any]:
-    """Per agent: bytes on the wire (total, per round, per branch), CPU, peak RSS / USS / PSS
-    (MiB), energy.
+    """Sum up one agent's resources: traffic, CPU, peak memory and energy.
+
+    Bytes on the wire (total, per round, per branch), CPU seconds, peak RSS / USS / PSS (MiB),
+    energy (J).
     """
     wire = wire_bytes(rows)
     done = len({int(r["round"]) for r in rows})
@@ -136,7 +142,7 @@ class TrialFacts:
 
 
 def trial_document(facts: TrialFacts) -> SummaryDoc:
-    """The whole summary.json of a trial."""
+    """Build the whole summary.json of a trial."""
     cfg, rows = facts.cfg, facts.rows
     rounds = cfg.training.rounds
     arch = get_strategy(cfg.strategy).arch(cfg.model.arch)

@@ -1,5 +1,7 @@
-"""What a trial runner sees of its fleet: metrics rows tailed from the agents' JSONL files, and
-presence plus live metrics over MQTT (the files are the record; MQTT is the live view).
+"""What a trial runner sees of its fleet: metrics rows from files, presence over MQTT.
+
+Metrics rows are tailed from the agents' JSONL files (the record); presence and live metrics
+arrive over MQTT (the live view).
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ class JsonlTail:
 
 @dataclass(frozen=True)
 class Presence:
-    """What an agent's last status says (broker.discovery): online, the round it runs (-1 while
-    it waits for the quorum) and the first round its current process runs.
+    """What an agent's last status says (broker.discovery).
+
+    Online, the round it runs (-1 while it waits for the quorum) and the first round its current
+    process runs.
     """
 
     online: bool
@@ -70,9 +74,10 @@ class Presence:
 
 
 class PresenceMonitor:
-    """A runner-side MQTT client: which agents say they are online and at which round, and which
-    metrics rows arrived over the wire. Connects in the background and rides out broker restarts.
-    Records (on `clock`) when each agent was first online and first ran a round: the start-up.
+    """A runner-side MQTT client: who is online, at which round, and which rows arrived.
+
+    Connects in the background and rides out broker restarts. Records (on `clock`) when each agent
+    was first online and first ran a round: the start-up.
     """
 
     def __init__(self, url: str, fleet: str, client_id: str,
@@ -157,7 +162,7 @@ class FleetWatch:
         self.completed: dict[str, int] = dict.fromkeys(agent_ids, -1)
 
     def poll(self) -> list[MetricsRow]:
-        """New rows since the last call (all agents)."""
+        """Read the new rows since the last call (all agents)."""
         new = []
         for agent, tail in self.tails.items():
             for row in tail.read_new():
