@@ -64,7 +64,7 @@ class RichConsole:
 
     def line(self, text: str, style: str = "") -> None:
         """Print above the footer (markup off: agent ids and paths are shown as they are)."""
-        self.output.print(self._text(text, style=style or ""))
+        self.output.print(self._text(text, style=style or ""), soft_wrap=True)
 
     def status(self, text: str) -> None:
         """Redraw the footer."""

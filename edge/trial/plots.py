@@ -136,8 +136,8 @@ def write_plots(doc: SummaryDoc, rows: list[MetricsRow], folder: Path) -> dict[s
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     _bands(ax, accuracy_by_kind(rows))
-    ax.set(xlabel="round (index, as in metrics.jsonl)", ylabel="test accuracy",
-           title=f"Accuracy by agent kind, mean and min-max: {title}")
+    ax.set(xlabel="round (index, as in metrics.jsonl)", ylabel="test accuracy (line: mean, band: min-max)")
+    ax.set_title(f"Accuracy by agent kind: {title}", fontsize="medium")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -146,8 +146,9 @@ def write_plots(doc: SummaryDoc, rows: list[MetricsRow], folder: Path) -> dict[s
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     _bands(ax, cumulative_mb_by_kind(rows))
-    ax.set(xlabel="round (index, as in metrics.jsonl)", ylabel="MB (10^6 B) sent + received, per agent",
-           title=f"Cumulative traffic by agent kind, mean and min-max: {title}")
+    ax.set(xlabel="round (index, as in metrics.jsonl)",
+           ylabel="MB (10^6 B) sent + received per agent\n(line: mean, band: min-max)")
+    ax.set_title(f"Cumulative traffic by agent kind: {title}", fontsize="medium")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
@@ -164,7 +165,8 @@ def write_plots(doc: SummaryDoc, rows: list[MetricsRow], folder: Path) -> dict[s
     ax.bar(names, energy, color=[palette[k] for k in kinds])
     for kind, color in palette.items():
         ax.bar([], [], color=color, label=kind)
-    ax.set(xlabel="agent", ylabel="energy (J)", title=f"Energy per agent ({', '.join(sources)})")
+    ax.set(xlabel="agent", ylabel="energy (J)")
+    ax.set_title(f"Energy per agent ({', '.join(sources)})", fontsize="medium")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize="small")
     paths["energy"] = _save(plt, fig, folder / "energy.png")
