@@ -71,6 +71,12 @@ def test_await_start_decides_from_statuses(fleet_name: str) -> None:
     running = _table(fleet_name, {"a1": (True, 4), "a2": (True, 7), "a3": (False, 6)})
     decision = await_start(running, "a0", ids, {"a1", "a3"}, 4, 2, 5.0, said.append)
     assert (decision.start_round, decision.fleet_round, decision.missed_rounds) == (5, 4, [2, 3, 4])
+    # Only a far agent's status has arrived yet: it waits (up to settle_s) to hear its
+    # neighbours before judging the fleet's round from them.
+    partial = _table(fleet_name, {"a2": (True, 3)})
+    started = time.monotonic()
+    decision = await_start(partial, "a0", ids, {"a1", "a3"}, 4, 0, 5.0, said.append, settle_s=0.3)
+    assert time.monotonic() - started >= 0.3 and decision.start_round == 4
     # Alone: it says so while it waits, then gives up naming who is missing.
     alone = _table(fleet_name, {"a3": (False, -1)})
     with pytest.raises(QuorumTimeout, match=r"quorum not reached after 0.3 s: 1/4 agents online, "

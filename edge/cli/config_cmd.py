@@ -10,7 +10,6 @@ from edge.config.schema import FleetConfig, quorum_count
 from edge.config.topology import build_graph, edge_count
 from edge.learning.sharing import branches_for, combination
 from edge.learning.strategies import get_strategy
-from edge.summary import round_span
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
@@ -43,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(cfg: FleetConfig, sizes: dict[str, tuple[int, int]]) -> str:
     """Write the one-screen text summary of a validated config."""
+    # Imported here: the CLI's start-up stays on the board path (edge.records needs
+    # typing_extensions, which an inference-only install does not have).
+    from edge.summary import round_span
+
     d = cfg.data
     part = d.partition
     part_text = f"dirichlet(alpha={part.alpha:g})" if part.kind == "dirichlet" else "iid"

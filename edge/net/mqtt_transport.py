@@ -2,7 +2,8 @@
 
 Implements `edge.learning.transport.Transport`; trial impairments wrap it (edge.net.impaired).
 The retained status says where the agent is: the round it runs (`round`, -1 while it waits for
-the quorum) and the first round this process runs (`first_round`). Neighbours read both: the
+the quorum; the next round as soon as this round's updates are published) and the first round
+this process runs (`first_round`). Neighbours read both: the
 quorum and the join round (edge.net.quorum), and whom to wait for in a round (`_missing`).
 """
 
@@ -113,10 +114,16 @@ class MqttTransport:
 
     # --- updates ------------------------------------------------------------------------------
     def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
-        """Encode and publish this round's branches."""
+        """Encode and publish this round's branches, then announce the next round.
+
+        From here on round `round_idx`'s updates are out: an agent joining now must mix the next
+        round's, so the status says `round_idx + 1` (edge.learning.rounds.join_round).
+        """
         for key, vector in outbox.items():
             branch = self.branches[key]
             self.client.publish_many(self.sender.encode(round_idx, key, branch.signature, vector))
+        self.round_idx = round_idx + 1
+        self.announce()
 
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
         """Collect the neighbours' updates of `round_idx` for every planned branch.

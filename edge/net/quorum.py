@@ -28,6 +28,9 @@ from edge.learning.rounds import join_round
 
 # How often a waiting agent repeats where it stands when nothing changes.
 REMIND_EVERY_S = 10.0
+# How long to let retained statuses arrive before joining a fleet under way without hearing from
+# every neighbour (one that never started has no status to wait for).
+SETTLE_S = 1.0
 
 
 class QuorumTimeout(Exception):
@@ -53,7 +56,7 @@ class StartDecision:
 
 def await_start(table: NeighbourTable, agent_id: str, fleet_ids: Collection[str],
                 neighbours: Collection[str], quorum: int, resume_round: int, timeout_s: float,
-                say: Callable[[str], None], poll_s: float = 0.05,
+                say: Callable[[str], None], poll_s: float = 0.05, settle_s: float = SETTLE_S,
                 clock: Callable[[], float] = time.monotonic) -> StartDecision:
     """Block until the agent may start; return where.
 
@@ -73,6 +76,8 @@ def await_start(table: NeighbourTable, agent_id: str, fleet_ids: Collection[str]
         Give up after this many seconds.
     say : callable
         Receives one line per change of the waiting state (and a reminder every 10 s).
+    settle_s : float
+        Before joining a fleet under way, wait this long for every neighbour's status.
 
     Raises
     ------
@@ -86,7 +91,11 @@ def await_start(table: NeighbourTable, agent_id: str, fleet_ids: Collection[str]
         statuses = {a: s for a, s in table.online_statuses().items() if a in fleet}
         running = {a: s.round_idx for a, s in statuses.items() if s.round_idx >= 0}
         online = len(statuses) + 1
-        if running or online >= quorum:
+        # Retained statuses arrive one by one after we subscribed: a fleet under way is judged
+        # on every neighbour's status, or on what came within `settle_s`.
+        settled = (all(table.status(n) is not None for n in neighbours if n != agent_id)
+                   or clock() - started >= settle_s)
+        if (running and settled) or (not running and online >= quorum):
             near = [r for a, r in running.items() if a in neighbours]
             fleet_round = max(near or running.values(), default=-1)
             start = join_round(resume_round, near or running.values())
