@@ -104,14 +104,17 @@ def _startup(trial: dict[str, Any]) -> list[str]:
     start = trial.get("startup") or {}
     if not start.get("agents_launched"):
         return []
+
     def at(key: str) -> str:
         value = start.get(key)
         return "not reached" if value is None else f"{value:.1f} s"
+    n = start["agents_launched"]
+    first = (f"the fork server, which forked the {n} agents" if start.get("launcher") == "fork server"
+             else f"the first of {n} agent processes ({start.get('launcher', '?')})")
     return ["## Start-up", "",
-            f"From the first agent process started ({start['agents_launched']} from the "
-            f"{start.get('launcher', '?')}): all started {at('launched_s')}, all connected "
-            f"{at('connected_s')}, quorum reached (first agent in round 0) {at('quorum_s')}, every "
-            f"agent in round 0 {at('round0_s')}.", ""]
+            f"Timed from the first process started ({first}): all agents started "
+            f"{at('launched_s')}, all connected {at('connected_s')}, quorum reached (first agent in "
+            f"round 0) {at('quorum_s')}, every agent in round 0 {at('round0_s')}.", ""]
 
 
 def _accuracy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
