@@ -237,10 +237,13 @@ def test_returning_agent_joins_at_the_fleets_round_and_its_missed_rounds_are_cou
     assert final["first_round"] == joined and final["missed_rounds"] == list(range(1, joined))
     a3 = summary["strategies"]["parse"]["agents"]["a3"]
     assert a3["rounds_trained"] == 7 - joined + 1 and a3["rounds_missed"] == list(range(1, joined))
-    assert a3["rounds_alone"] == []
+    # Never alone for being back; round 6 mixes the updates in flight through the broker restart
+    # (at round 5), which may all be lost.
+    assert set(a3["rounds_alone"]) <= {6} and joined not in a3["rounds_alone"]
     missed = "1" if joined == 2 else f"1-{joined - 1}"
     report = (out / "report.md").read_text()
-    assert f"| a3 | a+b | x86 | {8 - joined} | {joined - 1} ({missed}) | 0 |" in report
+    alone = f"{len(a3['rounds_alone'])} (6)" if a3["rounds_alone"] else "0"
+    assert f"| a3 | a+b | x86 | {8 - joined} | {joined - 1} ({missed}) | {alone} |" in report
     assert f"joined at round {joined}; {8 - joined}/7 rounds trained, {joined - 1} missed" in leave["outcome"]
     assert restart["status"] == "injected" and "broker down" in restart["note"]
     # The console told it: a3 offline, back, where it joined; the broker down and up again.
