@@ -8,12 +8,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from edge.config.schema import FleetConfig
+from edge.config.schema import FleetConfig, Quorum
 from edge.errors import UserError
 from edge.learning.strategies import get_strategy
 
 
-def parse_quorum(text: str) -> int | float | str:
+def parse_quorum(text: str) -> Quorum:
     """Parse a `--quorum` value: "all", a count ("6") or a fraction ("0.75").
 
     Raises
@@ -22,7 +22,7 @@ def parse_quorum(text: str) -> int | float | str:
         For anything else (the count's range is checked against the fleet by `with_overrides`).
     """
     if text == "all":
-        return text
+        return "all"
     try:
         return int(text)
     except ValueError:
@@ -37,7 +37,7 @@ def parse_quorum(text: str) -> int | float | str:
 
 
 def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | None = None,
-                   strategy: str | None = None, quorum: int | float | str | None = None,
+                   strategy: str | None = None, quorum: Quorum | None = None,
                    start_timeout_s: float | None = None) -> FleetConfig:
     """Return the config with the given overrides applied (None leaves a value as configured).
 

@@ -148,6 +148,10 @@ class TopologyConfig:
     resample_each_round: bool = False
 
 
+# `training.quorum` as code sees it: "all", a count of agents, or a fraction of the fleet.
+Quorum = Literal["all"] | int | float
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Local training and the round budget (`training`)."""

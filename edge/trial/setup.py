@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.config.overrides import with_overrides
-from edge.config.schema import FleetConfig, quorum_count
+from edge.config.schema import FleetConfig, Quorum, quorum_count
 from edge.errors import UserError
 from edge.learning.strategies import networked_strategy
 
@@ -39,7 +39,7 @@ class TrialOptions:
     python: str = sys.executable       # the interpreter of --isolated agents
     isolated: bool = False             # a fresh interpreter per agent instead of the fork server
     force: bool = False                # replace the record of an earlier trial in `out`
-    quorum: int | float | str | None = None      # overrides training.quorum
+    quorum: Quorum | None = None       # overrides training.quorum
     start_timeout_s: float | None = None         # overrides training.start_timeout_s
 
 
