@@ -23,6 +23,9 @@ from broker.envelope import Kind, Signer, Verifier
 
 log = logging.getLogger(__name__)
 
+# Upper bound of a round index in a status (far beyond any trial; rejects absurd values).
+MAX_ROUND = 1_000_000
+
 
 @dataclass(frozen=True)
 class AgentStatus:
@@ -34,6 +37,11 @@ class AgentStatus:
     branches: dict[str, str] = field(default_factory=dict)  # branch key -> signature
     device_profile: str = ""
     software_version: str = ""
+    # Where the agent is in its rounds (0-based indices): the round it is running (-1 while it
+    # waits for the fleet's quorum), and the first round this process runs (a restarted agent
+    # joins at the fleet's round: it never sends the rounds before this one).
+    round_idx: int = -1
+    first_round: int = 0
 
 
 def encode_status(status: AgentStatus) -> bytes:
@@ -42,6 +50,7 @@ def encode_status(status: AgentStatus) -> bytes:
         "agent": status.agent, "online": status.online, "modalities": list(status.modalities),
         "branches": dict(status.branches), "device_profile": status.device_profile,
         "software_version": status.software_version,
+        "round": status.round_idx, "first_round": status.first_round,
     }, sort_keys=True).encode()
 
 
@@ -92,7 +101,18 @@ def parse_status(payload: bytes, agent: str | None = None) -> AgentStatus:
     version = doc.get("software_version", "")
     if not isinstance(profile, str) or not isinstance(version, str):
         raise ValueError("status: device_profile and software_version must be strings")
-    return AgentStatus(name, online, tuple(modalities), dict(branches), profile, version)
+    round_idx = _round_field(doc, "round", -1)
+    first_round = _round_field(doc, "first_round", 0)
+    return AgentStatus(name, online, tuple(modalities), dict(branches), profile, version,
+                       round_idx, first_round)
+
+
+def _round_field(doc: dict[str, object], key: str, default: int) -> int:
+    # Absent in statuses of older agents; bounded so a hostile payload cannot claim round 10^30.
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value < MAX_ROUND:
+        raise ValueError(f"status: {key} must be an integer in [-1, {MAX_ROUND})")
+    return value
 
 
 class NeighbourTable:
@@ -172,6 +192,11 @@ class NeighbourTable:
         """Agents whose last status says online."""
         with self._lock:
             return {a for a, s in self._statuses.items() if s.online}
+
+    def online_statuses(self) -> dict[str, AgentStatus]:
+        """Return the last status of every agent that says it is online (a snapshot)."""
+        with self._lock:
+            return {a: s for a, s in self._statuses.items() if s.online}
 
     def configured_neighbours(self, agent: str) -> frozenset[str]:
         """`agent`'s neighbours in the configured graph."""

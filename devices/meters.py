@@ -1,4 +1,12 @@
-"""Resource meters: CPU seconds, wall seconds and peak resident memory of a process."""
+"""Resource meters: CPU seconds, wall seconds and peak memory (RSS; USS and PSS on request).
+
+On request the meter also reads a process's unique and proportional set sizes (USS, PSS).
+
+RSS counts every page mapped into the process, including library pages shared with other
+processes (e.g. agents forked from one server that imported torch once); USS counts only the
+pages this process alone holds (what it would give back by exiting), PSS shares each shared page
+out among its users (Linux /proc/<pid>/smaps_rollup, read through psutil). Memory is in MiB.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +30,9 @@ class ResourceUsage:
     cpu_user_s: float
     cpu_sys_s: float
     peak_rss_mb: float
+    # With `ResourceMeter(memory_detail=True)` (0 otherwise): highest USS and PSS seen in samples.
+    peak_uss_mib: float = 0.0
+    peak_pss_mib: float = 0.0
 
     @property
     def cpu_s(self) -> float:
@@ -34,8 +45,9 @@ class ResourceUsage:
 
 
 def kernel_peak_rss_mb(pid: int, proc_root: str | Path = "/proc") -> float | None:
-    """The kernel's high-water mark of resident memory (VmHWM) for `pid`, or None where the
-    kernel does not expose it.
+    """Read the kernel's high-water mark of resident memory (VmHWM) for `pid`, MiB.
+
+    None where the kernel does not expose it.
     """
     try:
         for line in (Path(proc_root) / str(pid) / "status").read_text().splitlines():
@@ -52,14 +64,36 @@ def self_peak_rss_mb() -> float:
     return peak / MB if sys.platform == "darwin" else peak * 1024 / MB
 
 
+def unique_memory_mib(proc: psutil.Process) -> tuple[float, float]:
+    """(USS, PSS) of a process in MiB; (0, 0) where the platform does not report them.
+
+    Raises
+    ------
+    psutil.NoSuchProcess
+        When the process is gone.
+    """
+    try:
+        info = proc.memory_full_info()
+    except psutil.AccessDenied:
+        return 0.0, 0.0
+    return float(getattr(info, "uss", 0.0)) / MB, float(getattr(info, "pss", 0.0)) / MB
+
+
 class ResourceMeter:
-    """Meter one process (default: this one) from `start()`; `sample()` is cheap (a /proc read)
-    and only needed for the RSS peak where the kernel does not keep one.
+    """Meter one process (default: this one) from `start()`.
+
+    `sample()` is cheap (a /proc read) and only needed for the RSS peak where the kernel does not
+    keep one; with `memory_detail` it also reads USS and PSS (a walk of smaps_rollup).
     """
 
-    def __init__(self, pid: int | None = None, *, include_children: bool = False) -> None:
+    def __init__(self, pid: int | None = None, *, include_children: bool = False,
+                 memory_detail: bool = False) -> None:
         self.pid = pid if pid is not None else os.getpid()
         self.include_children = include_children
+        # USS/PSS need a walk of the process's mappings (smaps_rollup): a few ms, so on request.
+        self.memory_detail = memory_detail
+        self._peak_uss_mib = 0.0
+        self._peak_pss_mib = 0.0
         self._proc = psutil.Process(self.pid)
         self._t0 = 0.0
         self._cpu0 = (0.0, 0.0)
@@ -89,6 +123,10 @@ class ResourceMeter:
                 raise
             return self._last
         self._sampled_peak_mb = max(self._sampled_peak_mb, rss_mb)
+        if self.memory_detail:
+            uss, pss = unique_memory_mib(self._proc)
+            self._peak_uss_mib = max(self._peak_uss_mib, uss)
+            self._peak_pss_mib = max(self._peak_pss_mib, pss)
         peak = kernel_peak_rss_mb(self.pid)
         if peak is None and self.pid == os.getpid():
             peak = self_peak_rss_mb()
@@ -97,6 +135,8 @@ class ResourceMeter:
             cpu_user_s=max(0.0, user - self._cpu0[0]),
             cpu_sys_s=max(0.0, system - self._cpu0[1]),
             peak_rss_mb=max(peak or 0.0, self._sampled_peak_mb),
+            peak_uss_mib=self._peak_uss_mib,
+            peak_pss_mib=self._peak_pss_mib,
         )
         return self._last
 
@@ -105,9 +145,11 @@ class ResourceMeter:
         return self.sample()
 
     def __enter__(self) -> ResourceMeter:
+        """Start metering."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Take the interval's last sample."""
         self.stop()
 
     @property

@@ -1,10 +1,14 @@
-"""The result documents, typed: one metrics row per agent and round, an agent's final.json, and the
-blocks of summary.json. Every field with its unit, in one place.
+"""The result documents, typed: metrics rows, an agent's final.json, summary.json blocks.
 
-Conventions: `round` is the 0-based round index (files, plots and reports use it as is); byte
-counts are bytes (reports show MB = 10^6 B for traffic); memory is MiB (2^20 B); times are seconds;
-energy is joules. Counters named `bytes_*`, `cpu_s` and `energy_j` in metrics rows are running
-totals of one agent process (they restart from zero when the process restarts; see
+One metrics row per agent and round, an agent's final.json, and the blocks of summary.json:
+every field with its unit, in one place.
+
+Conventions: `round` is the 0-based round index, and people see the same number ("round 3 of
+0-11": files, logs, console, report and plots); byte counts are bytes (reports show MB = 10^6 B
+for traffic); memory is MiB (2^20 B; `rss_mb` and `peak_rss_mb` are MiB despite their names,
+kept for compatibility); times are seconds; energy is joules. Head names are "R", "U/<m>",
+"S/<combination>" and "late" everywhere. Counters named `bytes_*`, `cpu_s` and `energy_j` in
+metrics rows are running totals of one agent process (they restart from zero when the process restarts; see
 `edge.summary.cumulative_total`).
 """
 
@@ -23,7 +27,7 @@ class _MetricsRowRequired(TypedDict):
     round: int                         # 0-based round index
     rounds: int                        # rounds planned
     accuracy: float                    # test accuracy of the model after local training
-    head_accuracy: dict[str, float]    # per head: "R", "U_<m>", "S", or "late"
+    head_accuracy: dict[str, float]    # per head: "R", "U/<m>", "S/<combination>", or "late"
     n_test: int                        # test samples
     train_loss: float                  # mean training loss over the round's steps
     train_s: float                     # local training time
@@ -40,11 +44,14 @@ class MetricsRow(_MetricsRowRequired, total=False):
 
     cpu_s: float                       # running total of the process's CPU seconds
     rss_mb: float                      # peak resident set so far, MiB
+    uss_mib: float                     # peak unique set so far (pages only this process holds)
+    pss_mib: float                     # peak proportional set so far (shared pages shared out)
     energy_j: float                    # running total of energy
     energy_source: str                 # measured:<backend>:<sensor> | estimated:<profile>
     # Only in rows of rounds where a neighbour's copy was refused or skipped (edge.learning.guard):
     refused: dict[str, dict[str, str]]  # branch key -> neighbour -> why the gate refused its copy
     skipped: dict[str, str]             # neighbour -> why it was not mixed this round
+    rejected: dict[str, int]           # running total of updates rejected, by reason
 
 
 class BranchBytes(TypedDict):
@@ -66,8 +73,7 @@ class AgentBytes(TypedDict):
     received_total: int
 
 
-class FinalDoc(TypedDict):
-    """An agent's final.json, written when its process ends."""
+class _FinalDocRequired(TypedDict):
 
     agent: str
     kind: str
@@ -82,6 +88,21 @@ class FinalDoc(TypedDict):
     rejected: dict[str, int]           # updates rejected by reason (never reached the model)
     updates_dropped_by_fault: int      # updates an injected `loss` fault dropped
     faults: dict[str, float]           # delay_ms, loss_percent applied to this agent
+
+
+class FinalDoc(_FinalDocRequired, total=False):
+    """An agent's final.json, written when its process ran its last round.
+
+    `rounds_completed` is the index of the last round it got through plus one (trained or
+    missed); `first_round` .. the last round were trained by this process.
+    """
+
+    started_utc: str                   # when the process started (ISO 8601, UTC)
+    first_round: int                   # the first round this process ran
+    missed_rounds: list[int]           # rounds skipped to join a fleet under way
+    quorum_wait_s: float               # time at the start barrier
+    peak_uss_mib: float                # MiB: pages only this process held
+    peak_pss_mib: float                # MiB: shared pages divided among their users
 
 
 class AccuracyBlock(TypedDict):

@@ -38,6 +38,25 @@ def cumulative_total(values: Iterable[float]) -> float:
     return total + last
 
 
+def round_span(rounds: int) -> str:
+    """Show rounds to people as their 0-based index range, e.g. "0-11" for 12 rounds.
+
+    The numbers of metrics.jsonl and of the fault config: "round 3 of 0-11".
+    """
+    return f"0-{rounds - 1}"
+
+
+def round_ranges(rounds: Iterable[int]) -> str:
+    """Round indices as ranges: [1, 2, 3, 6] -> "1-3, 6"."""
+    spans: list[list[int]] = []
+    for r in sorted(rounds):
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def head_label(head: str, kind: str) -> str:
     """Readable head names: R, U/<m>, S/<combination>, late."""
     if head.startswith("U_"):
@@ -96,8 +115,9 @@ def per_head_block(final: Mapping[str, MetricsRow]) -> dict[str, float]:
 
 
 def history_block(rows: Iterable[MetricsRow]) -> list[HistoryRow]:
-    """Per round: overall and by-kind accuracy, dense bytes published (the later row of a round
-    an agent ran twice).
+    """Summarise each round: overall and by-kind accuracy, dense bytes published.
+
+    A round an agent ran twice counts with its later row.
     """
     by_round: dict[int, dict[str, MetricsRow]] = defaultdict(dict)
     for row in rows:
@@ -128,7 +148,7 @@ def wire_bytes(rows: Sequence[MetricsRow]) -> dict[str, int]:
 
 
 def strategy_block(name: str, arch: str, rows: Sequence[MetricsRow], wall_s: float) -> StrategyBlock:
-    """The `strategies.<name>` block of summary.json from every agent's metrics rows.
+    """Build the `strategies.<name>` block of summary.json from every agent's metrics rows.
 
     Accuracy is each agent's last round (an agent that left early counts with its last model);
     `bytes_sent` / `bytes_received` are the transport's counts (encoded updates in the simulator,

@@ -74,7 +74,34 @@ def test_kernel_peak_is_none_where_proc_lacks_it(tmp_path):
 def test_usage_to_dict_includes_total_cpu():
     usage = ResourceUsage(wall_s=2.0, cpu_user_s=1.25, cpu_sys_s=0.5, peak_rss_mb=50.0)
     assert usage.to_dict() == {"wall_s": 2.0, "cpu_user_s": 1.25, "cpu_sys_s": 0.5,
-                               "peak_rss_mb": 50.0, "cpu_s": 1.75}
+                               "peak_rss_mb": 50.0, "peak_uss_mib": 0.0, "peak_pss_mib": 0.0,
+                               "cpu_s": 1.75}
+
+
+def test_memory_detail_counts_pages_shared_with_a_forked_child_out_of_uss():
+    # Prepare: 64 MiB touched before fork are shared (copy-on-write) by parent and child.
+    import os
+    import signal
+
+    block = bytearray(64 * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    child = os.fork()
+    if child == 0:  # the child only sleeps; it never writes the shared block
+        signal.pause()
+        os._exit(0)
+    try:
+        # Execute
+        usage = ResourceMeter(child, memory_detail=True).start().sample()
+        plain = ResourceMeter(child).start().sample()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    # Assert: RSS counts the shared block, USS does not; PSS shares it out (half each).
+    assert usage.peak_rss_mb > 64
+    assert usage.peak_uss_mib < usage.peak_rss_mb - 60
+    assert usage.peak_uss_mib < usage.peak_pss_mib < usage.peak_rss_mb
+    assert plain.peak_uss_mib == 0.0 and plain.peak_pss_mib == 0.0
+    del block
 
 
 def test_context_manager_keeps_the_last_usage():

@@ -49,14 +49,16 @@ def test_infer_runs_with_torch_absent_and_prints_json(bundle):
     proc = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "infer", str(bundle.dir), str(bundle.root / "both.npz"),
          "--json"], capture_output=True, text=True, timeout=120)
-    # Assert
+    # Assert: one JSON object per input row, each with its own latency.
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
     expected = Predictor(bundle.dir).predict(bundle.raw)
-    assert out["graph"] == "fused-accel+gyro"
-    assert [p["label"] for p in out["predictions"]] == expected.labels
-    probs = np.array([[p["probabilities"][c] for c in LABELS] for p in out["predictions"]])
-    np.testing.assert_allclose(probs, expected.probabilities, atol=1e-6)
+    assert [r["row"] for r in rows] == list(range(len(expected.labels)))
+    assert {r["graph"] for r in rows} == {"fused-accel+gyro"}
+    assert [r["label"] for r in rows] == expected.labels
+    probs = np.array([[r["probabilities"][c] for c in LABELS] for r in rows])
+    np.testing.assert_allclose(probs, expected.probabilities, atol=1e-5)
+    assert all(0 < r["latency_ms"] < 1000 for r in rows)
 
 
 # The inference-only install: `pip install --no-deps parse-edge` plus these distributions.
@@ -92,10 +94,10 @@ def test_infer_runs_in_an_environment_without_torch_installed(bundle, tmp_path):
         capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     # Assert
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout)
-    assert out["graph"] == "fused-accel" and out["missing"] == ["gyro"]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {(r["graph"], tuple(r["missing"])) for r in rows} == {("fused-accel", ("gyro",))}
     expected = Predictor(bundle.dir).predict({"accel": bundle.raw["accel"]})
-    assert [p["label"] for p in out["predictions"]] == expected.labels
+    assert [r["label"] for r in rows] == expected.labels
 
 
 def test_missing_modality_is_served_and_reported(bundle, capsys):
@@ -106,21 +108,44 @@ def test_missing_modality_is_served_and_reported(bundle, capsys):
     assert rc == 0
     assert out.splitlines()[0] == "graph fused-accel (modalities: accel; missing: gyro)"
     assert len(out.splitlines()) == 2 + len(bundle.raw["accel"])
+    expected = Predictor(bundle.dir).predict({"accel": bundle.raw["accel"]})
+    assert [line.split()[1] for line in out.splitlines()[2:]] == expected.labels
 
 
 def test_modalities_flag_selects_the_graph(bundle, capsys):
     rc = main(["infer", str(bundle.dir), str(bundle.root / "both.npz"), "--modalities", "gyro",
                "--json"])
     assert rc == 0
-    assert json.loads(capsys.readouterr().out)["graph"] == "fused-gyro"
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(bundle.raw["gyro"]) and {r["graph"] for r in rows} == {"fused-gyro"}
+
+
+def test_data_file_naming_is_read_and_extra_arrays_are_ignored_with_a_note(bundle, capsys, tmp_path):
+    # Prepare: the data-file naming (x_<modality>, y) plus a modality this bundle does not serve.
+    data = tmp_path / "fleet.npz"
+    n = len(bundle.raw["accel"])
+    np.savez(data, x_accel=bundle.raw["accel"], x_gyro=bundle.raw["gyro"],
+             x_magnet=np.zeros((n, 3), np.float32), y=np.zeros(n, np.int64))
+    # Execute
+    rc = main(["infer", str(bundle.dir), str(data), "--json"])
+    # Assert: served like the plain naming, with a note per ignored array and no refusal.
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["label"] for r in rows] == Predictor(bundle.dir).predict(bundle.raw).labels
+    assert {r["graph"] for r in rows} == {"fused-accel+gyro"}
+    assert "ignoring 'x_magnet': this bundle serves accel, gyro" in captured.err
+    assert "ignoring 'y' (labels are not an input)" in captured.err
 
 
 def _error(capsys, argv: list[str]) -> str:
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
-    return err.strip()
+    # One error line; notes about ignored arrays may come before it.
+    lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
 
 
 def test_bad_inputs_are_one_line_errors(bundle, capsys, tmp_path):
@@ -130,13 +155,17 @@ def test_bad_inputs_are_one_line_errors(bundle, capsys, tmp_path):
     accel[2, 3] = np.nan
     np.savez(nan, accel=accel)
     wrong = tmp_path / "wrong.npz"
-    np.savez(wrong, accel=bundle.raw["accel"][:, :5], magnet=bundle.raw["gyro"])
+    np.savez(wrong, magnet=bundle.raw["gyro"])
     short = tmp_path / "short.npz"
     np.savez(short, accel=bundle.raw["accel"][:, :5])
     d = str(bundle.dir)
     # Execute / Assert
     assert "nan.npz: input 'accel': contains NaN" in _error(capsys, ["infer", d, str(nan)])
-    assert "input 'magnet': unknown modality" in _error(capsys, ["infer", d, str(wrong)])
+    # Nothing the bundle serves (the extra modality is ignored): the error says what it needs.
+    assert "no input given, expected at least one of accel, gyro" in _error(
+        capsys, ["infer", d, str(wrong)])
+    assert "input 'magnet': unknown modality" in _error(
+        capsys, ["infer", d, str(bundle.root / "accel.npz"), "--modalities", "magnet"])
     assert "input 'accel': shape (24, 5), expected (batch, 12)" in _error(
         capsys, ["infer", d, str(short)])
     assert "input 'gyro': requested but not provided" in _error(

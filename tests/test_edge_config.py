@@ -78,6 +78,16 @@ BAD_CASES = [
      "expected mlp"),
     ("npz-without-path", {**BASE, "data": {"dataset": "npz", "modalities": ["a"]},
                           "agents": {"count": 3}}, "data.path", "npz data needs"),
+    ("quorum-word", _with("training.quorum", "most"), "training.quorum", "expected one of 'all'"),
+    ("quorum-too-many", _with("training.quorum", 7), "training.quorum", "in [1, 6]"),
+    ("quorum-zero-fraction", _with("training.quorum", 0.0), "training.quorum", "a number > 0"),
+    ("quorum-infinite", _with("training.quorum", float("inf")), "training.quorum", "a finite number"),
+    ("start-timeout-nan", _with("training.start_timeout_s", float("nan")), "training.start_timeout_s",
+     "a finite number"),
+    ("start-timeout-zero", _with("training.start_timeout_s", 0), "training.start_timeout_s",
+     "a number > 0"),
+    ("listed-agent-bad-device", _with("agents.list", [{"id": "w", "modalities": ["a"], "device": "pdp11"}]),
+     "agents.list[0].device", "unknown device profile"),
 ]
 
 
@@ -157,3 +167,21 @@ def test_slice_widths_sum_to_latent(latent: int, split: tuple[float, ...]) -> No
     # Assert
     assert sum(widths) == latent and min(widths) >= 1
     assert all(abs(w - latent * s / sum(split)) < 1 for w, s in zip(widths, split, strict=True))
+
+
+def test_listed_agents_inherit_the_fleet_device_and_quorum_resolves_to_a_count() -> None:
+    # Prepare
+    from edge.config.schema import quorum_count
+
+    raw = _with("agents.device", "rpi5")
+    raw["agents"]["list"] = [{"id": "watch", "modalities": ["a", "b"]},
+                             {"id": "nano", "modalities": ["a"], "device": "jetson-nano"}]
+    # Execute
+    cfg = parse_config(raw, "inline")
+    # Assert: a listed agent without a device takes agents.device, one with a device keeps it.
+    devices = {a.id: a.device for a in cfg.agent_specs}
+    assert devices["watch"] == "rpi5" and devices["nano"] == "jetson-nano" and devices["a0"] == "rpi5"
+    n = len(cfg.agent_specs)
+    assert n == 8 and quorum_count(cfg.training, n) == 8   # "all" by default
+    assert [quorum_count(parse_config(_with("training.quorum", q), "q").training, 8)
+            for q in (3, 0.5, 0.51, 1.0, "all")] == [3, 4, 5, 8, 8]

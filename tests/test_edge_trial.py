@@ -103,8 +103,9 @@ def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path
     config = write_config(tmp_path, fleet_name, rounds=4)
     cfg = load_config(config)
     out = tmp_path / "trial"
+    lines: list[str] = []
     # Execute
-    result = run_trial(cfg, TrialOptions(out=out, config_path=str(config)))
+    result = run_trial(cfg, TrialOptions(out=out, config_path=str(config)), progress=lines.append)
     from edge.learning.simulate import simulate_fleet
 
     simulated = simulate_fleet(cfg, ["parse"], "sliced")["strategies"]["parse"]["accuracy"]["per_agent"]
@@ -116,6 +117,17 @@ def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path
     networked = summary["strategies"]["parse"]["accuracy"]["per_agent"]
     for agent, acc in simulated.items():
         assert abs(networked[agent] - acc) <= 0.01, (agent, networked[agent], acc)
+    # The console said each round once, in the report's numbering, with the report's accuracies.
+    history = summary["strategies"]["parse"]["history"]
+    shown = [line for line in lines if "] round " in line]
+    assert len(shown) == 4 and len(history) == 4
+    for line, row in zip(shown, history, strict=True):
+        assert f"round {row['round']} of 0-3: 4/4 agents, accuracy {row['overall']:.3f} (" in line
+        for kind, acc in row["by_kind"].items():
+            assert f"{kind} {acc:.3f}" in line
+    assert any("quorum reached (4 of 4 agents)" in line for line in lines)
+    startup = summary["trial"]["startup"]
+    assert 0 < startup["quorum_s"] <= startup["round0_s"] < 120 and startup["agents_launched"] == 4
 
 
 def test_cli_trial_on_mosquitto_completes_when_an_agent_leaves(tmp_path: Path, fleet_name: str,
@@ -129,7 +141,7 @@ def test_cli_trial_on_mosquitto_completes_when_an_agent_leaves(tmp_path: Path, f
                            "--out", str(out)], capture_output=True, text=True, timeout=240, cwd=REPO)
     # Assert
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "round   5/5" in proc.stderr and "leave at round 2" in proc.stderr
+    assert "round 4 of 0-4: 3/3 agents" in proc.stderr and "leave at round 2" in proc.stderr
     summary = check_record(out, 5, ["a0", "a2", "a3"])
     assert summary["trial"]["broker"] == {"url": mosquitto_url, "kind": "external"}
     a1 = summary["strategies"]["parse"]["agents"]["a1"]
@@ -179,10 +191,14 @@ def test_killed_agent_resumes_from_its_checkpoint_and_fails_when_out_of_restarts
     assert a2["starts"] == 2 and a2["exit"] == "killed" and a2["returncode"] == -signal.SIGKILL
     restart = a2["restarts"][0]
     assert restart["signal"] == signal.SIGKILL and restart["after_round"] >= 1
-    # Resumed after its checkpoint (saved just before each row), not from round 0.
-    assert restart["resumed_at_round"] in (restart["after_round"] + 1, restart["after_round"] + 2)
-    rounds = [r["round"] for r in read_rows(rows_file)]
+    # It rejoined from its checkpoint at its neighbours' next round, not from round 0, and
+    # mixed their updates in its first round back (it did not train alone).
+    rows = read_rows(rows_file)
+    rounds = [r["round"] for r in rows]
     assert rounds == sorted(set(rounds)) and 3 <= len(rounds) < 6
+    back = next(r for r in rows if r["round"] == restart["resumed_at_round"])
+    assert restart["resumed_at_round"] > restart["after_round"] and back["mixed_from"]
+    assert a2["rounds_missed"] == [r for r in range(6) if r not in rounds]
     assert "restart 1 (killed by signal 9)" in (out / "agents" / "a2" / "agent.log").read_text()
     report = (out / "report.md").read_text()
     assert "| a2 |" in report.split("restarted:")[1]
@@ -193,25 +209,53 @@ def test_killed_agent_resumes_from_its_checkpoint_and_fails_when_out_of_restarts
     assert failed[0]["log_tail"][-1] in report
 
 
-def test_leave_and_return_plus_broker_restart(tmp_path: Path, fleet_name: str) -> None:
-    # Prepare: a3 leaves at round 1 and returns at round 3; the broker restarts at round 4.
-    config = write_config(tmp_path, fleet_name, rounds=6, deadline_s=3, faults=[
+def test_returning_agent_joins_at_the_fleets_round_and_its_missed_rounds_are_counted(
+        tmp_path: Path, fleet_name: str) -> None:
+    # Prepare: a3 leaves at round 1 and returns at round 3; the broker restarts at round 5.
+    config = write_config(tmp_path, fleet_name, rounds=7, deadline_s=3, faults=[
         slow_rounds(), {"kind": "leave", "round": 1, "agent": "a3", "return_round": 3},
-        {"kind": "broker-restart", "round": 4}])
+        {"kind": "broker-restart", "round": 5}])
     out = tmp_path / "trial"
+    lines: list[str] = []
     # Execute
-    result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)))
+    result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)),
+                       progress=lines.append)
     # Assert
     assert (result.status, result.exit_code) == ("completed", 0), result.summary["trial"]["events"]
-    summary = check_record(out, 6, ["a0", "a1", "a2"])
+    summary = check_record(out, 7, ["a0", "a1", "a2"])
     leave, restart = [f for f in summary["trial"]["faults"] if f["kind"] != "delay"]
     assert leave["status"] == "injected" and leave["returned_at_s"] > leave["injected_at_s"]
-    # It resumed from its checkpoint: right after the last round it had run.
-    assert leave["resumed_at_round"] == leave["stopped_after_round"] + 1
-    a3_rounds = [r["round"] for r in read_rows(out / "agents" / "a3" / "metrics.jsonl")]
-    assert a3_rounds == list(range(6))
+    assert leave["stopped_after_round"] == 0
+    # It came back at the fleet's round (3, or later if its start-up outlasted a round), not at
+    # its own: the rounds in between were missed, not trained alone.
+    rows = read_rows(out / "agents" / "a3" / "metrics.jsonl")
+    joined = leave["resumed_at_round"]
+    assert 3 <= joined <= 5 and [r["round"] for r in rows] == [0, *range(joined, 7)]
+    first_back = rows[1]
+    assert first_back["mixed_from"] and first_back["wait_s"] > 0  # it mixed its neighbours' updates
+    final = json.loads((out / "agents" / "a3" / "final.json").read_text())
+    assert final["first_round"] == joined and final["missed_rounds"] == list(range(1, joined))
+    a3 = summary["strategies"]["parse"]["agents"]["a3"]
+    assert a3["rounds_trained"] == 7 - joined + 1 and a3["rounds_missed"] == list(range(1, joined))
+    # Never alone for being back; round 6 mixes the updates in flight through the broker restart
+    # (at round 5), which may all be lost.
+    assert set(a3["rounds_alone"]) <= {6} and joined not in a3["rounds_alone"]
+    missed = "1" if joined == 2 else f"1-{joined - 1}"
+    report = (out / "report.md").read_text()
+    alone = f"{len(a3['rounds_alone'])} (6)" if a3["rounds_alone"] else "0"
+    assert f"| a3 | a+b | x86 | {8 - joined} | {joined - 1} ({missed}) | {alone} |" in report
+    assert f"joined at round {joined}; {8 - joined}/7 rounds trained, {joined - 1} missed" in leave["outcome"]
     assert restart["status"] == "injected" and "broker down" in restart["note"]
-    assert "6/6 rounds done" in leave["outcome"]
+    # The console told it: a3 offline, back, where it joined; the broker down and up again.
+    text = "\n".join(lines)
+    assert "offline: a3: offline (it was in round" in text
+    assert "online: a3: back online" in text and f"joined: a3: joins at round {joined}" in text
+    assert "broker: broker down (restart fault)" in text and "broker: broker up again after" in text
+    # ... and so did its neighbours (a ring: a0 and a2) in their own logs.
+    for neighbour in ("a0", "a2"):
+        log = (out / "agents" / neighbour / "agent.log").read_text()
+        assert "neighbour a3 offline" in log and "neighbour a3 back online" in log, log
+        assert f"neighbour a3 joins at round {joined}" in log
 
 
 def test_ctrl_c_stops_every_agent_and_still_writes_the_record(tmp_path: Path, fleet_name: str) -> None:
@@ -257,16 +301,18 @@ def test_fault_plan_triggers_on_reported_rounds(tmp_path: Path, fleet_name: str)
     assert [(a.verb, a.agent) for a in due] == [("stop", "a1"), ("broker-restart", None)]
     plan.mark_injected(0, 1.0, "a1 reported round 1")
     plan.mark_injected(1, 1.0, "an agent reported round 2")
-    # Its return waits for another agent to finish round 3.
-    assert plan.due({"a0": 2, "a1": 1, "a2": -1, "a3": 2}) == []
-    assert [(a.verb, a.agent) for a in plan.due({"a0": 3, "a1": 1, "a2": -1, "a3": 2})] == [("start", "a1")]
+    # Its return waits for another agent to finish round 2: the fleet enters round 3, and a1,
+    # started a round ahead, can join at round 4 (its neighbours' next round).
+    assert plan.due({"a0": 1, "a1": 1, "a2": -1, "a3": 1}) == []
+    assert [(a.verb, a.agent) for a in plan.due({"a0": 2, "a1": 1, "a2": -1, "a3": 1})] == [("start", "a1")]
     assert plan.pending_returns() == [0]
     plan.mark_returned(0, 2.0, "a0 reported round 3")
     assert plan.due({"a0": 5, "a1": 5, "a2": -1, "a3": 5}) == [] and plan.pending_returns() == []
     assert external.records[1].status == "skipped"
 
 
-def test_out_folder_of_an_earlier_trial_is_cleared_and_a_foreign_one_refused(tmp_path: Path) -> None:
+def test_out_folder_of_an_earlier_trial_is_refused_unless_forced_and_a_foreign_one_always(
+        tmp_path: Path) -> None:
     # Prepare: an earlier trial's record (a checkpoint would make the agent resume, not start).
     from edge.errors import UserError
     from edge.trial.setup import prepare_out
@@ -276,12 +322,15 @@ def test_out_folder_of_an_earlier_trial_is_cleared_and_a_foreign_one_refused(tmp
     (old / "checkpoint.pt").write_bytes(b"old")
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / "plots").mkdir()
-    # Execute
-    prepare_out(tmp_path)
-    # Assert
+    # Execute / Assert: not overwritten without --force ...
+    with pytest.raises(UserError, match=r"summary\.json, agents/a0: the record of an earlier trial"):
+        prepare_out(tmp_path)
+    assert (old / "checkpoint.pt").read_bytes() == b"old"
+    # ... and cleared with it.
+    prepare_out(tmp_path, force=True)
     assert [p.name for p in tmp_path.rglob("*")] == ["agents"]
     (tmp_path / "agents" / "notes").mkdir()
     (tmp_path / "agents" / "notes" / "mine.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an agent folder"):
-        prepare_out(tmp_path)
+        prepare_out(tmp_path, force=True)
     assert (tmp_path / "agents" / "notes" / "mine.txt").read_text() == "keep me"

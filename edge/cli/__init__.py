@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from edge.cli.output import guarded_output
 from edge.errors import as_user_error
 from edge.version import software_version
 
@@ -29,7 +30,7 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every subcommand registered."""
+    """Build the full argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="parse-edge",
         description="PARSE decentralized multimodal federated learning on edge boards.",
@@ -44,20 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except Exception as exc:
-        user = as_user_error(exc)  # the one place loader failures become `error: ...`, exit 2
-        if user is None:
-            raise
-        print(f"error: {user}", file=sys.stderr)
-        return user.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """Entry point of the console script; returns the process exit status.
+
+    Output goes through `edge.cli.output.guarded_output`: a reader that stops reading (`| head`)
+    ends the output, not the command, and never shows a traceback.
+    """
+    with guarded_output():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            return int(args.run(args) or 0)
+        except Exception as exc:
+            user = as_user_error(exc)  # the one place loader failures become `error: ...`, exit 2
+            if user is None:
+                raise
+            print(f"error: {user}", file=sys.stderr)
+            return user.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
     """Register `agent`."""
     parser = sub.add_parser(
         name, help="run one agent, as on a board",
-        description="Run one agent: announce it on the broker, find its neighbours, run the rounds "
-                    "(mix, train, evaluate, publish), write metrics and checkpoints. Restarted with "
-                    "the same --out it resumes from its checkpoint.")
+        description="Run one agent: announce it on the broker, wait for the fleet's quorum (or "
+                    "join a fleet under way at its neighbours' round), run the rounds (mix, train, "
+                    "evaluate, publish; numbered 0 to rounds-1), write metrics and checkpoints. "
+                    "Restarted with the same --out it resumes from its checkpoint; a finished "
+                    "agent's folder is refused unless --force. Exit status: 0 done, 2 bad input, "
+                    "4 quorum not reached, 130 stopped.")
     parser.add_argument("config", metavar="CONFIG", help="fleet config (YAML)")
     parser.add_argument("--agent", required=True, metavar="ID", help="this agent's id in CONFIG")
     parser.add_argument("--broker", default=None, metavar="URL",
@@ -33,24 +36,47 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                         help="energy source: a power sensor when readable (auto), required "
                              "(measured), or the device profile's estimate (estimated; use it when "
                              "several agents share one host)")
-    parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    parser.add_argument("--quorum", default=None, metavar="Q",
+                        help="agents online before round 0: 'all', a count or a fraction "
+                             "(default: the config's training.quorum)")
+    parser.add_argument("--start-timeout", type=float, default=None, metavar="S",
+                        help="give up (exit status 4) when the quorum is not reached within S "
+                             "seconds (default: the config's training.start_timeout_s)")
+    parser.add_argument("--force", action="store_true",
+                        help="start over in a finished agent's folder (deletes its metrics, "
+                             "checkpoint and final.json); without it a finished folder is refused")
+    parser.add_argument("--quiet", action="store_true", help="no narration (start-up, rounds, events)")
     parser.set_defaults(run=run)
+
+
+# Exit status of an agent that gave up waiting for the quorum (2 is bad input, 130 Ctrl-C).
+QUORUM_EXIT = 4
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent to its last round."""
-    from edge.config.overrides import with_overrides
+    from edge.config.overrides import parse_quorum, with_overrides
     from edge.net.agent import run_agent
+    from edge.net.quorum import QuorumTimeout
 
-    cfg = with_overrides(load_config(args.config), rounds=args.rounds)
+    quorum = parse_quorum(args.quorum) if args.quorum is not None else None
+    cfg = with_overrides(load_config(args.config), rounds=args.rounds, quorum=quorum,
+                         start_timeout_s=args.start_timeout)
     url = args.broker or cfg.broker.url
     if url == "embedded":
         raise UserError("--broker: an agent needs a broker URL (mqtt://host:port); the embedded "
                         "broker is started by `parse-edge trial` or `parse-edge broker run`")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    final = run_agent(cfg, args.agent, url, Path(args.out), args.strategy, args.arch,
-                      args.energy, progress)
-    print(f"{args.agent}: {final['rounds_completed']} rounds, {final['bytes']['sent_total'] / 1e6:.2f} MB "
-          f"sent, {final['energy_j']:.1f} J ({final['energy_source']})")
+    try:
+        final = run_agent(cfg, args.agent, url, Path(args.out), args.strategy, args.arch,
+                          args.energy, progress, force=args.force)
+    except QuorumTimeout as exc:
+        print(f"error: {args.agent}: {exc}", file=sys.stderr)
+        return QUORUM_EXIT
+    missed = final.get("missed_rounds", [])
+    print(f"{args.agent}: through round {final['rounds_completed'] - 1}"
+          f"{f' ({len(missed)} missed)' if missed else ''}, "
+          f"{final['bytes']['sent_total'] / 1e6:.2f} MB sent, {final['energy_j']:.1f} J "
+          f"({final['energy_source']})")
     return 0

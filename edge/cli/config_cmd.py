@@ -6,7 +6,7 @@ import argparse
 from collections import defaultdict
 
 from edge.config.load import load_config
-from edge.config.schema import FleetConfig
+from edge.config.schema import FleetConfig, quorum_count
 from edge.config.topology import build_graph, edge_count
 from edge.learning.sharing import branches_for, combination
 from edge.learning.strategies import get_strategy
@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(cfg: FleetConfig, sizes: dict[str, tuple[int, int]]) -> str:
-    """The one-screen text summary of a validated config."""
+    """Write the one-screen text summary of a validated config."""
+    # Imported here: the CLI's start-up stays on the board path (edge.records needs
+    # typing_extensions, which an inference-only install does not have).
+    from edge.summary import round_span
+
     d = cfg.data
     part = d.partition
     part_text = f"dirichlet(alpha={part.alpha:g})" if part.kind == "dirichlet" else "iid"
@@ -51,7 +55,9 @@ def summary(cfg: FleetConfig, sizes: dict[str, tuple[int, int]]) -> str:
         f"[{', '.join(cfg.modalities)}], partition {part_text}, test {part.test_fraction:g}",
         f"strategy {cfg.strategy}, arch {cfg.model.arch}, fusion {cfg.model.fusion}, "
         f"combiner {cfg.model.combiner}, share_heads {str(cfg.model.share_heads).lower()}; "
-        f"{cfg.training.rounds} rounds x {cfg.training.local_epochs} local epochs; "
+        f"{cfg.training.rounds} rounds ({round_span(cfg.training.rounds)}) x "
+        f"{cfg.training.local_epochs} local epochs; quorum "
+        f"{quorum_count(cfg.training, len(cfg.agent_specs))} of {len(cfg.agent_specs)} agents; "
         f"codec {cfg.comm.codec}; broker {cfg.broker.url}",
         "",
         "agents by modality set:",

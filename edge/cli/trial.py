@@ -16,10 +16,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
     """Register `trial`."""
     parser = sub.add_parser(
         name, help="run a field trial: broker plus one process per agent",
-        description="Start the broker (embedded by default) and one agent process per agent, "
-                    "show progress, inject the config's faults, and write DIR/metrics.jsonl, "
-                    "DIR/summary.json, DIR/report.md and DIR/plots/*.png. Without CONFIG it runs "
-                    "the built-in basic-motions example (8 agents, 12 rounds).")
+        description="Start the broker (embedded by default) and one agent process per agent "
+                    "(forked from a fork server that imported torch once; --isolated for fresh "
+                    "interpreters), narrate start-up, rounds and events, inject the config's "
+                    "faults, and write DIR/metrics.jsonl, DIR/summary.json, DIR/report.md and "
+                    "DIR/plots/*.png. Rounds are numbered 0 to rounds-1 everywhere. Without CONFIG "
+                    "it runs the built-in basic-motions example (8 agents, rounds 0-11).")
     parser.add_argument("config", metavar="CONFIG", nargs="?", default=None,
                         help="fleet config (YAML); default: the built-in basic-motions example")
     parser.add_argument("--broker", default=None,
@@ -36,6 +38,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
     parser.add_argument("--energy", choices=["auto", "measured", "estimated"], default="estimated",
                         help="agents' energy source (default %(default)s: agents sharing this host "
                              "cannot tell their own share of a package-wide power meter apart)")
+    parser.add_argument("--quorum", default=None, metavar="Q",
+                        help="agents online before round 0: 'all', a count or a fraction "
+                             "(default: the config's training.quorum)")
+    parser.add_argument("--start-timeout", type=float, default=None, metavar="S",
+                        help="agents give up when the quorum is not reached within S seconds "
+                             "(default: the config's training.start_timeout_s)")
+    parser.add_argument("--isolated", action="store_true",
+                        help="start every agent as a fresh Python interpreter (each imports torch) "
+                             "instead of forking it from the fork server")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the record of an earlier trial in --out (refused otherwise)")
+    parser.add_argument("--plain", action="store_true",
+                        help="plain progress lines even on a terminal (no live footer)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.set_defaults(run=run)
 
@@ -46,6 +61,8 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, run the trial, print where the record is; the exit status says how it went."""
+    from edge.config.overrides import parse_quorum
+    from edge.trial.console import make_console
     from edge.trial.runner import TrialOptions, run_trial
 
     cfg = load_config(args.config)
@@ -63,11 +80,13 @@ def run(args: argparse.Namespace) -> int:
     opts = TrialOptions(out=Path(args.out), config_path=args.config, broker=args.broker,
                         strategy=args.strategy, rounds=args.rounds, timeout_s=args.timeout,
                         max_restarts=args.max_restarts, plots=not args.no_plots,
-                        energy=args.energy)
+                        energy=args.energy, isolated=args.isolated, force=args.force,
+                        quorum=parse_quorum(args.quorum) if args.quorum is not None else None,
+                        start_timeout_s=args.start_timeout)
     # SIGTERM to the runner stops the trial like Ctrl-C: every agent is stopped, the record written.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        result = run_trial(cfg, opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        result = run_trial(cfg, opts, console=make_console(sys.stderr, plain=args.plain))
     finally:
         signal.signal(signal.SIGTERM, previous)
     block = result.summary["strategies"][result.summary["trial"]["strategy"]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from devices.profiles import PROFILES
-from edge.config.schema import SAFE_ID, AgentsConfig, AgentSpec
+from edge.config.schema import SAFE_ID, AgentsConfig, AgentSpec, ListedAgent
 from edge.errors import ConfigError
 
 
@@ -25,7 +25,7 @@ def resolve_agents(cfg: AgentsConfig, fleet: tuple[str, ...], source: str) -> tu
         AgentSpec(id=f"{cfg.id_prefix}{i}", modalities=mods, device=cfg.device)
         for i, mods in enumerate(_interleave(mix))
     ]
-    agents = generated + [_check_listed(a, i, fleet, source) for i, a in enumerate(cfg.list)]
+    agents = generated + [_check_listed(a, i, fleet, source, cfg.device) for i, a in enumerate(cfg.list)]
     if not agents:
         raise ConfigError(source, "agents", "expected at least two agents (count, counts or list)")
     seen: set[str] = set()
@@ -38,8 +38,10 @@ def resolve_agents(cfg: AgentsConfig, fleet: tuple[str, ...], source: str) -> tu
 
 
 def multimodal_mix(count: int, fraction: float, fleet: tuple[str, ...]) -> dict[tuple[str, ...], int]:
-    """How many agents of each kind the one-knob mix gives: round(count*fraction) hold every
-    modality, the rest are unimodal, spread as evenly as possible over the modalities.
+    """Count the agents of each kind the one-knob mix gives.
+
+    round(count*fraction) hold every modality, the rest are unimodal, spread as evenly as possible
+    over the modalities.
     """
     n_multi = round(count * fraction) if len(fleet) > 1 else 0
     n_uni = count - n_multi
@@ -81,14 +83,17 @@ def _check_modalities(names: tuple[str, ...], fleet: tuple[str, ...], source: st
     return tuple(m for m in fleet if m in names)
 
 
-def _check_listed(agent: AgentSpec, i: int, fleet: tuple[str, ...], source: str) -> AgentSpec:
+def _check_listed(agent: ListedAgent, i: int, fleet: tuple[str, ...], source: str,
+                  default_device: str) -> AgentSpec:
+    # A listed agent without its own device inherits the fleet's `agents.device`.
     path = f"agents.list[{i}]"
     if not SAFE_ID.fullmatch(agent.id):
         raise ConfigError(source, f"{path}.id",
                           f"expected a safe MQTT topic level [A-Za-z0-9_-]{{1,64}}, got {agent.id!r}")
     mods = _check_modalities(agent.modalities, fleet, source, f"{path}.modalities")
-    check_device(agent.device, source, f"{path}.device")
-    return AgentSpec(id=agent.id, modalities=mods, device=agent.device, data=agent.data)
+    device = agent.device if agent.device is not None else default_device
+    check_device(device, source, f"{path}.device")
+    return AgentSpec(id=agent.id, modalities=mods, device=device, data=agent.data)
 
 
 def _interleave(mix: dict[tuple[str, ...], int]) -> list[tuple[str, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -89,6 +90,7 @@ def parse_config(raw: Any, source: str) -> FleetConfig:
     _check_comm(cfg)
     cfg = replace(cfg, agent_specs=resolve_agents(cfg.agents, modalities, source))
     check_topology(cfg.topology, [a.id for a in cfg.agent_specs], cfg.training.seed, source)
+    _check_quorum(cfg)
     _check_faults(cfg)
     return cfg
 
@@ -157,6 +159,24 @@ def _check_model(cfg: FleetConfig) -> None:
             raise ConfigError(cfg.source, "model.split",
                               f"ratio {':'.join(f'{s:g}' for s in split)} of latent "
                               f"{fam.latent} ({name}) leaves a slice with zero width")
+
+
+def _check_quorum(cfg: FleetConfig) -> None:
+    t, src, n = cfg.training, cfg.source, len(cfg.agent_specs)
+    quorum = t.quorum
+    if isinstance(quorum, str):
+        ok = quorum == "all"
+    elif isinstance(quorum, float):
+        ok = math.isfinite(quorum) and 0 < quorum <= 1
+    else:
+        ok = 1 <= quorum <= n
+    if not ok:
+        raise ConfigError(src, "training.quorum",
+                          f"expected 'all', a count of agents in [1, {n}] or a fraction in (0, 1], "
+                          f"got {quorum!r}")
+    if not (math.isfinite(t.start_timeout_s) and t.start_timeout_s > 0):
+        raise ConfigError(src, "training.start_timeout_s",
+                          f"expected seconds > 0, got {t.start_timeout_s}")
 
 
 def _check_comm(cfg: FleetConfig) -> None:

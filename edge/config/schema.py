@@ -6,6 +6,7 @@ See docs/ARCHITECTURE.md for where each section is used.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,20 @@ class AgentSpec:
 
 
 @dataclass(frozen=True)
+class ListedAgent:
+    """An agent of `agents.list` as written.
+
+    What it leaves out comes from the fleet defaults (`agents.device`) when the list is resolved
+    into `AgentSpec`s (edge.config.agents).
+    """
+
+    id: str
+    modalities: tuple[str, ...]
+    device: str | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentsConfig:
     """How agents are generated (`agents`): counts by kind or one multimodal-fraction knob, plus a list."""
 
@@ -117,7 +132,7 @@ class AgentsConfig:
     counts: dict[str, Annotated[int, Interval(ge=0, le=MAX_AGENTS)]] = field(default_factory=dict)
     device: str = DEFAULT_PROFILE
     id_prefix: str = "a"
-    list: tuple[AgentSpec, ...] = ()
+    list: tuple[ListedAgent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,10 @@ class TopologyConfig:
     resample_each_round: bool = False
 
 
+# `training.quorum` as code sees it: "all", a count of agents, or a fraction of the fleet.
+Quorum = Literal["all"] | int | float
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Local training and the round budget (`training`)."""
@@ -145,6 +164,12 @@ class TrainingConfig:
     weight_decay: Annotated[float, Interval(ge=0.0, le=10.0)] = 0.0
     momentum: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.9
     seed: Annotated[int, Interval(ge=0, le=MAX_SEED)] = 0
+    # Round 0 starts when this many agents are online (edge.net.quorum): "all", a count, or a
+    # fraction of the fleet in (0, 1] (an integer is a count: 1 is one agent, 1.0 all of them).
+    quorum: (Literal["all"] | Annotated[int, Interval(ge=1, le=MAX_AGENTS)]
+             | Annotated[float, Interval(gt=0.0, le=1.0)]) = "all"
+    # How long an agent waits for the quorum before it gives up with a non-zero exit status.
+    start_timeout_s: Annotated[float, Interval(gt=0.0, le=MAX_DEADLINE_S)] = 600.0
 
 
 @dataclass(frozen=True)
@@ -294,6 +319,22 @@ class FleetConfig:
         """Resolve a path from the config relative to the config file's folder."""
         p = Path(path)
         return p if p.is_absolute() else Path(self.source).parent / p
+
+
+def quorum_count(training: TrainingConfig, n_agents: int) -> int:
+    """How many agents must be online before round 0 starts.
+
+    `training.quorum` is "all" (every agent), an integer count, or a fraction of the fleet
+    (rounded up); the result is clipped to [1, n_agents]. Validated at load (edge.config.load).
+    """
+    quorum = training.quorum
+    if isinstance(quorum, str):
+        wanted = n_agents
+    elif isinstance(quorum, float):
+        wanted = math.ceil(quorum * n_agents - 1e-9)
+    else:
+        wanted = quorum
+    return max(1, min(n_agents, wanted))
 
 
 def consensus_step(comm: CommConfig) -> float:

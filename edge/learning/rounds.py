@@ -11,12 +11,20 @@ A round (docs/ARCHITECTURE.md §The life of one round):
 8. checkpoint, 9. the metrics row.
 
 Only the `Transport` differs between the simulator (in memory, lock-step) and a board (MQTT).
+
+Rounds are numbered by their 0-based index everywhere (files, logs, console, report, plots):
+"round 3 of 0-11" is the fourth of twelve rounds.
+
+Joining (`join_round`): an agent that starts while its neighbours are already past round 0 -
+late, restarted or back from a leave - joins at the first round whose inputs it can still
+receive, the round after its neighbours' current one; the rounds in between are *missed*, not
+trained alone. Its first round then waits for the neighbours' updates like any other round.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from edge.config.schema import FleetConfig
@@ -28,9 +36,11 @@ from edge.learning.sharing import combination
 from edge.learning.strategies import Schedule
 from edge.learning.transport import Transport
 from edge.records import MetricsRow
+from edge.summary import head_label
 
-# Extra fields for a row (CPU, memory, energy), given the round index and the wire bytes so far.
-Resources = Callable[[int, int], dict[str, float | str]]
+# Extra fields for a row (CPU, memory, energy, rejections), given the round index and the wire
+# bytes so far; their names and types are MetricsRow's optional fields.
+Resources = Callable[[int, int], Mapping[str, object]]
 
 
 @dataclass
@@ -42,12 +52,40 @@ class AgentRounds:
     learner: Learner
     holdings: Holdings          # every agent's branches: who can mix what with whom
     schedule: Schedule
-    start_round: int = 0        # > 0 when resuming from a checkpoint
+    start_round: int = 0        # > 0 when resuming or joining a fleet already under way
 
 
 def publishes_after(round_idx: int, rounds: int) -> bool:
     """Whether an agent publishes after `round_idx`: not after the last round, which nobody mixes."""
     return round_idx < rounds - 1
+
+
+def join_round(resume_round: int, neighbour_rounds: Iterable[int]) -> int:
+    """Return the round an agent starts at, from its resume round and its neighbours' rounds.
+
+    The neighbours' rounds come from their statuses (-1 while they wait for the quorum).
+
+    Round r mixes the neighbours' updates of round r-1, and an MQTT update is not retained: an
+    agent can only mix what is published after it subscribed. With its neighbours in round F > 0,
+    their round F-1 updates are gone, so it joins at F+1 and mixes their round F updates. Round 0
+    mixes nothing, so an agent whose neighbours are at round 0 (or waiting) loses nothing by
+    starting at `resume_round`.
+
+    Parameters
+    ----------
+    resume_round : int
+        0 for a fresh agent, the round after its checkpoint for a restarted one.
+    neighbour_rounds : iterable of int
+        Current round of each online neighbour.
+
+    Returns
+    -------
+    int
+        max(resume_round, F + 1) with F the furthest neighbour when F > 0, else resume_round;
+        rounds resume_round .. result - 1 are missed.
+    """
+    furthest = max(neighbour_rounds, default=-1)
+    return max(resume_round, furthest + 1) if furthest > 0 else resume_round
 
 
 def run_rounds(run: AgentRounds, transport: Transport,
@@ -65,13 +103,13 @@ def run_rounds(run: AgentRounds, transport: Transport,
     kind = combination(learner.data.modalities)
     for round_idx in range(run.start_round, rounds):
         round_started = time.perf_counter()
+        transport.begin_round(round_idx)
         graph = build_graph(cfg.topology, ids, cfg.training.seed, round_idx, cfg.source)
         plan = mixing_plan(agent, graph, run.holdings)
-        # Updates neighbours published after the previous round. Right after a (re)start nothing
-        # more of that round can still arrive, so the first round of a run does not wait.
+        # Updates neighbours published after the previous round. A (re)joining agent starts at a
+        # round whose inputs are still to come (see join_round), so its first round waits too.
         wait_started = time.perf_counter()
-        received = (transport.collect(round_idx - 1, plan, wait=round_idx > run.start_round)
-                    if round_idx > 0 else {})
+        received = transport.collect(round_idx - 1, plan, wait=True) if round_idx > 0 else {}
         wait_s = time.perf_counter() - wait_started
         public = transport.public_copies(plan)
         # Mix and train, guarded: a non-finite model is restored and the neighbour skipped.
@@ -88,7 +126,8 @@ def run_rounds(run: AgentRounds, transport: Transport,
         sent, received_bytes = transport.wire_bytes()
         row: MetricsRow = {
             "agent": agent, "kind": kind, "round": round_idx, "rounds": rounds,
-            "accuracy": evaluation.accuracy, "head_accuracy": evaluation.head_accuracy,
+            "accuracy": evaluation.accuracy,
+            "head_accuracy": {head_label(h, kind): a for h, a in evaluation.head_accuracy.items()},
             "n_test": evaluation.n_test, "train_loss": stats["loss"], "train_s": train_s,
             "wait_s": wait_s, "round_s": time.perf_counter() - round_started,
             "mixed_from": mixed_from, "bytes_sent": sent, "bytes_received": received_bytes,

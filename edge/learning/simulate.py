@@ -29,7 +29,7 @@ from edge.learning.strategies import get_strategy
 from edge.learning.transport import InMemoryBus, InMemoryTransport, update_sender
 from edge.net.byzantine import ByzantineTransport
 from edge.records import AgentInfo, MetricsRow, StrategyBlock, SummaryDoc
-from edge.summary import fleet_header, strategy_block
+from edge.summary import fleet_header, round_span, strategy_block
 
 Progress = Callable[[str], None]
 
@@ -96,9 +96,10 @@ def simulate_strategy(cfg: FleetConfig, strategy_name: str, arch: str,
 
 def _conflict_after_mixing(cfg: FleetConfig, learners: dict[str, Learner], table: Holdings,
                            bus: InMemoryBus, round_idx: int) -> dict[str, dict[str, float | None]]:
-    """Gradient conflict measured on the models right after round `round_idx`'s mixing, i.e. on
-    the weights the holders share, before local training pulls them apart again (the models are
-    restored afterwards).
+    """Measure gradient conflict on the models right after round `round_idx`'s mixing.
+
+    That is on the weights the holders share, before local training pulls them apart again (the
+    models are restored afterwards).
     """
     graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, round_idx, cfg.source)
     grads: dict[str, dict[str, np.ndarray]] = {}
@@ -122,7 +123,7 @@ def _progress_line(name: str, round_idx: int, rounds: int, rows: list[MetricsRow
         by_kind.setdefault(row["kind"], []).append(row["accuracy"])
     overall = np.mean([r["accuracy"] for r in rows])
     parts = " ".join(f"{k} {np.mean(v):.3f}" for k, v in by_kind.items())
-    return f"[{name}] round {round_idx + 1}/{rounds}  accuracy {overall:.3f}  ({parts})"
+    return f"[{name}] round {round_idx} of {round_span(rounds)}: accuracy {overall:.3f} ({parts})"
 
 
 def simulate_fleet(cfg: FleetConfig, strategies: list[str], arch: str, rounds: int | None = None,

@@ -1,5 +1,7 @@
-"""How branches travel between agents: the `Transport` protocol the round loop talks to, the codec
-set-up every transport shares, and the in-memory transport of the simulator.
+"""How branches travel between agents: the `Transport` protocol, codec set-up, in-memory transport.
+
+The round loop talks to a `Transport`; every transport shares the codec set-up; the simulator
+uses the in-memory one.
 
 The networked agent's transport (MQTT) lives in edge.net.mqtt_transport; trial impairments
 (delay, loss) wrap either in edge.net.impaired. Whatever the transport, an update passes through the
@@ -26,6 +28,9 @@ Received = dict[str, dict[str, np.ndarray]]
 class Transport(Protocol):
     """What the round loop (edge.learning.rounds) needs from whatever carries branch updates."""
 
+    def begin_round(self, round_idx: int) -> None:
+        """Enter round `round_idx` (a networked agent announces it in its status)."""
+
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
         """Neighbours' updates of `round_idx` for every planned branch.
 
@@ -44,7 +49,7 @@ class Transport(Protocol):
 
 
 def update_sender(cfg: FleetConfig, agent_id: str) -> UpdateSender:
-    """An agent's encoder for its branch updates, as the config's `comm` section says."""
+    """Build an agent's encoder for its branch updates, as the config's `comm` section says."""
     comm = cfg.comm
     spec = codec_spec(comm.codec, comm.topk_fraction, comm.difference_coding, comm.error_feedback,
                       keyframe_codec=comm.keyframe_codec)
@@ -65,7 +70,7 @@ class InMemoryBus:
         self.published.setdefault((round_idx, sender), {})[key] = (public_copy, encoded_bytes)
 
     def copies(self, round_idx: int, sender: str) -> dict[str, np.ndarray]:
-        """What `sender` published in round `round_idx` (branch key -> public copy)."""
+        """Return what `sender` published in round `round_idx` (branch key -> public copy)."""
         return {k: v for k, (v, _) in self.published.get((round_idx, sender), {}).items()}
 
     def forget_before(self, round_idx: int) -> None:
@@ -75,8 +80,10 @@ class InMemoryBus:
 
 
 class InMemoryTransport:
-    """One agent's view of an `InMemoryBus`: publishing encodes through the agent's real codec
-    state and posts the public copy; collecting never waits (agents step in lock-step).
+    """One agent's view of an `InMemoryBus`.
+
+    Publishing encodes through the agent's real codec state and posts the public copy; collecting
+    never waits (agents step in lock-step).
     """
 
     def __init__(self, bus: InMemoryBus, sender: UpdateSender, signatures: dict[str, str]) -> None:
@@ -85,6 +92,9 @@ class InMemoryTransport:
         self.signatures = signatures  # branch key -> signature, as announced to neighbours
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    def begin_round(self, round_idx: int) -> None:
+        """Nothing to announce: the simulator steps every agent in lock-step."""
 
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
         """Every planned neighbour's update of `round_idx` that was published."""

@@ -1,5 +1,8 @@
-"""The networked agent: what runs on a board. The round loop of edge.learning.rounds over MQTT,
-with resource and energy metering, checkpoints to resume from, and a metrics file.
+"""The networked agent: what runs on a board.
+
+The round loop of edge.learning.rounds over MQTT, behind a start barrier (quorum, or joining a
+fleet under way: edge.net.quorum), with resource and energy metering, checkpoints to resume from,
+a metrics file and a narration of what happens.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +21,12 @@ import torch
 
 from devices.energy import EnergyMeter
 from devices.meters import ResourceMeter
-from edge.config.schema import FleetConfig
+from edge.config.schema import FleetConfig, quorum_count
 from edge.config.topology import build_graph
 from edge.data.fleet_data import agent_data, fleet_info
 from edge.errors import UserError
 from edge.learning.checkpoint import load_checkpoint, restore_into, save_checkpoint
+from edge.learning.gossip import Holdings, mixing_plan
 from edge.learning.learner import Learner, holdings, make_learner
 from edge.learning.rounds import AgentRounds, run_rounds
 from edge.learning.sharing import combination
@@ -29,7 +34,9 @@ from edge.learning.strategies import networked_strategy
 from edge.net.byzantine import ByzantineTransport
 from edge.net.impaired import ImpairedTransport
 from edge.net.mqtt_transport import MqttTransport
+from edge.net.quorum import StartDecision, await_start
 from edge.records import AgentBytes, BranchBytes, FinalDoc, MetricsRow
+from edge.summary import round_ranges, round_span
 
 log = logging.getLogger(__name__)
 
@@ -40,77 +47,168 @@ class Stopped(KeyboardInterrupt):
 
 def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
               strategy_name: str | None = None, arch: str | None = None,
-              energy_mode: str = "auto", progress: Callable[[str], None] | None = None) -> FinalDoc:
+              energy_mode: str = "auto", progress: Callable[[str], None] | None = None,
+              force: bool = False) -> FinalDoc:
     """Run (or resume) one agent to the last round; returns its final.json document.
+
+    The agent announces itself, waits for the fleet's quorum or joins a fleet under way
+    (edge.net.quorum), runs its rounds and writes `out_dir/agents/<id>/{metrics.jsonl,
+    checkpoint.pt,final.json}`. `progress` receives the agent's narration, one line at a time.
 
     Raises
     ------
     UserError
-        For an agent id not in the fleet, a strategy that is not networked, or a checkpoint in
-        `out_dir` that belongs to another agent or strategy.
+        For an agent id not in the fleet, a strategy that is not networked, a checkpoint in
+        `out_dir` that belongs to another agent or strategy, or a finished agent folder (its
+        final.json exists) without `force`.
+    QuorumTimeout
+        When the quorum is not reached within `training.start_timeout_s`.
     """
+    say = _narrator(agent_id, progress)
     spec = cfg.agent(agent_id)
     strategy = networked_strategy(strategy_name or cfg.strategy)
     model_arch = strategy.arch(arch or cfg.model.arch)
     schedule = strategy.schedule(cfg.training.rounds, cfg.training.local_epochs)
+    agent_dir = out_dir / "agents" / agent_id
+    claim_agent_folder(agent_dir, force)
     torch.set_num_threads(1)  # agents share the board's cores; tiny models gain nothing from more
-    meter = ResourceMeter().start()
+    meter = ResourceMeter(memory_detail=True).start()
     energy = EnergyMeter(spec.device, mode=energy_mode).start()
     started = time.perf_counter()
+    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     info = fleet_info(cfg)
     learner = make_learner(cfg, spec, agent_data(cfg)[agent_id], info, strategy.sharing, model_arch)
     table = holdings(cfg, info, strategy.sharing, model_arch)
-    agent_dir = out_dir / "agents" / agent_id
-    agent_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = agent_dir / "checkpoint.pt"
-    start_round = _resume(learner, ckpt_path, strategy.name, agent_id)
-    graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, start_round, cfg.source)
-    mqtt = MqttTransport(cfg, spec, learner.branches, url, graph, table)
+    resume_round = _resume(learner, ckpt_path, strategy.name, agent_id)
+    if resume_round:
+        say(f"resuming from its checkpoint after round {resume_round - 1}")
+    graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, resume_round, cfg.source)
+    mqtt = MqttTransport(cfg, spec, learner.branches, url, graph, table, first_round=resume_round,
+                         on_event=say)
     transport = ImpairedTransport.for_agent(ByzantineTransport.for_agent(mqtt, cfg, agent_id),
                                             cfg, agent_id)
-    run = AgentRounds(cfg, agent_id, learner, table, schedule, start_round)
-    rounds_done = start_round
+    rounds_done = resume_round
+    decision: StartDecision | None = None
 
     def checkpoint(round_idx: int) -> None:
         save_checkpoint(ckpt_path, cfg, learner, agent_id, round_idx, strategy.name)
 
-    def resources(round_idx: int, wire_bytes: int) -> dict[str, float | str]:
+    def resources(round_idx: int, wire_bytes: int) -> dict[str, object]:
         usage = meter.sample()
         return {"cpu_s": usage.cpu_s, "rss_mb": usage.peak_rss_mb,
+                "uss_mib": usage.peak_uss_mib, "pss_mib": usage.peak_pss_mib,
                 "energy_j": energy.read(usage, wire_bytes).energy_j,
-                "energy_source": energy.source}
+                "energy_source": energy.source, "rejected": _rejections(mqtt)}
 
     _install_signal_handlers()
     try:
         mqtt.start()
-        mqtt.wait_for_neighbours(set(graph[agent_id]), cfg.comm.deadline_s,
-                                 offline_is_final=start_round > 0)
+        say(f"connected to {mqtt.client.address.url}; {len(cfg.agent_ids)} agents in fleet "
+            f"{cfg.fleet}, rounds {round_span(schedule.rounds)}")
+        neighbours = (set(cfg.agent_ids) if cfg.topology.resample_each_round
+                      else set(mqtt.neighbours.configured_neighbours(agent_id)))
+        decision = await_start(mqtt.neighbours, agent_id, cfg.agent_ids, neighbours,
+                               quorum_count(cfg.training, len(cfg.agent_ids)), resume_round,
+                               cfg.training.start_timeout_s, say)
+        say(_describe_start(decision, schedule.rounds))
+        mqtt.first_round = decision.start_round
+        rounds_done = max(rounds_done, min(decision.start_round, schedule.rounds))
+        run = AgentRounds(cfg, agent_id, learner, table, schedule, decision.start_round)
+        rejected = 0
         for row in run_rounds(run, transport, checkpoint, resources):
             _append_jsonl(agent_dir / "metrics.jsonl", row)
             mqtt.publish_metrics(row)
             rounds_done = row["round"] + 1
-            if progress:
-                progress(f"[{agent_id}] round {row['round'] + 1}/{row['rounds']} accuracy "
-                         f"{row['accuracy']:.3f} waited {row['wait_s']:.2f} s")
+            say(_describe_round(row, cfg, agent_id, table))
+            now_rejected = sum(row.get("rejected", {}).values())
+            if now_rejected > rejected:
+                reasons = ", ".join(f"{k} {n}" for k, n in sorted(row.get("rejected", {}).items()))
+                say(f"updates rejected so far: {reasons}")
+                rejected = now_rejected
     finally:
         mqtt.stop()
     usage = meter.stop()
     sent, received_bytes = mqtt.wire_bytes()
     result = energy.stop(usage, sent + received_bytes)
     energy.close()
+    first_round = decision.start_round if decision is not None else resume_round
     final: FinalDoc = {
         "agent": agent_id, "kind": combination(spec.modalities), "rounds_completed": rounds_done,
-        "resumed_from_round": start_round, "wall_s": time.perf_counter() - started,
+        "resumed_from_round": resume_round, "wall_s": time.perf_counter() - started,
         "cpu_s": usage.cpu_s, "peak_rss_mb": usage.peak_rss_mb,
         "energy_j": result.energy_j, "energy_source": result.source,
         "bytes": _bytes_block(mqtt),
-        "rejected": {r.value: n for r, n in mqtt.receiver.rejections.items()},
+        "rejected": _rejections(mqtt),
         "updates_dropped_by_fault": transport.updates_dropped,
         "faults": {"delay_ms": transport.delay_ms, "loss_percent": transport.loss_percent},
+        "started_utc": started_utc,
+        "first_round": first_round,
+        "missed_rounds": decision.missed_rounds if decision is not None else [],
+        "quorum_wait_s": decision.waited_s if decision is not None else 0.0,
+        "peak_uss_mib": usage.peak_uss_mib, "peak_pss_mib": usage.peak_pss_mib,
     }
     _write_json(agent_dir / "final.json", final)
+    say(f"done: through round {rounds_done - 1}, final.json written")
     return final
+
+
+def claim_agent_folder(agent_dir: Path, force: bool) -> None:
+    """Make `agent_dir` ready for a run; refuse a finished agent's folder unless `force`.
+
+    `force` clears it; an unfinished one (checkpoint, no final.json) is resumed.
+
+    Raises
+    ------
+    UserError
+        When `agent_dir/final.json` exists and `force` is False.
+    """
+    final = agent_dir / "final.json"
+    if final.exists() and not force:
+        raise UserError(f"{agent_dir}: final.json: this agent already finished; expected a new --out, "
+                        "or --force to start it over (its record there is deleted)")
+    if force:
+        for name in ("final.json", "metrics.jsonl", "checkpoint.pt"):
+            (agent_dir / name).unlink(missing_ok=True)
+    agent_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _narrator(agent_id: str, progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    if progress is None:
+        return lambda line: None
+    return lambda line: progress(f"[{agent_id}] {line}")
+
+
+def _describe_start(decision: StartDecision, rounds: int) -> str:
+    span = round_span(rounds)
+    if decision.missed_rounds:
+        gap = round_ranges(decision.missed_rounds)
+        if decision.start_round >= rounds:
+            return (f"the fleet is past its last round (neighbours at round {decision.fleet_round}); "
+                    f"missed rounds {gap}: nothing left to run")
+        return (f"joins the fleet at round {decision.start_round} of {span} (neighbours at round "
+                f"{decision.fleet_round}); missed rounds {gap}")
+    if decision.fleet_round > 0:
+        return (f"the fleet is under way (neighbours at round {decision.fleet_round}); starting "
+                f"round {decision.start_round} of {span}")
+    return (f"quorum reached: {decision.online} agents online after {decision.waited_s:.1f} s; "
+            f"starting round {decision.start_round} of {span}")
+
+
+def _describe_round(row: MetricsRow, cfg: FleetConfig, agent_id: str, table: Holdings) -> str:
+    round_idx = row["round"]
+    graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, round_idx, cfg.source)
+    planned = {j for weights in mixing_plan(agent_id, graph, table).values() for j in weights}
+    planned.discard(agent_id)
+    mixed = {j for senders in row["mixed_from"].values() for j in senders}
+    mixing = f", mixed {len(mixed)}/{len(planned)} neighbours" if round_idx > 0 and planned else ""
+    return (f"round {round_idx} of {round_span(row['rounds'])}: accuracy {row['accuracy']:.3f}"
+            f"{mixing}, waited {row['wait_s']:.2f} s")
+
+
+def _rejections(mqtt: MqttTransport) -> dict[str, int]:
+    return {r.value: n for r, n in mqtt.receiver.rejections.items()}
 
 
 def _resume(learner: Learner, ckpt_path: Path, strategy: str, agent_id: str) -> int:
@@ -122,7 +220,6 @@ def _resume(learner: Learner, ckpt_path: Path, strategy: str, agent_id: str) -> 
         raise UserError(f"{ckpt_path}: checkpoint of {ckpt.agent_id}/{ckpt.strategy}, "
                         f"expected {agent_id}/{strategy}; use another --out")
     restore_into(learner, ckpt)  # refuses a checkpoint written under another config
-    log.info("resuming %s after round %d", agent_id, ckpt.round_idx)
     return ckpt.round_idx + 1
 
 

@@ -1,5 +1,6 @@
-"""Trial impairments applied by the agent itself: a transport wrapper that delays and drops
-outgoing updates (the `delay` and `loss` faults of a fleet config).
+"""Trial impairments applied by the agent itself: a transport wrapper that delays and drops.
+
+It delays and drops outgoing updates (the `delay` and `loss` faults of a fleet config).
 
 These are application-level stand-ins: the update never reaches the network. The virtual field
 (real namespaces, `tc` and `nftables`) impairs the link instead.
@@ -19,8 +20,10 @@ from edge.learning.transport import Received, Transport
 
 
 class ImpairedTransport:
-    """Wraps a transport: every publish waits `delay_ms`, and each branch update is dropped with
-    probability `loss_percent` / 100 (seeded, so a trial is repeatable).
+    """Wraps a transport: publishes wait `delay_ms`, branch updates drop at `loss_percent`.
+
+    Each branch update is dropped with probability `loss_percent` / 100 (seeded, so a trial is
+    repeatable).
     """
 
     def __init__(self, inner: Transport, delay_ms: float, loss_percent: float, seed: str) -> None:
@@ -32,11 +35,15 @@ class ImpairedTransport:
 
     @classmethod
     def for_agent(cls, inner: Transport, cfg: FleetConfig, agent_id: str) -> ImpairedTransport:
-        """The impairments the config's faults give `agent_id` (none: a pass-through)."""
+        """Build the impairments the config's faults give `agent_id` (none: a pass-through)."""
         delay_ms = sum(f.delay_ms for f in cfg.faults if f.kind == "delay" and agent_id in f.agents)
         loss = max([f.loss_percent for f in cfg.faults if f.kind == "loss" and agent_id in f.agents],
                    default=0.0)
         return cls(inner, delay_ms, loss, f"{cfg.training.seed}/{agent_id}/loss")
+
+    def begin_round(self, round_idx: int) -> None:
+        """Unimpaired."""
+        self.inner.begin_round(round_idx)
 
     def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
         """Delay, drop some branches, pass the rest on."""

@@ -1,6 +1,10 @@
 """The networked agent's transport: its branches published over MQTT, an inbox of its neighbours'.
 
 Implements `edge.learning.transport.Transport`; trial impairments wrap it (edge.net.impaired).
+The retained status says where the agent is: the round it runs (`round`, -1 while it waits for
+the quorum; the next round as soon as this round's updates are published) and the first round
+this process runs (`first_round`). Neighbours read both: the
+quorum and the join round (edge.net.quorum), and whom to wait for in a round (`_missing`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -37,7 +41,8 @@ class MqttTransport:
     """One agent's connection: status, its updates out, neighbours' updates in (by round)."""
 
     def __init__(self, cfg: FleetConfig, spec: AgentSpec, branches: dict[str, Branch],
-                 url: str, graph: Graph, holdings: Holdings) -> None:
+                 url: str, graph: Graph, holdings: Holdings, first_round: int = 0,
+                 on_event: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.agent_id = spec.id
         self.spec = spec
@@ -53,6 +58,12 @@ class MqttTransport:
         self._latest_round: dict[str, int] = {}  # newest round seen from each sender
         self._arrived = threading.Condition()
         self._announced_on = 0
+        self.round_idx = -1               # announced in the status; -1 until round 0 starts
+        self.first_round = first_round    # the first round this process runs
+        self.say = on_event or (lambda line: None)
+        self._seen_offline: set[str] = set()   # neighbours we saw leave (for "back" events)
+        self._returning: set[str] = set()      # back online, not yet running a round
+        self._broker_lost = False
         tls = cfg.broker.tls
         self.client = MqttClient(
             url, f"{cfg.fleet}-{spec.id}", on_message=self._on_message,
@@ -81,12 +92,13 @@ class MqttTransport:
         self.announce()
 
     def announce(self) -> None:
-        """Publish our retained status (again after a reconnect: a restarted broker without
-        persistence has forgotten it).
+        """Publish our retained status.
+
+        Again after a reconnect: a restarted broker without persistence has forgotten it.
         """
         status = AgentStatus(self.agent_id, True, self.spec.modalities,
                              {k: b.signature for k, b in self.branches.items()},
-                             self.spec.device, software_version())
+                             self.spec.device, software_version(), self.round_idx, self.first_round)
         self.client.publish(topics.status_topic(self.cfg.fleet, self.agent_id),
                             encode_status(status), retain=True)
         self._announced_on = self.client.connect_count
@@ -95,38 +107,36 @@ class MqttTransport:
         """Mark ourselves offline, flush, disconnect."""
         self.client.stop(publish_will=True)
 
-    def wait_for_neighbours(self, neighbours: set[str], timeout_s: float,
-                            offline_is_final: bool = False) -> set[str]:
-        """Block until the given agents are online (or timeout); return the ones that are.
-
-        With `offline_is_final` (a resumed agent), a neighbour that announced it is offline
-        is not waited for: it has finished or left, and waiting would only cost the timeout.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            online = neighbours & self.neighbours.online_agents()
-            known = {n for n in neighbours if self.neighbours.status(n) is not None}
-            settled = known == neighbours if offline_is_final else online == neighbours
-            if settled or time.monotonic() >= deadline:
-                return online
-            time.sleep(0.05)
+    def begin_round(self, round_idx: int) -> None:
+        """Announce that we run round `round_idx` (retained status: joiners read it)."""
+        self.round_idx = round_idx
+        self.announce()
 
     # --- updates ------------------------------------------------------------------------------
     def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
-        """Encode and publish this round's branches."""
+        """Encode and publish this round's branches, then announce the next round.
+
+        From here on round `round_idx`'s updates are out: an agent joining now must mix the next
+        round's, so the status says `round_idx + 1` (edge.learning.rounds.join_round).
+        """
         for key, vector in outbox.items():
             branch = self.branches[key]
             self.client.publish_many(self.sender.encode(round_idx, key, branch.signature, vector))
+        self.round_idx = round_idx + 1
+        self.announce()
 
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
-        """Neighbours' updates of `round_idx` for every planned branch, waiting (with `wait`) at
-        most `comm.deadline_s` for online neighbours; late or offline ones are simply absent.
+        """Collect the neighbours' updates of `round_idx` for every planned branch.
+
+        With `wait`, wait at most `comm.deadline_s` for online neighbours that ran that round;
+        late or offline ones are simply absent.
         """
         if self.client.connect_count != self._announced_on:
             self.announce()
         deadline = time.monotonic() + (self.cfg.comm.deadline_s if wait else 0.0)
         with self._arrived:
             while True:
+                self._watch_broker()
                 missing = self._missing(round_idx, plan)
                 remaining = deadline - time.monotonic()
                 if not missing or remaining <= 0:
@@ -146,9 +156,27 @@ class MqttTransport:
                 for key in plan}
         # A neighbour already past this round sent its update of it, or it was lost (e.g. we
         # were not subscribed yet after a restart): either way there is nothing to wait for.
+        # One that joined after this round (its status' first_round) never sends it.
         return [(key, j) for key, weights in plan.items() for j in weights
                 if j in live[key] and self._latest_round.get(j, -1) <= round_idx
+                and self._first_round(j) <= round_idx
                 and j not in self._inbox.get((round_idx, key), {})]
+
+    def _first_round(self, agent: str) -> int:
+        status = self.neighbours.status(agent)
+        return status.first_round if status is not None else 0
+
+    def _watch_broker(self) -> None:
+        # Narrate the connection: paho reconnects by itself, the agent only says what happens.
+        connected = self.client.is_connected
+        if not connected and not self._broker_lost:
+            self._broker_lost = True
+            self.say(f"broker connection lost ({self.client.address.url}); reconnecting")
+        elif connected and self._broker_lost:
+            self._broker_lost = False
+            self.say(f"broker connection back ({self.client.address.url})")
+            if self.client.connect_count != self._announced_on:
+                self.announce()
 
     def public_copies(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
         """Our branches as the neighbours decoded them (for CHOCO-style mixing)."""
@@ -170,8 +198,10 @@ class MqttTransport:
         if info is None or info.fleet != self.cfg.fleet:
             return
         if info.kind == "status":
+            before = self.neighbours.status(info.agent or "")
             self.neighbours.observe(topic, payload)
             status = self.neighbours.status(info.agent or "")
+            self._narrate_presence(before, status)
             if status is not None and not status.online:
                 # It may come back from an older checkpoint: its next update must not be
                 # judged against what it sent before it left.
@@ -196,6 +226,27 @@ class MqttTransport:
             asked = parse_keyframe_request(payload)
             if asked is not None and asked.target == self.agent_id:
                 self.sender.request_keyframe(asked.branch_key)
+
+    def _narrate_presence(self, before: AgentStatus | None, after: AgentStatus | None) -> None:
+        """Say when one of our configured neighbours goes offline or comes back."""
+        if after is None or after.agent not in self.neighbours.configured_neighbours(self.agent_id):
+            return
+        was_online = before is not None and before.online
+        if was_online and not after.online:
+            assert before is not None
+            if before.round_idx >= self.cfg.training.rounds - 1:
+                self.say(f"neighbour {after.agent} finished")
+                return
+            self._seen_offline.add(after.agent)
+            self._returning.discard(after.agent)
+            self.say(f"neighbour {after.agent} offline (it was in round {before.round_idx})")
+        elif after.online and not was_online and after.agent in self._seen_offline:
+            self._seen_offline.discard(after.agent)
+            self._returning.add(after.agent)
+            self.say(f"neighbour {after.agent} back online")
+        elif after.agent in self._returning and after.round_idx >= 0:
+            self._returning.discard(after.agent)
+            self.say(f"neighbour {after.agent} joins at round {after.first_round}")
 
     # --- accounting ---------------------------------------------------------------------------
     def wire_bytes(self) -> tuple[int, int]:

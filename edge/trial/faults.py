@@ -3,8 +3,10 @@
 Trigger rule ("the fleet reaches round r"):
 - `leave` of agent X at round r: when X itself has reported round r-1, so X never runs round r
   (r = 0: X is not started with the others);
-- its return at round R: when any *other* agent has reported round R-1, i.e. the first agents are
-  entering round R; X restarts with the same --out and resumes from its checkpoint;
+- its return at round R: when any *other* agent has reported round R-2, i.e. the first agents are
+  entering round R-1; X restarts with the same --out, loads its checkpoint and joins at its
+  neighbours' next round (edge.learning.rounds.join_round): R when it is up within a round, later
+  if its start-up takes longer. The rounds it was away are missed, not trained alone;
 - `broker-restart` at round r: when any agent has reported round r-1 (updates of round r-1 are in
   flight); the embedded broker is stopped and started again on the same port. An external broker
   (mqtt://...) is not the runner's to restart: the fault is reported as skipped.
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 
 from edge.config.schema import FaultConfig
 from edge.records import MetricsRow
+from edge.summary import round_ranges
 from edge.trial.coverage import sender_coverage
 
 
@@ -54,12 +57,12 @@ class FaultRecord:
     outcome: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready data."""
+        """Return the record as JSON-ready data."""
         return asdict(self)
 
 
 def fault_record(fault: FaultConfig) -> FaultRecord:
-    """A fresh record for one configured fault."""
+    """Make a fresh record for one configured fault."""
     timed = fault.kind in ("leave", "broker-restart")
     record = FaultRecord(
         kind=fault.kind, round=fault.round if timed else None,
@@ -97,7 +100,7 @@ class FaultPlan:
                 elif rec.status == "injected" and f.return_round is not None \
                         and i not in self._returned:
                     others = [r for a, r in completed.items() if a != f.agent]
-                    if others and max(others) >= f.return_round - 1:
+                    if others and max(others) >= f.return_round - 2:
                         actions.append(Action("start", i, f.agent))
             elif f.kind == "broker-restart" and rec.status == "pending" \
                     and max(completed.values(), default=-1) >= f.round - 1:
@@ -138,8 +141,9 @@ def _pct(value: float | None) -> str:
 
 def describe_outcomes(records: list[FaultRecord], rows_by_agent: dict[str, list[MetricsRow]],
                       coverage: dict[str, Any], rounds: int) -> None:
-    """Fill in `resumed_at_round` and a one-line `outcome` for every record, from the rows and
-    the mix coverage (see edge.coverage).
+    """Fill in `resumed_at_round` and a one-line `outcome` for every record.
+
+    From the rows and the mix coverage (see edge.trial.coverage).
     """
     completed = {a: len({int(r["round"]) for r in rows}) for a, rows in rows_by_agent.items()}
     done = sum(1 for n in completed.values() if n >= rounds)
@@ -164,9 +168,11 @@ def describe_outcomes(records: list[FaultRecord], rows_by_agent: dict[str, list[
             if rec.rows_before_return is not None:
                 if len(rows) > rec.rows_before_return:
                     rec.resumed_at_round = int(rows[rec.rows_before_return]["round"])
-                    how = "from its checkpoint" if rec.resumed_at_round > 0 else "no checkpoint yet"
-                    text += (f"; it came back and started at round {rec.resumed_at_round} ({how}), "
-                             f"{completed.get(rec.agent, 0)}/{rounds} rounds done")
+                    trained = {int(r["round"]) for r in rows}
+                    missed = [r for r in range(rounds) if r not in trained]
+                    text += (f"; it came back and joined at round {rec.resumed_at_round}; "
+                             f"{len(trained)}/{rounds} rounds trained, {len(missed)} missed"
+                             + (f" ({round_ranges(missed)})" if missed else ""))
                 else:
                     text += "; it was restarted but wrote no further rounds"
             rec.outcome = f"{text}; {everyone}"

@@ -1,15 +1,37 @@
-"""PNG plots of a trial: accuracy per round by agent kind, cumulative MB per agent, energy per agent.
+"""PNG plots of a trial: accuracy and traffic by agent kind over rounds, energy per agent.
 
-matplotlib (the `report` extra) is imported here only, with the Agg backend (no display needed).
+Accuracy per round by agent kind (mean and the spread of its agents), cumulative traffic by agent
+kind, energy per agent. Every plot over rounds marks the faults and events (an agent leaving,
+rejoining, killed and restarted; the broker restarting).
+
+Rounds are the 0-based index of metrics.jsonl; traffic is MB (10^6 B). matplotlib (the `report`
+extra) is imported here only, with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge.records import MetricsRow, SummaryDoc
+
+
+class Band(NamedTuple):
+    """One kind's value per round: mean over its agents, and the lowest and highest agent."""
+
+    rounds: list[int]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+
+
+class Marker(NamedTuple):
+    """A vertical mark on a round axis."""
+
+    round: float
+    label: str
+    color: str
 
 
 def _pyplot() -> Any:
@@ -21,12 +43,21 @@ def _pyplot() -> Any:
     return plt
 
 
-def accuracy_by_kind(rows: list[MetricsRow]) -> dict[str, list[tuple[int, float]]]:
-    """Kind -> [(round, mean accuracy of that kind's agents in the round)]."""
+def _band(cells: dict[int, list[float]]) -> Band:
+    rounds = sorted(cells)
+    return Band(rounds, [sum(cells[r]) / len(cells[r]) for r in rounds],
+                [min(cells[r]) for r in rounds], [max(cells[r]) for r in rounds])
+
+
+def accuracy_by_kind(rows: list[MetricsRow]) -> dict[str, Band]:
+    """Map kind -> per round: mean, lowest and highest accuracy of that kind's agents.
+
+    An agent's later row counts for a round it ran twice.
+    """
     cells: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
         cells[str(row.get("kind", "?"))][int(row["round"])][row["agent"]] = float(row["accuracy"])
-    return {k: [(r, sum(v.values()) / len(v)) for r, v in sorted(by_round.items())]
+    return {k: _band({r: list(v.values()) for r, v in by_round.items()})
             for k, by_round in sorted(cells.items())}
 
 
@@ -45,40 +76,99 @@ def cumulative_mb(rows: list[MetricsRow]) -> dict[str, list[tuple[int, float]]]:
     return dict(sorted(out.items()))
 
 
+def cumulative_mb_by_kind(rows: list[MetricsRow]) -> dict[str, Band]:
+    """Kind -> per round: mean, lowest and highest cumulative MB of that kind's agents."""
+    kind_of = {row["agent"]: str(row.get("kind", "?")) for row in rows}
+    cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for agent, points in cumulative_mb(rows).items():
+        for round_idx, mb in dict(points).items():   # the later value of a round run twice
+            cells[kind_of[agent]][round_idx].append(mb)
+    return {k: _band(by_round) for k, by_round in sorted(cells.items())}
+
+
+def markers(doc: SummaryDoc) -> list[Marker]:
+    """List the faults and events to mark on the round axis.
+
+    Leave (at its round), rejoin (the round the agent joined at), broker restart, an agent killed
+    and restarted (after the round it had reported).
+    """
+    trial = doc["trial"]
+    out: list[Marker] = []
+    for f in trial.get("faults", []):
+        if f["status"] != "injected":
+            continue
+        if f["kind"] == "leave":
+            out.append(Marker(f["round"] - 0.5, f"{f['agent']} leaves", "tab:red"))
+            back = f.get("resumed_at_round")
+            if back is not None:
+                out.append(Marker(back - 0.5, f"{f['agent']} rejoins", "tab:green"))
+        elif f["kind"] == "broker-restart":
+            out.append(Marker(f["round"] - 0.5, "broker restart", "tab:purple"))
+    agents = doc["strategies"][trial["strategy"]].get("agents", {})
+    for agent, info in agents.items():
+        for restart in info.get("restarts", []):
+            out.append(Marker(restart["after_round"] + 0.5, f"{agent} killed", "tab:brown"))
+    return out
+
+
+def _mark(ax: Any, marks: list[Marker]) -> None:
+    top = ax.get_ylim()[1]
+    for i, m in enumerate(marks):
+        ax.axvline(m.round, color=m.color, linestyle="--", linewidth=1, alpha=0.8)
+        ax.text(m.round, top, f" {m.label}", color=m.color, fontsize="x-small", rotation=90,
+                va="top", ha="right" if i % 2 else "left")
+
+
+def _bands(ax: Any, bands: dict[str, Band]) -> None:
+    for kind, band in bands.items():
+        line = ax.plot(band.rounds, band.mean, marker="o", markersize=3, label=kind)[0]
+        ax.fill_between(band.rounds, band.low, band.high, color=line.get_color(), alpha=0.2,
+                        linewidth=0)
+
+
 def write_plots(doc: SummaryDoc, rows: list[MetricsRow], folder: Path) -> dict[str, Path]:
     """Write the three PNGs into `folder`; returns name -> path."""
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{doc['fleet']} ({doc['trial']['strategy']}, {doc['trial']['codec']})"
+    marks = markers(doc)
     paths = {}
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for kind, points in accuracy_by_kind(rows).items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=kind)
-    # Round indices as in metrics.jsonl and the fault config (0-based).
-    ax.set(xlabel="round index", ylabel="test accuracy", title=f"Accuracy by agent kind: {title}")
+    _bands(ax, accuracy_by_kind(rows))
+    ax.set(xlabel="round (index, as in metrics.jsonl)", ylabel="test accuracy (line: mean, band: min-max)")
+    ax.set_title(f"Accuracy by agent kind: {title}", fontsize="medium")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
+    _mark(ax, marks)
     paths["accuracy"] = _save(plt, fig, folder / "accuracy.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for agent, points in cumulative_mb(rows).items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=agent)
-    ax.set(xlabel="round index", ylabel="MB on the wire (sent + received)",
-           title=f"Cumulative MB per agent: {title}")
+    _bands(ax, cumulative_mb_by_kind(rows))
+    ax.set(xlabel="round (index, as in metrics.jsonl)",
+           ylabel="MB (10^6 B) sent + received per agent\n(line: mean, band: min-max)")
+    ax.set_title(f"Cumulative traffic by agent kind: {title}", fontsize="medium")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(loc="upper left")
+    _mark(ax, marks)
     paths["bytes"] = _save(plt, fig, folder / "cumulative_mb.png")
 
     agents = doc["strategies"][doc["trial"]["strategy"]]["agents"]
     names = list(agents)
     energy = [agents[a]["energy_j"] or 0.0 for a in names]
+    kinds = [doc["agents"][a]["kind"] for a in names]
+    palette = {k: f"C{i}" for i, k in enumerate(sorted(set(kinds)))}
     sources = sorted({str(agents[a]["energy_source"]) for a in names})
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    ax.bar(names, energy, color="tab:orange")
-    ax.set(xlabel="agent", ylabel="energy (J)", title=f"Energy per agent ({', '.join(sources)})")
+    ax.bar(names, energy, color=[palette[k] for k in kinds])
+    for kind, color in palette.items():
+        ax.bar([], [], color=color, label=kind)
+    ax.set(xlabel="agent", ylabel="energy (J)")
+    ax.set_title(f"Energy per agent ({', '.join(sources)})", fontsize="medium")
     ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small")
     paths["energy"] = _save(plt, fig, folder / "energy.png")
     return paths
 

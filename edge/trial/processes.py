@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
+from edge.trial.launch import AgentHandle, Launcher
 
 
 class ExitKind(str, Enum):
@@ -28,29 +24,8 @@ class ExitKind(str, Enum):
     FAILED = "failed"          # non-zero exit status the runner did not cause
 
 
-def _load_prctl() -> object | None:
-    # Resolved once in the runner: the child between fork and exec should only call it (loading
-    # a library there could wait forever on a lock another runner thread held at fork time).
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    # Linux: the agent gets SIGTERM when the runner dies, even by SIGKILL, so no orphans learn
-    # on after a crashed trial. Runs in the child between fork and exec.
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))  # type: ignore[operator]
-
-
 def tail_lines(path: Path, lines: int = 20) -> list[str]:
-    """The last `lines` lines of a text file (empty when it does not exist)."""
+    """Return the last `lines` lines of a text file (empty when it does not exist)."""
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -63,13 +38,14 @@ def tail_lines(path: Path, lines: int = 20) -> list[str]:
 
 @dataclass
 class AgentProcess:
-    """One agent: its command line, its folder, the current process and its history."""
+    """One agent: its `parse-edge` arguments, its folder, the current process and its history."""
 
     agent_id: str
-    command: list[str]
+    argv: list[str]
     folder: Path
     env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
+    launcher: Launcher
+    handle: AgentHandle | None = None
     starts: int = 0
     stop_requested: bool = False
     exit_kind: ExitKind = ExitKind.RUNNING
@@ -90,25 +66,21 @@ class AgentProcess:
     @property
     def pid(self) -> int | None:
         """The current process id (None before the first start)."""
-        return self.process.pid if self.process is not None else None
+        return self.handle.pid if self.handle is not None else None
 
     @property
     def alive(self) -> bool:
         """Whether the current process is running."""
-        return self.process is not None and self.process.poll() is None
+        return self.handle is not None and self.handle.poll() is None
 
     def start(self, note: str = "") -> None:
         """Start (or restart) the process; output is appended to agent.log."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            if self.starts:
+        if self.starts:
+            with self.log_path.open("ab") as log:
                 log.write(f"--- trial runner: restart {self.starts} ({note}) ---\n".encode())
-                log.flush()
-            self.process = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None)
-        self.pid_path.write_text(f"{self.process.pid}\n")
+        self.handle = self.launcher.start(self.argv, self.log_path, self.env)
+        self.pid_path.write_text(f"{self.handle.pid}\n")
         self.starts += 1
         self.started_at = time.monotonic()
         self.stop_requested = False
@@ -117,9 +89,9 @@ class AgentProcess:
 
     def poll(self) -> ExitKind | None:
         """If the process ended since the last call, classify and return how; else None."""
-        if self.process is None or self.exit_kind != ExitKind.RUNNING:
+        if self.handle is None or self.exit_kind != ExitKind.RUNNING:
             return None
-        code = self.process.poll()
+        code = self.handle.poll()
         if code is None:
             return None
         self.returncode = code
@@ -138,35 +110,33 @@ class AgentProcess:
     def request_stop(self) -> None:
         """SIGTERM (the agent publishes offline status and exits); `wait_stopped` escalates."""
         if self.alive:
-            assert self.process is not None
+            assert self.handle is not None
             self.stop_requested = True
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+            self.handle.send_signal(signal.SIGTERM)
 
     def wait_stopped(self, timeout_s: float) -> None:
         """Wait for the exit; SIGKILL after `timeout_s`."""
-        if self.process is None:
+        if self.handle is None:
             return
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            self.process.wait()
+        if self.handle.wait(timeout_s) is None:
+            self.handle.send_signal(signal.SIGKILL)
+            self.handle.wait(30.0)
 
     def log_tail(self, lines: int = 20) -> list[str]:
-        """The last lines the agent wrote (stdout and stderr)."""
+        """Return the last lines the agent wrote (stdout and stderr)."""
         return tail_lines(self.log_path, lines)
 
 
 def agent_env(n_agents: int, cores: int | None = None) -> dict[str, str]:
-    """Environment for agent processes: unbuffered output, and torch threads split over the cores
-    so that N agents on C cores do not oversubscribe the CPU.
+    """Build the environment of agent processes: torch threads split over the cores.
+
+    So that N agents on C cores do not oversubscribe the CPU (the agents also set one torch
+    thread themselves).
     """
     cores = cores or os.cpu_count() or 1
     threads = str(max(1, cores // max(1, n_agents)))
     env = dict(os.environ)
-    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
     return env
 
 

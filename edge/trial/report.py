@@ -1,4 +1,8 @@
-"""report.md of a field trial: what ran, accuracy, bandwidth, energy, faults and failures."""
+"""report.md of a field trial: what ran, accuracy, bandwidth, energy, faults and failures.
+
+Vocabulary: rounds by their 0-based index (as in metrics.jsonl and the fault config), traffic in
+MB (10^6 B), memory in MiB (2^20 B), head names R, U/<m>, S/<combination>.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from edge.records import StrategyBlock, SummaryDoc
+from edge.summary import round_ranges
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -28,7 +33,7 @@ def _mb(n: float) -> str:
 
 
 def render_report(doc: SummaryDoc) -> str:
-    """The markdown report of a trial's summary document."""
+    """Render the markdown report of a trial's summary document."""
     trial = doc["trial"]
     name = trial["strategy"]
     block = doc["strategies"][name]
@@ -38,7 +43,9 @@ def render_report(doc: SummaryDoc) -> str:
     if trial.get("reason"):
         headline += f": {trial['reason']}"
     out += [headline, ""]
+    out += _header(doc, trial)
     out += _what_ran(doc, trial, block)
+    out += _startup(trial)
     out += _accuracy(doc, block)
     out += _bandwidth(block, trial)
     out += _energy(doc, block)
@@ -48,16 +55,41 @@ def render_report(doc: SummaryDoc) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _header(doc: SummaryDoc, trial: dict[str, Any]) -> list[str]:
+    host = trial.get("host") or {}
+    where = (f"{host.get('hostname', '?')} ({host.get('system', '?')}, {host.get('machine', '?')}, "
+             f"{host.get('cpus', '?')} CPUs"
+             + (f", {host['board_model']}" if host.get("board_model") else "") + ")")
+    return [f"Ran {trial.get('started_utc') or '?'} (UTC) on {where} with parse-edge "
+            f"{doc['software_version']} (Python {host.get('python', '?')}); broker "
+            f"{trial['broker']['url']} ({trial['broker']['kind']}). Rounds are numbered by their "
+            "index, 0 to R-1, as in metrics.jsonl and the fault config; traffic is in MB (10^6 B), "
+            "memory in MiB (2^20 B).", ""]
+
+
+def _devices(doc: SummaryDoc, trial: dict[str, Any]) -> str:
+    devices = Counter(a["device"] for a in doc["agents"].values())
+    text = ", ".join(f"{n} x {d}" for d, n in devices.items())
+    emulated = trial.get("emulated_devices") or []
+    if emulated:
+        host = trial.get("host") or {}
+        text += (f" (emulated on this {host.get('machine', '?')} host: {', '.join(emulated)} profiles "
+                 "give the energy estimates, the speed is this host's)")
+    return text
+
+
 def _what_ran(doc: SummaryDoc, trial: dict[str, Any], block: StrategyBlock) -> list[str]:
     kinds = Counter(a["kind"] for a in doc["agents"].values())
-    devices = Counter(a["device"] for a in doc["agents"].values())
     rows = [
         ["config", doc["config"]],
         ["data set", doc["dataset"]],
         ["strategy", f"{trial['strategy']} ({block['arch']})"],
         ["agents", f"{len(doc['agents'])}: " + ", ".join(f"{n} x {k}" for k, n in kinds.items())],
-        ["devices", ", ".join(f"{n} x {d}" for d, n in devices.items())],
-        ["rounds", f"{block['rounds']} reached of {trial['rounds_planned']} planned"],
+        ["devices", _devices(doc, trial)],
+        ["rounds", f"{block['rounds']} reached of {trial['rounds_planned']} planned "
+                   f"(0-{trial['rounds_planned'] - 1})"],
+        ["quorum", f"{trial.get('quorum', '?')} agents online before round 0"],
+        ["agent processes", trial.get("launcher") or "?"],
         ["topology", trial["topology"]],
         ["codec", trial["codec"]],
         ["round deadline", f"{trial['deadline_s']:g} s"],
@@ -66,6 +98,23 @@ def _what_ran(doc: SummaryDoc, trial: dict[str, Any], block: StrategyBlock) -> l
         ["software", doc["software_version"]],
     ]
     return ["## What ran", "", *_table(["item", "value"], rows)]
+
+
+def _startup(trial: dict[str, Any]) -> list[str]:
+    start = trial.get("startup") or {}
+    if not start.get("agents_launched"):
+        return []
+
+    def at(key: str) -> str:
+        value = start.get(key)
+        return "not reached" if value is None else f"{value:.1f} s"
+    n = start["agents_launched"]
+    first = (f"the fork server, which forked the {n} agents" if start.get("launcher") == "fork server"
+             else f"the first of {n} agent processes ({start.get('launcher', '?')})")
+    return ["## Start-up", "",
+            f"Timed from the first process started ({first}): all agents started "
+            f"{at('launched_s')}, all connected {at('connected_s')}, quorum reached (first agent in "
+            f"round 0) {at('quorum_s')}, every agent in round 0 {at('round0_s')}.", ""]
 
 
 def _accuracy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
@@ -78,8 +127,12 @@ def _accuracy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
                   [[k, kinds.get(k, 0), v] for k, v in acc["by_kind"].items()]
                   + [["**overall**", len(acc["per_agent"]), acc["overall"]]])
     res = block["agents"]
-    out += _table(["agent", "kind", "device", "rounds", "accuracy", "exit", "restarts"],
-                  [[a, info["kind"], info["device"], res[a]["rounds_completed"],
+    out += ["Per agent: rounds trained, rounds missed (away, or skipped to rejoin the fleet at its "
+            "round) and rounds trained without any neighbour's update (it expected some).", ""]
+    out += _table(["agent", "kind", "device", "trained", "missed", "alone", "accuracy", "exit",
+                   "restarts"],
+                  [[a, info["kind"], info["device"], res[a].get("rounds_trained", res[a]["rounds_completed"]),
+                    _rounds(res[a].get("rounds_missed")), _rounds(res[a].get("rounds_alone")),
                     acc["per_agent"].get(a), res[a]["exit"], len(res[a]["restarts"])]
                    for a, info in doc["agents"].items()])
     if block.get("per_head"):
@@ -93,6 +146,11 @@ def _accuracy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
                       [[h["round"], h["overall"], *[h["by_kind"].get(k) for k in kinds_order]]
                        for h in history])
     return out
+
+
+def _rounds(rounds: list[int] | None) -> str:
+    """Show a count with the round indices: "2 (4-5)", "0"."""
+    return f"{len(rounds)} ({round_ranges(rounds)})" if rounds else "0"
 
 
 def _bandwidth(block: StrategyBlock, trial: dict[str, Any]) -> list[str]:
@@ -147,9 +205,14 @@ def _energy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
     out = ["## Energy and resources", "",
            "Energy is `measured:<backend>` where the board exposes a power meter, else "
            "`estimated:<profile>` from the device profile, CPU seconds and bytes moved.", ""]
-    out += _table(["agent", "device", "energy J", "source", "CPU s", "training s", "peak RSS MB"],
+    out += ["Memory: peak RSS counts every page mapped into the agent's process, shared library "
+            "pages included; USS only the pages it alone holds (what a board pays per agent when "
+            "agents share a fork server), PSS shares each shared page out among its users.", ""]
+    out += _table(["agent", "device", "energy J", "source", "CPU s", "training s", "peak RSS MiB",
+                   "peak USS MiB", "peak PSS MiB"],
                   [[a, doc["agents"][a]["device"], r["energy_j"], r["energy_source"], r["cpu_s"],
-                    r["train_s"], r["peak_rss_mb"]] for a, r in res.items()])
+                    r["train_s"], f"{r['peak_rss_mb']:.0f}", f"{r.get('peak_uss_mib', 0.0):.0f}",
+                    f"{r.get('peak_pss_mib', 0.0):.0f}"] for a, r in res.items()])
     total = sum(r["energy_j"] or 0.0 for r in res.values())
     out += [f"Fleet energy: {total:.1f} J.", ""]
     return out
@@ -204,8 +267,8 @@ def _plots(trial: dict[str, Any]) -> list[str]:
     plots = trial.get("plots") or {}
     if not plots:
         return [trial["plots_error"], ""] if trial.get("plots_error") else []
-    titles = {"accuracy": "Accuracy per round by agent kind", "bytes": "Cumulative MB per agent",
-              "energy": "Energy per agent"}
+    titles = {"accuracy": "Accuracy per round by agent kind (mean, min-max band)",
+              "bytes": "Cumulative MB on the wire per agent, by agent kind", "energy": "Energy per agent"}
     out = ["## Plots", ""]
     for key, path in plots.items():
         out += [f"![{titles.get(key, key)}]({path})", ""]

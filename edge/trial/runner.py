@@ -1,10 +1,11 @@
 """The field-trial runner: a broker, one process per agent, faults on cue, and the trial's record.
 
-The runner never learns anything itself: agents are `python -m edge agent ...` processes that talk
-over MQTT. The runner watches their metrics files (the record) and their MQTT presence (the live
-view), stops / restarts agents and the broker as the config's faults say (see edge.faults for the
-trigger rule), restarts an agent killed by a signal it did not send (it resumes from its
-checkpoint), and always writes what was measured - after success, failure, timeout or Ctrl-C.
+The runner never learns anything itself: agents are `parse-edge agent ...` processes (forked from
+a fork server, or fresh interpreters with --isolated: edge.trial.launch) that talk over MQTT. The
+runner watches their metrics files (the record) and their MQTT presence (the live view), narrates
+both (edge.trial.narrate), stops / restarts agents and the broker as the config's faults say (see
+edge.trial.faults for the trigger rule), restarts an agent killed by a signal it did not send (it
+rejoins the fleet), and always writes what was measured - after success, failure, timeout or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,15 +14,27 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from broker.embedded import EmbeddedBroker
 from edge.config.schema import BUILTIN_EXAMPLE, FleetConfig
 from edge.records import SummaryDoc
+from edge.summary import round_span
+from edge.trial.console import CallbackConsole, Console
 from edge.trial.faults import Action, FaultPlan
+from edge.trial.launch import Launcher, make_launcher
+from edge.trial.narrate import Narrator
 from edge.trial.processes import AgentProcess, ExitKind, agent_env, stop_all
-from edge.trial.setup import TrialOptions, agent_command, default_timeouts, effective_config, prepare_out
+from edge.trial.setup import (
+    TrialOptions,
+    agent_argv,
+    default_timeouts,
+    effective_config,
+    prepare_out,
+    trial_quorum,
+)
 from edge.trial.summary import AgentFacts, TrialFacts, trial_document, write_record
 from edge.trial.watch import FleetWatch, PresenceMonitor
 
@@ -43,11 +56,13 @@ class TrialResult:
 class TrialRunner:
     """Runs one trial; `run()` returns a TrialResult and has written the record."""
 
-    def __init__(self, cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None) -> None:
-        self.cfg = effective_config(cfg, opts.rounds, opts.strategy)
+    def __init__(self, cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None,
+                 console: Console | None = None) -> None:
+        self.cfg = effective_config(cfg, opts)
         self.opts = opts
         self.out = Path(opts.out)
-        self.progress = progress or (lambda line: None)
+        self.console = console or CallbackConsole(progress or (lambda line: None))
+        self.progress = self.console.line
         self.ids = [a.id for a in self.cfg.agent_specs]
         self.url = opts.broker or self.cfg.broker.url
         self.embedded = self.url == "embedded"
@@ -63,8 +78,11 @@ class TrialRunner:
         self.status = "running"
         self.ended_s: float | None = None
         self.reason = ""
-        self._shown_round = (-1, -1)
-        self._shown_at = time.monotonic()
+        self.started_utc = datetime.now(timezone.utc)
+        self.launcher: Launcher | None = None
+        self.quorum = trial_quorum(self.cfg, len(self.ids) - len(self.plan.held_back()))
+        self.narrator = Narrator(self.console, self.event, self.ids, self.cfg.training.rounds,
+                                 self.cfg.comm.deadline_s, self.now_s)
         overall, stall = default_timeouts(self.cfg, len(self.ids))
         self.timeout_s = opts.timeout_s or overall
         self.stall_timeout_s = opts.stall_timeout_s or stall
@@ -80,30 +98,38 @@ class TrialRunner:
         self.events.append({"t_s": round(self.now_s(), 3), "kind": kind, "agent": agent,
                             "detail": detail, **extra})
         who = f"{agent}: " if agent else ""
-        self.progress(f"[trial {self.now_s():6.1f} s] {kind}: {who}{detail}")
+        style = {"failed": "bold red", "killed": "red", "fault": "yellow", "offline": "yellow",
+                 "broker": "yellow", "rejected": "magenta"}.get(kind, "")
+        self.console.line(f"[trial {self.now_s():6.1f} s] {kind}: {who}{detail}", style)
         self.last_activity = time.monotonic()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def run(self) -> TrialResult:
         """Run the trial to its end (or Ctrl-C / timeout) and write the record."""
-        prepare_out(self.out)
+        prepare_out(self.out, self.opts.force)
         config_path = str(self.opts.config_path or BUILTIN_EXAMPLE)
         self._copy_config(config_path)
         try:
+            # The fork server first: it must start before this process runs any other thread.
+            self.narrator.launching()
+            self.launcher = make_launcher(self.opts.isolated, self.opts.python)
             self._start_broker()
             env = agent_env(len(self.ids))
             for agent_id in self.ids:
-                cmd = agent_command(self.opts.python, config_path, agent_id, self.url, self.out,
-                                    self.opts.strategy, self.opts.rounds, self.opts.energy)
-                self.agents[agent_id] = AgentProcess(agent_id, cmd, self.out / "agents" / agent_id, env)
-            self.progress(f"[trial] {len(self.ids)} agents, {self.cfg.training.rounds} rounds, "
-                          f"strategy {self.cfg.strategy}, broker {self.url} "
-                          f"({'embedded' if self.embedded else 'external'}), out {self.out}")
+                argv = agent_argv(config_path, agent_id, self.url, self.out, self.opts, self.quorum,
+                                  self.cfg.training.start_timeout_s)
+                self.agents[agent_id] = AgentProcess(agent_id, argv, self.out / "agents" / agent_id,
+                                                     env, self.launcher)
+            self.progress(f"[trial] {len(self.ids)} agents, rounds {round_span(self.cfg.training.rounds)}, "
+                          f"quorum {self.quorum}, strategy {self.cfg.strategy}, broker {self.url} "
+                          f"({'embedded' if self.embedded else 'external'}), agents from the "
+                          f"{self.launcher.name}, out {self.out}")
             held = self.plan.held_back()
             for agent_id, proc in self.agents.items():
                 if agent_id not in held:
                     proc.start()
+            self.narrator.agents_started([a for a in self.ids if a not in held], self.launcher.name)
             for agent_id in held:
                 self._inject_leave_at_start(agent_id)
             self._loop()
@@ -140,6 +166,7 @@ class TrialRunner:
                                      tls.key_file and str(self.cfg.resolve_path(tls.key_file)))
         self.monitor = PresenceMonitor(self.url, self.cfg.fleet,
                                        f"trial-{self.cfg.fleet}-{os.getpid()}", **kwargs).start()
+        self.narrator.watch_broker(self.monitor)
 
     def _shutdown(self) -> None:
         self.ended_s = self.now_s()
@@ -152,6 +179,9 @@ class TrialRunner:
             self.monitor.stop()
         if self.broker is not None:
             self.broker.stop()
+        if self.launcher is not None:
+            self.launcher.close()
+        self.console.close()
 
     # --- the watch loop -----------------------------------------------------------------------
 
@@ -162,7 +192,7 @@ class TrialRunner:
             self._check_processes()  # polls again when an agent exited: its last rows count
             if len(self.watch.rows) > before:
                 self.last_activity = time.monotonic()
-                self._show_progress()
+            self._narrate()
             for action in self.plan.due(self.watch.completed):
                 self._act(action)
             if self._finished():
@@ -175,13 +205,50 @@ class TrialRunner:
                 self.reason = f"timed out after {self.timeout_s:.0f} s (overall limit)"
                 self.progress(f"[trial] {self.reason}")
                 return
+            if self._quorum_out_of_reach():
+                return
             if time.monotonic() - self.last_activity > self.stall_timeout_s:
                 self.status = "timed out"
                 self.reason = (f"timed out: no agent reported a round for {self.stall_timeout_s:.0f} s "
-                               f"(rounds reached: {self._round_summary()})")
+                               f"({self._stall_detail()})")
                 self.progress(f"[trial] {self.reason}")
                 return
             time.sleep(self.opts.poll_s)
+
+    def _narrate(self) -> None:
+        running = {a for a, p in self.agents.items()
+                   if (p.alive and not p.stop_requested) or p.exit_kind == ExitKind.FINISHED}
+        self.narrator.watch_startup(self.monitor, self.quorum)
+        self.narrator.watch_broker(self.monitor)
+        self.narrator.watch_presence(self.monitor, self.watch)
+        self.narrator.watch_rounds(self.watch, running)
+        self.narrator.watch_rejections(self.watch)
+        online = (self.monitor.online_count() if self.monitor is not None and self.monitor.connected
+                  else None)
+        self.console.status(self.narrator.footer(online, len(running)))
+
+    def _quorum_out_of_reach(self) -> bool:
+        """Before round 0: too many agents failed for the quorum to be reached: fail now."""
+        if self.narrator.startup.quorum_s is not None or any(r >= 0 for r in self.watch.completed.values()):
+            return False
+        possible = [a for a, p in self.agents.items()
+                    if p.exit_kind == ExitKind.RUNNING or a in self.plan.held_back()]
+        if len(possible) >= self.quorum:
+            return False
+        gone = sorted(a for a, p in self.agents.items() if p.starts and p.exit_kind != ExitKind.RUNNING)
+        self.status = "failed"
+        self.reason = (f"the quorum ({self.quorum} agents) cannot be reached: {', '.join(gone)} "
+                       f"ended before round 0 (see their agent.log)")
+        self.progress(f"[trial] {self.reason}")
+        return True
+
+    def _stall_detail(self) -> str:
+        if any(r >= 0 for r in self.watch.completed.values()):
+            return f"last round reported: {self._round_summary()}"
+        seen = self.monitor.first_online_at if self.monitor is not None else {}
+        missing = [a for a in self.ids if a not in seen]
+        return (f"no agent ran a round; waiting for the quorum of {self.quorum}; "
+                f"not connected: {', '.join(missing) or 'none'}")
 
     def _finished(self) -> bool:
         # Classified exits only: a process that ended after this loop's poll counts next time.
@@ -197,7 +264,7 @@ class TrialRunner:
                    for f, rec in zip(self.plan.faults, self.plan.records, strict=True))
 
     def _round_summary(self) -> str:
-        return ", ".join(f"{a} {r + 1}" for a, r in self.watch.completed.items())
+        return ", ".join(f"{a} {r}" for a, r in self.watch.completed.items())
 
     def _check_processes(self) -> None:
         for agent_id, proc in self.agents.items():
@@ -215,7 +282,7 @@ class TrialRunner:
                            "after_round": done - 1, "rows_before": self.watch.row_count(agent_id)}
                 self.restarts[agent_id].append(restart)
                 self.event("killed", agent_id, f"signal {-(proc.returncode or 0)} after round "
-                           f"{done - 1}; restarting (it resumes from its checkpoint)")
+                           f"{done - 1}; restarting (it rejoins the fleet from its checkpoint)")
                 proc.start(note=f"killed by signal {-(proc.returncode or 0)}")
             else:
                 tail = proc.log_tail(12)
@@ -245,7 +312,8 @@ class TrialRunner:
             self.plan.mark_returned(action.fault_idx, self.now_s(), f"another agent reported round {others}")
             proc.start(note=f"returns at round {rec.return_round}")
             self.event("fault", action.agent, f"returns at round {rec.return_round}: restarted "
-                       "with the same --out (resumes from its checkpoint)")
+                       f"with the same --out as the fleet enters round {others + 1} (it joins at its "
+                       "neighbours' next round)")
         elif action.verb == "broker-restart":
             assert self.broker is not None
             t0 = time.monotonic()
@@ -257,6 +325,7 @@ class TrialRunner:
                                     note=f"broker down {down_s:.2f} s (stopped and started on port "
                                          f"{self.broker.port})")
             self.event("fault", None, f"broker restart at round {rec.round}: down {down_s:.2f} s")
+            self.narrator.broker_restarted(down_s)
 
     def _inject_leave_at_start(self, agent_id: str) -> None:
         for i, f in enumerate(self.plan.faults):
@@ -265,31 +334,11 @@ class TrialRunner:
                 self.plan.mark_injected(i, 0.0, "leave at round 0: not started with the others")
                 self.event("fault", agent_id, "leave at round 0: not started with the others")
 
-    def _show_progress(self, force: bool = False) -> None:
-        # The round every agent still in the trial reached (agents being stopped do not hold it).
-        running = [a for a, p in self.agents.items()
-                   if (p.alive and not p.stop_requested) or p.exit_kind == ExitKind.FINISHED]
-        if not running:
-            return
-        fleet_round = min(self.watch.completed[a] for a in running)
-        fastest = max(self.watch.completed.values())
-        quiet_s = time.monotonic() - self._shown_at
-        if fleet_round <= self._shown_round[0] and not force \
-                and not (fastest > self._shown_round[1] and quiet_s > 15):
-            return
-        self._shown_round, self._shown_at = (fleet_round, fastest), time.monotonic()
-        online = (f"{self.monitor.online_count()}/{len(self.ids)}"
-                  if self.monitor is not None and self.monitor.connected
-                  else f"{sum(p.alive for p in self.agents.values())}/{len(self.ids)} (processes)")
-        self.progress(self.watch.progress_line(fleet_round, self.cfg.training.rounds, online, self.now_s()))
-
     # --- the record ---------------------------------------------------------------------------
 
     def _finish(self) -> TrialResult:
         self.watch.poll()
-        if self.watch.rows and self._shown_round != (min(self.watch.completed.values()),
-                                                     max(self.watch.completed.values())):
-            self._show_progress(force=True)
+        self.narrator.flush_rounds(self.watch)
         self.plan.close()
         failed = self._failed()
         if self.status == "running":
@@ -308,11 +357,16 @@ class TrialRunner:
             broker_url=self.url, embedded=self.embedded, wall_s=self.ended_s or self.now_s(),
             agents=agents, failed=failed, reason=self.reason, timeout_s=self.timeout_s,
             stall_timeout_s=self.stall_timeout_s, events=self.events, faults=self.plan.records,
-            bad_lines=self.watch.bad_lines))
+            bad_lines=self.watch.bad_lines, started_utc=self.started_utc.isoformat(timespec="seconds"),
+            startup=self.narrator.startup.to_dict(), quorum=self.quorum))
         write_record(self.out, doc, self.watch.rows, plots=self.opts.plots, progress=self.progress)
         return TrialResult(self.status, exit_code, self.out, doc, failed)
 
 
-def run_trial(cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None) -> TrialResult:
-    """Run a field trial of `cfg` (see TrialRunner)."""
-    return TrialRunner(cfg, opts, progress).run()
+def run_trial(cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None,
+              console: Console | None = None) -> TrialResult:
+    """Run a field trial of `cfg` (see TrialRunner).
+
+    Narration goes to `console`, else to `progress` one line at a time.
+    """
+    return TrialRunner(cfg, opts, progress, console).run()

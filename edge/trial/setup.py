@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.config.overrides import with_overrides
-from edge.config.schema import FleetConfig
+from edge.config.schema import FleetConfig, Quorum, quorum_count
 from edge.errors import UserError
 from edge.learning.strategies import networked_strategy
 
@@ -36,19 +36,36 @@ class TrialOptions:
     # the profile estimate is the honest default for a local fleet.
     energy: str = "estimated"
     poll_s: float = 0.2
-    python: str = sys.executable
+    python: str = sys.executable       # the interpreter of --isolated agents
+    isolated: bool = False             # a fresh interpreter per agent instead of the fork server
+    force: bool = False                # replace the record of an earlier trial in `out`
+    quorum: Quorum | None = None       # overrides training.quorum
+    start_timeout_s: float | None = None         # overrides training.start_timeout_s
 
 
-def effective_config(cfg: FleetConfig, rounds: int | None, strategy: str | None) -> FleetConfig:
-    """The config with --rounds / --strategy applied; refuses strategies that need pooled data."""
-    cfg = with_overrides(cfg, rounds=rounds, strategy=strategy)
+def effective_config(cfg: FleetConfig, opts: TrialOptions) -> FleetConfig:
+    """Apply the options' overrides to the config; refuse strategies that need pooled data."""
+    cfg = with_overrides(cfg, rounds=opts.rounds, strategy=opts.strategy, quorum=opts.quorum,
+                         start_timeout_s=opts.start_timeout_s)
     networked_strategy(cfg.strategy)
     return cfg
 
 
+def trial_quorum(cfg: FleetConfig, launched: int) -> int:
+    """Return the quorum every agent of the trial is given.
+
+    The configured one, but never more than the agents started together (an agent held back by a
+    round-0 leave fault joins later).
+    """
+    return max(1, min(quorum_count(cfg.training, len(cfg.agent_specs)), launched))
+
+
 def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) -> tuple[float, float]:
-    """(overall, stall) timeouts: startup (torch imports share the cores) plus, per round, twice the
-    round deadline and a training allowance; a stall is no new row for three deadlines.
+    """Return the (overall, stall) timeouts.
+
+    Overall: startup (with --isolated every agent imports torch; the cores are shared) plus, per
+    round, twice the round deadline and a training allowance; a stall is no new row for three
+    deadlines.
     """
     cores = cores or os.cpu_count() or 1
     startup_s = 60.0 + 10.0 * math.ceil(n_agents / cores)
@@ -58,23 +75,42 @@ def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) 
     return overall, stall
 
 
-def agent_command(python: str, config_path: str, agent_id: str, url: str, out: Path,
-                  strategy: str | None, rounds: int | None, energy: str = "estimated") -> list[str]:
-    """The command line of one agent process."""
-    cmd = [python, "-m", "edge", "agent", config_path, "--agent", agent_id, "--broker", url,
-           "--out", str(out), "--energy", energy]
-    if strategy is not None:
-        cmd += ["--strategy", strategy]
-    if rounds is not None:
-        cmd += ["--rounds", str(rounds)]
-    return cmd
+def agent_argv(config_path: str, agent_id: str, url: str, out: Path, opts: TrialOptions,
+               quorum: int, start_timeout_s: float) -> list[str]:
+    """Return the `parse-edge` arguments of one agent process.
+
+    Paths are absolute; the launcher decides the interpreter (edge.trial.launch).
+    """
+    argv = ["agent", str(Path(config_path).resolve()), "--agent", agent_id, "--broker", url,
+            "--out", str(out.resolve()), "--energy", opts.energy, "--quorum", str(quorum),
+            "--start-timeout", f"{start_timeout_s:g}"]
+    if opts.strategy is not None:
+        argv += ["--strategy", opts.strategy]
+    if opts.rounds is not None:
+        argv += ["--rounds", str(opts.rounds)]
+    return argv
 
 
-def prepare_out(out: Path) -> None:
-    """Clear the record of an earlier trial in `out` (agents would resume from old checkpoints).
-    Refuses when `out/agents` holds something that is not an agent folder of a trial.
+def prepare_out(out: Path, force: bool = False) -> None:
+    """Make `out` ready for a trial.
+
+    A folder holding an earlier trial's record is refused unless `force`, which clears it (agents
+    would resume from old checkpoints); with or without it, `out/agents` holding something that
+    is not an agent folder of a trial is refused.
+
+    Raises
+    ------
+    UserError
+        For an earlier record without `force`, or a foreign folder in `out/agents`.
     """
     agents = out / "agents"
+    earlier = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if agents.is_dir():
+        earlier += [f"agents/{f.name}" for f in sorted(agents.iterdir())
+                    if f.is_dir() and any((f / name).exists() for name in AGENT_FILES)][:3]
+    if earlier and not force:
+        raise UserError(f"{out}: {', '.join(earlier[:4])}: the record of an earlier trial is there; "
+                        "expected a new --out folder, or --force to replace that record")
     if agents.is_dir():
         for folder in agents.iterdir():
             ours = folder.is_dir() and any((folder / name).exists() for name in AGENT_FILES)

@@ -1,5 +1,7 @@
-"""A trial's record: summary.json (simulate's schema plus what the network measured), metrics.jsonl,
-report.md and plots, built from the agents' metrics rows and final.json files.
+"""A trial's record: summary.json, metrics.jsonl, report.md and plots.
+
+summary.json has simulate's schema plus what the network measured; all of it is built from the
+agents' metrics rows and final.json files.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from edge.config.schema import FleetConfig
 from edge.learning.sharing import combination
 from edge.learning.strategies import get_strategy
 from edge.records import AgentInfo, MetricsRow, SummaryDoc
-from edge.summary import agent_rows, cumulative_total, fleet_header, strategy_block, wire_bytes
-from edge.trial.coverage import expected_mixes, mix_coverage
+from edge.summary import agent_rows, cumulative_total, fleet_header, round_span, strategy_block, wire_bytes
+from edge.trial.coverage import Expected, expected_mixes, mix_coverage
 from edge.trial.faults import FaultRecord, describe_outcomes
+from edge.trial.host import emulated_devices, host_facts
 from edge.trial.report import render_report
 from edge.trial.setup import write_json
 
 
 def read_final(path: Path) -> dict[str, Any] | None:
-    """An agent's final.json, or None when it did not write one (or it is unreadable)."""
+    """Read an agent's final.json; None when it did not write one (or it is unreadable)."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -38,14 +41,38 @@ def _counter(rows: list[MetricsRow], final: dict[str, Any] | None,
     return cumulative_total(float(r.get(key, 0.0)) for r in rows)
 
 
+def _peak(rows: list[MetricsRow], final: dict[str, Any] | None,
+          row_key: Literal["rss_mb", "uss_mib", "pss_mib"], final_key: str) -> float:
+    peak_rows = max((float(r.get(row_key, 0.0)) for r in rows), default=0.0)
+    peak_final = float(final.get(final_key, 0.0) or 0.0) if final else 0.0
+    return max(peak_rows, peak_final)
+
+
+def round_participation(rows: list[MetricsRow], rounds: int,
+                        expected: Expected) -> dict[str, list[int]]:
+    """Sort an agent's rounds into trained, missed and trained alone.
+
+    Missed: not trained (away, or skipped to rejoin the fleet). Alone: it expected neighbours'
+    updates and mixed none.
+    """
+    by_round = {int(r["round"]): r for r in rows}
+    trained = sorted(by_round)
+    alone = [r for r, row in sorted(by_round.items())
+             if r > 0 and expected.get((row["agent"], r)) and not row["mixed_from"]]
+    return {"trained": trained, "missed": [r for r in range(rounds) if r not in by_round],
+            "alone": alone}
+
+
 def agent_resources(rows: list[MetricsRow], final: dict[str, Any] | None, starts: int,
                     rounds: int) -> dict[str, Any]:
-    """Per agent: bytes on the wire (total, per round, per branch), CPU, peak RSS, energy."""
+    """Sum up one agent's resources: traffic, CPU, peak memory and energy.
+
+    Bytes on the wire (total, per round, per branch), CPU seconds, peak RSS / USS / PSS (MiB),
+    energy (J).
+    """
     wire = wire_bytes(rows)
     done = len({int(r["round"]) for r in rows})
     single = starts <= 1
-    peak_rows = max((float(r.get("rss_mb", 0.0)) for r in rows), default=0.0)
-    peak_final = float(final.get("peak_rss_mb", 0.0)) if final else 0.0
     source = (final or {}).get("energy_source") or (rows[-1].get("energy_source") if rows else None)
     per_branch = ((final or {}).get("bytes") or {}).get("per_branch", {})
     # The encoded update: what one round's publish of all its branches costs on the wire. The
@@ -66,7 +93,9 @@ def agent_resources(rows: list[MetricsRow], final: dict[str, Any] | None, starts
                                   if rows else 0.0),
         "cpu_s": _counter(rows, final, "cpu_s", single),
         "train_s": sum(float(r.get("train_s", 0.0)) for r in rows),
-        "peak_rss_mb": max(peak_rows, peak_final),
+        "peak_rss_mb": _peak(rows, final, "rss_mb", "peak_rss_mb"),
+        "peak_uss_mib": _peak(rows, final, "uss_mib", "peak_uss_mib"),
+        "peak_pss_mib": _peak(rows, final, "pss_mib", "peak_pss_mib"),
         "energy_j": _counter(rows, final, "energy_j", single),
         "energy_source": source,
         "wall_s": float(final["wall_s"]) if final and single and "wall_s" in final else None,
@@ -107,16 +136,20 @@ class TrialFacts:
     events: list[dict[str, Any]] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
     bad_lines: int = 0
+    started_utc: str = ""
+    startup: dict[str, Any] = field(default_factory=dict)
+    quorum: int = 0
 
 
 def trial_document(facts: TrialFacts) -> SummaryDoc:
-    """The whole summary.json of a trial."""
+    """Build the whole summary.json of a trial."""
     cfg, rows = facts.cfg, facts.rows
     rounds = cfg.training.rounds
     arch = get_strategy(cfg.strategy).arch(cfg.model.arch)
     block = strategy_block(cfg.strategy, arch, rows, facts.wall_s)
     block["codec"] = cfg.comm.codec
     by_agent = agent_rows(rows)
+    expected = expected_mixes(cfg, cfg.strategy, rounds)
     agents_block = {}
     for spec in cfg.agent_specs:
         known = facts.agents.get(spec.id, AgentFacts())
@@ -126,11 +159,14 @@ def trial_document(facts: TrialFacts) -> SummaryDoc:
         for restart in restarts:
             later = by_agent.get(spec.id, [])[restart["rows_before"]:]
             restart["resumed_at_round"] = int(later[0]["round"]) if later else None
+        rounds_of = round_participation(by_agent.get(spec.id, []), rounds, expected)
         res.update({"exit": known.exit, "returncode": known.returncode, "starts": known.starts,
-                    "restarts": restarts, "mqtt_metrics_rows": known.mqtt_metrics_rows})
+                    "restarts": restarts, "mqtt_metrics_rows": known.mqtt_metrics_rows,
+                    "rounds_trained": len(rounds_of["trained"]), "rounds_missed": rounds_of["missed"],
+                    "rounds_alone": rounds_of["alone"]})
         agents_block[spec.id] = res
     block["agents"] = agents_block
-    coverage = mix_coverage(rows, expected_mixes(cfg, cfg.strategy, rounds))
+    coverage = mix_coverage(rows, expected)
     describe_outcomes(facts.faults, by_agent, coverage, rounds)
     agents: dict[str, AgentInfo] = {
         a.id: {"modalities": list(a.modalities), "kind": combination(a.modalities),
@@ -138,7 +174,15 @@ def trial_document(facts: TrialFacts) -> SummaryDoc:
                "n_test": int(by_agent[a.id][-1]["n_test"]) if by_agent.get(a.id) else 0}
         for a in cfg.agent_specs}
     doc = fleet_header(cfg, agents, {cfg.strategy: block})
+    host = host_facts()
     doc["trial"] = {
+        "started_utc": facts.started_utc,
+        "host": host,
+        "emulated_devices": emulated_devices([a.device for a in cfg.agent_specs], host),
+        "round_numbering": f"0-based round index, rounds {round_span(rounds)} (as in metrics.jsonl)",
+        "launcher": facts.startup.get("launcher", ""),
+        "quorum": facts.quorum,
+        "startup": facts.startup,
         "status": facts.status,
         "exit_code": facts.exit_code,
         "reason": facts.reason,

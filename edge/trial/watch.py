@@ -1,5 +1,7 @@
-"""What a trial runner sees of its fleet: metrics rows tailed from the agents' JSONL files, and
-presence plus live metrics over MQTT (the files are the record; MQTT is the live view).
+"""What a trial runner sees of its fleet: metrics rows from files, presence over MQTT.
+
+Metrics rows are tailed from the agents' JSONL files (the record); presence and live metrics
+arrive over MQTT (the live view).
 """
 
 from __future__ import annotations
@@ -7,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,6 @@ from pydantic import TypeAdapter, ValidationError
 from broker import topics
 from broker.client import MqttClient
 from edge.records import MetricsRow
-from edge.summary import cumulative_total
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +60,36 @@ class JsonlTail:
         return rows
 
 
-class PresenceMonitor:
-    """A runner-side MQTT client: which agents say they are online, and which metrics rows
-    arrived over the wire. Connects in the background and rides out broker restarts.
+@dataclass(frozen=True)
+class Presence:
+    """What an agent's last status says (broker.discovery).
+
+    Online, the round it runs (-1 while it waits for the quorum) and the first round its current
+    process runs.
     """
 
-    def __init__(self, url: str, fleet: str, client_id: str, **client_kwargs: object) -> None:
+    online: bool
+    round_idx: int = -1
+    first_round: int = 0
+
+
+class PresenceMonitor:
+    """A runner-side MQTT client: who is online, at which round, and which rows arrived.
+
+    Connects in the background and rides out broker restarts. Records (on `clock`) when each agent
+    was first online and first ran a round: the start-up.
+    """
+
+    def __init__(self, url: str, fleet: str, client_id: str,
+                 clock: Callable[[], float] = time.monotonic, **client_kwargs: object) -> None:
         self.fleet = fleet
+        self.clock = clock
         self._lock = threading.Lock()
         self.online: dict[str, bool] = {}
         self.status: dict[str, dict[str, Any]] = {}
         self.metrics_seen: dict[str, set[int]] = defaultdict(set)
+        self.first_online_at: dict[str, float] = {}
+        self.first_running_at: dict[str, float] = {}
         self.client = MqttClient(url, client_id, on_message=self._on_message,
                                  reconnect_max_s=2.0, **client_kwargs)  # type: ignore[arg-type]
 
@@ -91,6 +114,11 @@ class PresenceMonitor:
         with self._lock:
             return sum(self.online.values())
 
+    def snapshot(self) -> dict[str, Presence]:
+        """Every agent's last status."""
+        with self._lock:
+            return {a: _presence(doc) for a, doc in self.status.items()}
+
     def _on_message(self, topic: str, payload: bytes) -> None:
         info = topics.parse_topic(topic)
         if info is None or info.fleet != self.fleet or info.agent is None:
@@ -105,8 +133,22 @@ class PresenceMonitor:
             if info.kind == "status":
                 self.online[info.agent] = bool(doc.get("online"))
                 self.status[info.agent] = doc
+                presence = _presence(doc)
+                if presence.online:
+                    self.first_online_at.setdefault(info.agent, self.clock())
+                    if presence.round_idx >= 0:
+                        self.first_running_at.setdefault(info.agent, self.clock())
             elif info.kind == "metrics" and isinstance(doc.get("round"), int):
                 self.metrics_seen[info.agent].add(doc["round"])
+
+
+def _presence(doc: dict[str, Any]) -> Presence:
+    # The runner only reads these fields; anything malformed reads as "not started".
+    round_idx, first_round = doc.get("round", -1), doc.get("first_round", 0)
+    return Presence(bool(doc.get("online")),
+                    round_idx if isinstance(round_idx, int) and not isinstance(round_idx, bool) else -1,
+                    first_round if isinstance(first_round, int) and not isinstance(first_round, bool)
+                    else 0)
 
 
 class FleetWatch:
@@ -120,7 +162,7 @@ class FleetWatch:
         self.completed: dict[str, int] = dict.fromkeys(agent_ids, -1)
 
     def poll(self) -> list[MetricsRow]:
-        """New rows since the last call (all agents)."""
+        """Read the new rows since the last call (all agents)."""
         new = []
         for agent, tail in self.tails.items():
             for row in tail.read_new():
@@ -143,17 +185,7 @@ class FleetWatch:
         """Lines of the metrics files that were not valid metrics rows."""
         return sum(t.bad_lines for t in self.tails.values())
 
-    def progress_line(self, fleet_round: int, rounds: int, online: str, elapsed_s: float) -> str:
-        """One progress line: the round all running agents reached, accuracy by agent kind (each
-        agent's latest row), MB moved on the wire so far, agents online.
-        """
-        fastest = max(self.completed.values())
-        ahead = f" (fastest {fastest + 1})" if fastest > fleet_round else ""
-        by_kind: dict[str, list[float]] = defaultdict(list)
-        for row in self.latest().values():
-            by_kind[str(row.get("kind", "?"))].append(float(row["accuracy"]))
-        acc = "  ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(by_kind.items()))
-        moved = sum(cumulative_total(r.get("bytes_sent", 0) + r.get("bytes_received", 0) for r in rows)
-                    for rows in self.rows_by_agent.values())
-        return (f"round {fleet_round + 1:>3}/{rounds}{ahead}  online {online}  accuracy {acc}  "
-                f"moved {moved / 1e6:.2f} MB  ({elapsed_s:.1f} s)")
+    def round_rows(self, round_idx: int) -> dict[str, MetricsRow]:
+        """Each agent's (latest) row of round `round_idx`."""
+        return {a: row for a, rows in self.rows_by_agent.items() for row in rows
+                if int(row["round"]) == round_idx}
