@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.config.load import load_config
@@ -28,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                         help="'embedded' or mqtt://host:port (default: the config's broker.url)")
     parser.add_argument("--strategy", default=None, choices=strategy_names(networked=True),
                         metavar="NAME", help="strategy (default: the config's)")
-    parser.add_argument("--out", default="runs/trial", help="output folder (default %(default)s)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default: a new runs/trial/<UTC time>, with "
+                             "runs/trial/latest pointing at it, so no record is ever replaced)")
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="overall time limit in seconds (default: from rounds x round deadline)")
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-restarts: expected an integer >= 0, got {args.max_restarts}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout: expected seconds > 0, got {args.timeout}")
-    opts = TrialOptions(out=Path(args.out), config_path=args.config, broker=args.broker,
+    out = Path(args.out) if args.out is not None else _new_run_folder(DEFAULT_ROOT)
+    opts = TrialOptions(out=out, config_path=args.config, broker=args.broker,
                         strategy=args.strategy, rounds=args.rounds, timeout_s=args.timeout,
                         max_restarts=args.max_restarts, plots=not args.no_plots,
                         energy=args.energy, isolated=args.isolated, force=args.force,
@@ -96,4 +100,27 @@ def run(args: argparse.Namespace) -> int:
     for agent in result.failed_agents:
         print(f"failed agent: {agent} (see {result.out / 'agents' / agent / 'agent.log'})", file=sys.stderr)
     print(f"wrote {result.out / 'report.md'}")
+    if args.out is None:
+        _point_latest(DEFAULT_ROOT, out)
     return result.exit_code
+
+
+DEFAULT_ROOT = Path("runs/trial")
+
+
+def _new_run_folder(root: Path) -> Path:
+    """A folder for this trial's record that no earlier trial used: runs/trial/<UTC time>."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out, n = root / stamp, 1
+    while out.exists():
+        n += 1
+        out = root / f"{stamp}-{n}"
+    return out
+
+
+def _point_latest(root: Path, out: Path) -> None:
+    """Make runs/trial/latest point at the newest record (replaced atomically by a rename)."""
+    link, tmp = root / "latest", root / ".latest.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out.name)
+    tmp.replace(link)
