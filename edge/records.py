@@ -7,9 +7,12 @@ Conventions: `round` is the 0-based round index, and people see the same number 
 0-11": files, logs, console, report and plots); byte counts are bytes (reports show MB = 10^6 B
 for traffic); memory is MiB (2^20 B; `rss_mb` and `peak_rss_mb` are MiB despite their names,
 kept for compatibility); times are seconds; energy is joules. Head names are "R", "U/<m>",
-"S/<combination>" and "late" everywhere. Counters named `bytes_*`, `cpu_s` and `energy_j` in
-metrics rows are running totals of one agent process (they restart from zero when the process restarts; see
-`edge.summary.cumulative_total`).
+"S/<combination>" and "late" everywhere. Counters named `bytes_*`, `cpu_s`, `elapsed_s` and
+`*_j` in metrics rows are running totals of the agent over all its processes: a restarted agent
+carries them on from its checkpoint (`restarts` counts the restarts), so they never go back
+(`edge.summary.cumulative_total` still adds up records of older versions that restarted at zero).
+Every row carries `time_utc` (ISO 8601, UTC) to line up with other logs (a power meter's, a
+dashboard's).
 """
 
 from __future__ import annotations
@@ -42,12 +45,24 @@ class _MetricsRowRequired(TypedDict):
 class MetricsRow(_MetricsRowRequired, total=False):
     """One agent's measurements after one round (metrics.jsonl, and the MQTT metrics topic)."""
 
-    cpu_s: float                       # running total of the process's CPU seconds
-    rss_mb: float                      # peak resident set so far, MiB
+    time_utc: str                      # when the row was written, ISO 8601 UTC
+    elapsed_s: float                   # running total of the agent's wall seconds (monotonic)
+    restarts: int                      # how many times the agent resumed from a checkpoint
+    cpu_s: float                       # running total of the agent's CPU seconds
+    rss_mb: float                      # peak resident set of this process so far, MiB
     uss_mib: float                     # peak unique set so far (pages only this process holds)
     pss_mib: float                     # peak proportional set so far (shared pages shared out)
-    energy_j: float                    # running total of energy
+    energy_j: float                    # running total of board energy (measured or estimated)
     energy_source: str                 # measured:<backend>:<sensor> | estimated:<profile>
+    # The estimate's terms (devices.estimate): idle baseline, compute and radio; attributable =
+    # compute + radio, what the learning cost (independent of run length and host load).
+    idle_j: float
+    compute_j: float
+    radio_j: float
+    attributable_j: float
+    # Board telemetry (devices.telemetry): temperatures, throttling, CPU clock, interface bytes,
+    # Wi-Fi; a source the board lacks is an absent key.
+    telemetry: dict[str, float | int | bool | str]
     # Only in rows of rounds where a neighbour's copy was refused or skipped (edge.learning.guard):
     refused: dict[str, dict[str, str]]  # branch key -> neighbour -> why the gate refused its copy
     skipped: dict[str, str]             # neighbour -> why it was not mixed this round
@@ -79,10 +94,10 @@ class _FinalDocRequired(TypedDict):
     kind: str
     rounds_completed: int
     resumed_from_round: int
-    wall_s: float
-    cpu_s: float
+    wall_s: float                      # this process's wall seconds
+    cpu_s: float                       # the agent's CPU seconds over all its processes
     peak_rss_mb: float                 # MiB
-    energy_j: float
+    energy_j: float                    # the agent's energy over all its processes
     energy_source: str
     bytes: AgentBytes
     rejected: dict[str, int]           # updates rejected by reason (never reached the model)
@@ -98,6 +113,11 @@ class FinalDoc(_FinalDocRequired, total=False):
     """
 
     started_utc: str                   # when the process started (ISO 8601, UTC)
+    ended_utc: str                     # when it wrote final.json (ISO 8601, UTC)
+    elapsed_s: float                   # the agent's wall seconds over all its processes
+    restarts: int                      # how many times the agent resumed from a checkpoint
+    energy: dict[str, Any]             # devices.estimate.EnergyBreakdown.to_dict(), all processes
+    telemetry: dict[str, float | int | bool | str]   # the last sample
     first_round: int                   # the first round this process ran
     missed_rounds: list[int]           # rounds skipped to join a fleet under way
     quorum_wait_s: float               # time at the start barrier

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,18 @@ def check_record(out: Path, rounds: int, finishers: list[str]) -> dict:
         res = block["agents"][agent]
         assert res["cpu_s"] > 0 and res["peak_rss_mb"] > 50
         assert res["energy_j"] > 0 and res["energy_source"].startswith("estimated:")
+        # The estimate's breakdown adds up, and its attributable part is compute + radio.
+        assert res["idle_j"] + res["compute_j"] + res["radio_j"] == pytest.approx(res["energy_j"])
+        assert res["attributable_j"] == pytest.approx(res["compute_j"] + res["radio_j"])
+        assert res["compute_j"] > 0 and res["radio_j"] > 0
         assert res["bytes"]["per_branch"], f"{agent}: no per-branch bytes"
         assert res["exit"] == "finished"
+        final = json.loads((out / "agents" / agent / "final.json").read_text())
+        started, ended = (datetime.fromisoformat(final[k]) for k in ("started_utc", "ended_utc"))
+        assert started.utcoffset() == timedelta(0) and started <= ended
+        assert all(started <= datetime.fromisoformat(r["time_utc"]) <= ended for r in mine)
+        assert final["energy"]["energy_j"] == pytest.approx(res["energy_j"])
+        assert isinstance(last["telemetry"], dict) and "time_utc" in last["telemetry"]
     by_kind: dict[str, list[float]] = {}
     for agent, acc in block["accuracy"]["per_agent"].items():
         by_kind.setdefault(summary["agents"][agent]["kind"], []).append(acc)
@@ -200,6 +211,21 @@ def test_killed_agent_resumes_from_its_checkpoint_and_fails_when_out_of_restarts
     assert restart["resumed_at_round"] > restart["after_round"] and back["mixed_from"]
     assert a2["rounds_missed"] == [r for r in range(6) if r not in rounds]
     assert "restart 1 (killed by signal 9)" in (out / "agents" / "a2" / "agent.log").read_text()
+    # Its counters carried on from the checkpoint: bytes, CPU, wall, energy never went back,
+    # and the rows after the restart say it was one; every row is time-stamped (UTC).
+    before = [r for r in rows if r["round"] <= restart["after_round"]]
+    after = [r for r in rows if r["round"] >= restart["resumed_at_round"]]
+    assert before and after and after[0]["restarts"] == 1 and before[-1]["restarts"] == 0
+    for key in ("bytes_sent", "bytes_received", "cpu_s", "elapsed_s", "energy_j", "idle_j",
+                "attributable_j"):
+        values = [r[key] for r in rows]
+        assert values == sorted(values), (key, values)
+        assert after[0][key] >= before[-1][key]
+    assert after[0]["bytes_sent"] > before[-1]["bytes_sent"]
+    for row in rows:
+        assert datetime.fromisoformat(row["time_utc"]).utcoffset() == timedelta(0)
+    stamps = [datetime.fromisoformat(r["time_utc"]) for r in rows]
+    assert stamps == sorted(stamps)
     report = (out / "report.md").read_text()
     assert "| a2 |" in report.split("restarted:")[1]
     # The failure: named, with its last log lines, in the report and on the record.

@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--broker: {exc}") from None
     if args.max_restarts < 0:
         raise UserError(f"--max-restarts: expected an integer >= 0, got {args.max_restarts}")
+    if args.energy == "measured":
+        # Fail here, in one line, rather than in every agent: the agents share this host's sensors.
+        from devices.energy import EnergyMeter
+
+        EnergyMeter(mode="measured").close()
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout: expected seconds > 0, got {args.timeout}")
     out = Path(args.out) if args.out is not None else _new_run_folder(DEFAULT_ROOT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     config: dict[str, Any]
     path: str
+    # The agent's running totals when it was saved (bytes, CPU, wall, energy, restarts); empty
+    # for checkpoints written outside an agent (simulate).
+    counters: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
@@ -73,8 +77,13 @@ def spec_from_dict(raw: dict[str, Any]) -> ModelSpec:
 
 
 def save_checkpoint(path: Path, cfg: FleetConfig, learner: Learner, agent_id: str,
-                    round_idx: int, strategy: str) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves a half checkpoint."""
+                    round_idx: int, strategy: str,
+                    counters: Mapping[str, Any] | None = None) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves a half checkpoint.
+
+    `counters` (see checkpoint_schema.CountersDoc) are the agent's running totals, which a
+    restarted agent carries on from.
+    """
     data = learner.data
     n = min(MAX_EXAMPLES, len(data.test.y))
     raw_x = {m: _denormalise(data.test.x[m][:n], data.norm[m]) for m in data.modalities}
@@ -95,6 +104,8 @@ def save_checkpoint(path: Path, cfg: FleetConfig, learner: Learner, agent_id: st
         "examples": {"x": {m: torch.from_numpy(v) for m, v in raw_x.items()},
                      "y": torch.from_numpy(data.test.y[:n].astype(np.int64))},
     }
+    if counters is not None:
+        payload["counters"] = dict(counters)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(payload, tmp)
@@ -140,6 +151,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                   "y": doc["examples"]["y"].numpy()},
         input_shapes=spec.input_shapes, round_idx=doc["round_idx"], strategy=doc["strategy"],
         optimizer_state=doc.get("optimizer_state"), config=doc.get("config", {}), path=source,
+        counters=dict(doc.get("counters", {})),
     )
 
 

@@ -75,9 +75,23 @@ class ExamplesDoc(TypedDict):
 
 
 @with_config(CONFIG)
+class CountersDoc(TypedDict):
+    """The agent's running totals at this checkpoint, carried on by a restarted process."""
+
+    bytes_sent: Annotated[int, Interval(ge=0, le=1 << 62)]
+    bytes_received: Annotated[int, Interval(ge=0, le=1 << 62)]
+    cpu_s: Annotated[float, Interval(ge=0.0, le=1e9)]
+    elapsed_s: Annotated[float, Interval(ge=0.0, le=1e9)]
+    restarts: Annotated[int, Interval(ge=0, le=1_000_000)]
+    # devices.estimate.EnergyBreakdown.to_dict(); its own from_dict checks every field.
+    energy: dict[str, Any]
+
+
+@with_config(CONFIG)
 class _Optional(TypedDict, total=False):
     software_version: str
     fleet: str
+    counters: CountersDoc
     config: dict[str, Any]
     optimizer_state: dict[str, Any] | None
 

@@ -38,9 +38,9 @@ from edge.learning.transport import Transport
 from edge.records import MetricsRow
 from edge.summary import head_label
 
-# Extra fields for a row (CPU, memory, energy, rejections), given the round index and the wire
-# bytes so far; their names and types are MetricsRow's optional fields.
-Resources = Callable[[int, int], Mapping[str, object]]
+# Extra fields for a row (time, CPU, memory, energy, telemetry, rejections), given the round index
+# and the bytes sent and received so far; their names and types are MetricsRow's optional fields.
+Resources = Callable[[int, int, int], Mapping[str, object]]
 
 
 @dataclass
@@ -95,7 +95,7 @@ def run_rounds(run: AgentRounds, transport: Transport,
 
     A generator: the simulator advances every agent's loop one round at a time (lock-step); a
     networked agent simply iterates. `checkpoint(round_idx)` is called after publishing,
-    `resources(round_idx, wire_bytes)` adds measured fields to the row.
+    `resources(round_idx, bytes_sent, bytes_received)` adds measured fields to the row.
     """
     cfg, agent, learner = run.cfg, run.agent_id, run.learner
     rounds = run.schedule.rounds
@@ -136,5 +136,5 @@ def run_rounds(run: AgentRounds, transport: Transport,
         if step.refused or step.skipped:
             row.update({"refused": step.refused, "skipped": step.skipped})
         if resources is not None:
-            row.update(resources(round_idx, sent + received_bytes))  # type: ignore[typeddict-item]
+            row.update(resources(round_idx, sent, received_bytes))  # type: ignore[typeddict-item]
         yield row

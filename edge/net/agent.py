@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from devices.energy import EnergyMeter
-from devices.meters import ResourceMeter
+from devices.estimate import EnergyBreakdown
+from devices.meters import ResourceMeter, ResourceUsage
+from devices.telemetry import TelemetryReader
 from edge.config.schema import FleetConfig, quorum_count
 from edge.config.topology import build_graph
 from edge.data.fleet_data import agent_data, fleet_info
@@ -75,32 +77,51 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
     meter = ResourceMeter(memory_detail=True).start()
     energy = EnergyMeter(spec.device, mode=energy_mode).start()
     started = time.perf_counter()
-    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_utc = _utc_now()
 
     info = fleet_info(cfg)
     learner = make_learner(cfg, spec, agent_data(cfg)[agent_id], info, strategy.sharing, model_arch)
     table = holdings(cfg, info, strategy.sharing, model_arch)
     ckpt_path = agent_dir / "checkpoint.pt"
-    resume_round = _resume(learner, ckpt_path, strategy.name, agent_id)
+    resume_round, prior = _resume(learner, ckpt_path, strategy.name, agent_id)
     if resume_round:
-        say(f"resuming from its checkpoint after round {resume_round - 1}")
+        say(f"resuming from its checkpoint after round {resume_round - 1} "
+            f"(restart {prior.restarts}; counters carried on)")
+        energy.resume_from(prior.energy)
     graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, resume_round, cfg.source)
     mqtt = MqttTransport(cfg, spec, learner.branches, url, graph, table, first_round=resume_round,
                          on_event=say)
+    mqtt.bytes_offset = (prior.bytes_sent, prior.bytes_received)
     transport = ImpairedTransport.for_agent(ByzantineTransport.for_agent(mqtt, cfg, agent_id),
                                             cfg, agent_id)
+    telemetry = TelemetryReader()
     rounds_done = resume_round
     decision: StartDecision | None = None
 
-    def checkpoint(round_idx: int) -> None:
-        save_checkpoint(ckpt_path, cfg, learner, agent_id, round_idx, strategy.name)
-
-    def resources(round_idx: int, wire_bytes: int) -> dict[str, object]:
+    def totals(bytes_sent: int, bytes_received: int) -> tuple[Totals, ResourceUsage,
+                                                              EnergyBreakdown]:
+        """The agent's running totals now (this process's counts on top of the resumed ones),
+        this process's usage, and the energy so far.
+        """
         usage = meter.sample()
-        return {"cpu_s": usage.cpu_s, "rss_mb": usage.peak_rss_mb,
+        breakdown = energy.read(usage, bytes_sent - prior.bytes_sent,
+                                bytes_received - prior.bytes_received)
+        return Totals(bytes_sent, bytes_received, prior.cpu_s + usage.cpu_s,
+                      prior.elapsed_s + time.perf_counter() - started, prior.restarts,
+                      breakdown.to_dict()), usage, breakdown
+
+    def checkpoint(round_idx: int) -> None:
+        now, _, _ = totals(*mqtt.wire_bytes())
+        save_checkpoint(ckpt_path, cfg, learner, agent_id, round_idx, strategy.name,
+                        counters=now._asdict())
+
+    def resources(round_idx: int, bytes_sent: int, bytes_received: int) -> dict[str, object]:
+        now, usage, breakdown = totals(bytes_sent, bytes_received)
+        return {"time_utc": _utc_now(), "elapsed_s": now.elapsed_s, "restarts": now.restarts,
+                "cpu_s": now.cpu_s, "rss_mb": usage.peak_rss_mb,
                 "uss_mib": usage.peak_uss_mib, "pss_mib": usage.peak_pss_mib,
-                "energy_j": energy.read(usage, wire_bytes).energy_j,
-                "energy_source": energy.source, "rejected": _rejections(mqtt)}
+                **_energy_fields(breakdown), "telemetry": telemetry.sample(),
+                "rejected": _rejections(mqtt)}
 
     _install_signal_handlers()
     try:
@@ -129,16 +150,17 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
                 rejected = now_rejected
     finally:
         mqtt.stop()
-    usage = meter.stop()
-    sent, received_bytes = mqtt.wire_bytes()
-    result = energy.stop(usage, sent + received_bytes)
+    end, usage, result = totals(*mqtt.wire_bytes())
+    meter.stop()
     energy.close()
     first_round = decision.start_round if decision is not None else resume_round
     final: FinalDoc = {
         "agent": agent_id, "kind": combination(spec.modalities), "rounds_completed": rounds_done,
         "resumed_from_round": resume_round, "wall_s": time.perf_counter() - started,
-        "cpu_s": usage.cpu_s, "peak_rss_mb": usage.peak_rss_mb,
+        "cpu_s": end.cpu_s, "peak_rss_mb": usage.peak_rss_mb,
         "energy_j": result.energy_j, "energy_source": result.source,
+        "ended_utc": _utc_now(), "elapsed_s": end.elapsed_s, "restarts": end.restarts,
+        "energy": end.energy, "telemetry": telemetry.sample(),
         "bytes": _bytes_block(mqtt),
         "rejected": _rejections(mqtt),
         "updates_dropped_by_fault": transport.updates_dropped,
@@ -211,16 +233,46 @@ def _rejections(mqtt: MqttTransport) -> dict[str, int]:
     return {r.value: n for r, n in mqtt.receiver.rejections.items()}
 
 
-def _resume(learner: Learner, ckpt_path: Path, strategy: str, agent_id: str) -> int:
-    """Load the agent's checkpoint if there is one; the round to start from."""
+class Totals(NamedTuple):
+    """An agent's running totals over all its processes (stored in each checkpoint)."""
+
+    bytes_sent: int
+    bytes_received: int
+    cpu_s: float
+    elapsed_s: float
+    restarts: int
+    energy: dict[str, Any]            # devices.estimate.EnergyBreakdown.to_dict()
+
+
+NO_TOTALS = Totals(0, 0, 0.0, 0.0, 0, {})
+
+
+def _resume(learner: Learner, ckpt_path: Path, strategy: str, agent_id: str) -> tuple[int, Totals]:
+    """Load the agent's checkpoint if there is one: the round to start from, and the running
+    totals to carry on from (one more restart).
+    """
     if not ckpt_path.exists():
-        return 0
+        return 0, NO_TOTALS
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.agent_id != agent_id or ckpt.strategy != strategy:
         raise UserError(f"{ckpt_path}: checkpoint of {ckpt.agent_id}/{ckpt.strategy}, "
                         f"expected {agent_id}/{strategy}; use another --out")
     restore_into(learner, ckpt)  # refuses a checkpoint written under another config
-    return ckpt.round_idx + 1
+    counters = ckpt.counters
+    if not counters:  # written by an older version or outside an agent: counting starts over
+        return ckpt.round_idx + 1, NO_TOTALS._replace(restarts=1)
+    return ckpt.round_idx + 1, Totals(
+        counters["bytes_sent"], counters["bytes_received"], counters["cpu_s"],
+        counters["elapsed_s"], counters["restarts"] + 1, counters["energy"])
+
+
+def _energy_fields(b: EnergyBreakdown) -> dict[str, object]:
+    return {"energy_j": b.energy_j, "energy_source": b.source, "idle_j": b.idle_j,
+            "compute_j": b.compute_j, "radio_j": b.radio_j, "attributable_j": b.attributable_j}
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _bytes_block(transport: MqttTransport) -> AgentBytes:

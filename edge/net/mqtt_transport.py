@@ -50,6 +50,7 @@ class MqttTransport:
         comm = cfg.comm
         hmac_key = cfg.broker.hmac_key.encode() if cfg.broker.hmac_key else None
         self.sender = update_sender(cfg, spec.id)
+        self.bytes_offset = (0, 0)  # (sent, received) counted by earlier processes of this agent
         self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=hmac_key,
                                        reassembly_timeout_s=max(30.0, comm.deadline_s))
         self.neighbours = NeighbourTable(cfg.fleet, graph)
@@ -250,6 +251,9 @@ class MqttTransport:
 
     # --- accounting ---------------------------------------------------------------------------
     def wire_bytes(self) -> tuple[int, int]:
-        """(sent, received) MQTT bytes so far, payload plus header."""
+        """(sent, received) MQTT bytes, payload plus header: this process's count on top of what
+        the agent had counted before a restart (`bytes_offset`, from its checkpoint).
+        """
         counters = self.client.counters
-        return counters.sent.total_bytes, counters.received.total_bytes
+        return (self.bytes_offset[0] + counters.sent.total_bytes,
+                self.bytes_offset[1] + counters.received.total_bytes)

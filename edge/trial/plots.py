@@ -156,21 +156,39 @@ def write_plots(doc: SummaryDoc, rows: list[MetricsRow], folder: Path) -> dict[s
     paths["bytes"] = _save(plt, fig, folder / "cumulative_mb.png")
 
     agents = doc["strategies"][doc["trial"]["strategy"]]["agents"]
-    names = list(agents)
-    energy = [agents[a]["energy_j"] or 0.0 for a in names]
-    kinds = [doc["agents"][a]["kind"] for a in names]
-    palette = {k: f"C{i}" for i, k in enumerate(sorted(set(kinds)))}
-    sources = sorted({str(agents[a]["energy_source"]) for a in names})
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    ax.bar(names, energy, color=[palette[k] for k in kinds])
-    for kind, color in palette.items():
-        ax.bar([], [], color=color, label=kind)
-    ax.set(xlabel="agent", ylabel="energy (J)")
-    ax.set_title(f"Energy per agent ({', '.join(sources)})", fontsize="medium")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize="small")
-    paths["energy"] = _save(plt, fig, folder / "energy.png")
+    paths["energy"] = _energy_plot(plt, agents, doc, folder / "energy.png")
     return paths
+
+
+def _energy_plot(plt: Any, agents: dict[str, dict[str, Any]], doc: SummaryDoc, path: Path) -> Path:
+    """Energy per agent: the estimate stacked as idle baseline, compute and radio (what differs
+    between agents is compute and radio, so identical idle bars do not hide it), with a measured
+    total drawn over it where a sensor measured; sources in the legend.
+    """
+    names = list(agents)
+    parts = {p: [float(agents[a].get(p) or 0.0) for a in names]
+             for p in ("idle_j", "compute_j", "radio_j")}
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    bottom = [0.0] * len(names)
+    estimated = sorted({str(agents[a]["energy_source"]) for a in names
+                        if str(agents[a]["energy_source"]).startswith("estimated:")})
+    label = {"idle_j": "idle baseline", "compute_j": "compute", "radio_j": "radio"}
+    for part, colour in (("idle_j", "0.8"), ("compute_j", "C0"), ("radio_j", "C1")):
+        ax.bar(names, parts[part], bottom=bottom, color=colour,
+               label=f"{label[part]} ({', '.join(estimated) or 'profile estimate'})")
+        bottom = [b + v for b, v in zip(bottom, parts[part], strict=True)]
+    measured = [(i, float(agents[a]["energy_j"] or 0.0), str(agents[a]["energy_source"]))
+                for i, a in enumerate(names)
+                if not str(agents[a]["energy_source"]).startswith("estimated:")]
+    for source in sorted({s for _, _, s in measured}):
+        xs = [i for i, _, s in measured if s == source]
+        ys = [v for _, v, s in measured if s == source]
+        ax.scatter(xs, ys, marker="_", s=400, color="k", zorder=3, label=f"measured ({source})")
+    ax.set(xlabel="agent", ylabel="energy (J)")
+    ax.set_title(f"Energy per agent: {doc['fleet']}", fontsize="medium")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="x-small")
+    return _save(plt, fig, path)
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:

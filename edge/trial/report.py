@@ -203,18 +203,31 @@ def _bandwidth(block: StrategyBlock, trial: dict[str, Any]) -> list[str]:
 def _energy(doc: SummaryDoc, block: StrategyBlock) -> list[str]:
     res = block["agents"]
     out = ["## Energy and resources", "",
-           "Energy is `measured:<backend>` where the board exposes a power meter, else "
-           "`estimated:<profile>` from the device profile, CPU seconds and bytes moved.", ""]
+           "Energy is `measured:<backend>:<sensor>` where the board exposes a power sensor, else "
+           "`estimated:<profile>`. The estimate is split into the idle baseline (profile idle "
+           "power x wall time) and the attributable part: compute (the agent's CPU seconds, scaled "
+           "to the board's core speed, x the profile's per-core active power) and radio (bytes x "
+           "J/B). Attributable energy is what the learning cost; unlike the idle baseline it does "
+           "not grow with run length or other load on the host. Counters continue across agent "
+           "restarts.", ""]
+    out += _table(["agent", "device", "energy J", "source", "idle J", "compute J", "radio J",
+                   "attributable J", "J / round", "J / MB sent"],
+                  [[a, doc["agents"][a]["device"], r["energy_j"], r["energy_source"],
+                    r.get("idle_j"), r.get("compute_j"), r.get("radio_j"), r.get("attributable_j"),
+                    r.get("energy_j_per_round"), r.get("energy_j_per_mb_sent")]
+                   for a, r in res.items()])
+    total = sum(r["energy_j"] or 0.0 for r in res.values())
+    attributable = sum(r.get("attributable_j") or 0.0 for r in res.values())
+    out += [f"Fleet energy: {total:.1f} J, of which {attributable:.1f} J attributable to the "
+            "learning (compute + radio).", ""]
     out += ["Memory: peak RSS counts every page mapped into the agent's process, shared library "
             "pages included; USS only the pages it alone holds (what a board pays per agent when "
             "agents share a fork server), PSS shares each shared page out among its users.", ""]
-    out += _table(["agent", "device", "energy J", "source", "CPU s", "training s", "peak RSS MiB",
-                   "peak USS MiB", "peak PSS MiB"],
-                  [[a, doc["agents"][a]["device"], r["energy_j"], r["energy_source"], r["cpu_s"],
-                    r["train_s"], f"{r['peak_rss_mb']:.0f}", f"{r.get('peak_uss_mib', 0.0):.0f}",
+    out += _table(["agent", "CPU s", "training s", "restarts", "peak RSS MiB", "peak USS MiB",
+                   "peak PSS MiB"],
+                  [[a, r["cpu_s"], r["train_s"], r.get("restarts_counted", 0),
+                    f"{r['peak_rss_mb']:.0f}", f"{r.get('peak_uss_mib', 0.0):.0f}",
                     f"{r.get('peak_pss_mib', 0.0):.0f}"] for a, r in res.items()])
-    total = sum(r["energy_j"] or 0.0 for r in res.values())
-    out += [f"Fleet energy: {total:.1f} J.", ""]
     return out
 
 

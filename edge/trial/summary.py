@@ -34,10 +34,15 @@ def read_final(path: Path) -> dict[str, Any] | None:
 
 
 def _counter(rows: list[MetricsRow], final: dict[str, Any] | None,
-             key: Literal["cpu_s", "energy_j"], single_run: bool) -> float:
-    # The agent's final.json covers its last process; rows carry per-process running totals.
-    if final is not None and single_run and isinstance(final.get(key), (int, float)):
-        return float(final[key])
+             key: Literal["cpu_s", "energy_j", "idle_j", "compute_j", "radio_j", "attributable_j"]
+             ) -> float:
+    # final.json and the rows carry the agent's running totals over all its processes (a
+    # restarted agent carries them on from its checkpoint); final.json is the later reading.
+    # cumulative_total also adds up records of versions whose counters restarted at zero.
+    energy = (final or {}).get("energy") or {}
+    value = (final or {}).get(key, energy.get(key))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
     return cumulative_total(float(r.get(key, 0.0)) for r in rows)
 
 
@@ -81,6 +86,7 @@ def agent_resources(rows: list[MetricsRow], final: dict[str, Any] | None, starts
     branch_sent = sum(float((b or {}).get("sent_bytes", 0)) for b in per_branch.values())
     update_bytes = branch_sent / published if published and single and branch_sent else None
     wire_per_round = (wire["sent"] + wire["received"]) / done if done else 0.0
+    energy_j = _counter(rows, final, "energy_j")
     return {
         "rounds_completed": done,
         "completed_all": done >= rounds,
@@ -91,13 +97,22 @@ def agent_resources(rows: list[MetricsRow], final: dict[str, Any] | None, starts
                   "wire_per_round_over_update": wire_per_round / update_bytes if update_bytes else None},
         "dense_bytes_per_round": (sum(float(r.get("dense_bytes_published", 0)) for r in rows) / len(rows)
                                   if rows else 0.0),
-        "cpu_s": _counter(rows, final, "cpu_s", single),
+        "cpu_s": _counter(rows, final, "cpu_s"),
         "train_s": sum(float(r.get("train_s", 0.0)) for r in rows),
         "peak_rss_mb": _peak(rows, final, "rss_mb", "peak_rss_mb"),
         "peak_uss_mib": _peak(rows, final, "uss_mib", "peak_uss_mib"),
         "peak_pss_mib": _peak(rows, final, "pss_mib", "peak_pss_mib"),
-        "energy_j": _counter(rows, final, "energy_j", single),
+        "energy_j": energy_j,
         "energy_source": source,
+        # The estimate's breakdown (devices.estimate): idle baseline, compute, radio, and the
+        # attributable part (compute + radio) that compares across run lengths and host load.
+        "idle_j": _counter(rows, final, "idle_j"),
+        "compute_j": _counter(rows, final, "compute_j"),
+        "radio_j": _counter(rows, final, "radio_j"),
+        "attributable_j": _counter(rows, final, "attributable_j"),
+        "energy_j_per_round": energy_j / done if done else None,
+        "energy_j_per_mb_sent": energy_j / (wire["sent"] / 1e6) if wire["sent"] else None,
+        "restarts_counted": max((int(r.get("restarts", 0)) for r in rows), default=0),
         "wall_s": float(final["wall_s"]) if final and single and "wall_s" in final else None,
         "rejected": (final or {}).get("rejected", {}),
         "final_json": final is not None,
