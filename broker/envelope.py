@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from broker import topics
 from broker.chunking import MAX_MESSAGE_BYTES
-from broker.keys import NO_RUN, KeyRing, as_keyring, check_epoch, check_run_id
+from broker.keys import NO_RUN, KeyRing, as_keyring, check_epoch, check_run_id, verify_mac
 from broker.rejects import Reject, RejectedError
 from broker.replay import DEFAULT_WINDOW, ReplayWindows
 
@@ -145,16 +145,8 @@ def open_envelope(data: bytes, keys: KeyRing | None) -> Envelope:
         reason = Reject.TRUNCATED if len(data) < offset + body_len else Reject.MALFORMED
         raise RejectedError(reason, f"{len(data)} bytes, header says {offset + body_len}")
     body = bytes(data[offset:])
-    if keys is not None and keys.signing:
-        if not flags & HMAC_FLAG:
-            raise RejectedError(Reject.UNSIGNED, "no HMAC but the fleet signs its messages")
-        key = keys.key_for(sender)
-        if key is None:
-            raise RejectedError(Reject.BAD_HMAC, f"no key for sender {sender!r}")
-        check = hmac.new(key, memoryview(data)[:signed_end], hashlib.sha256)
-        check.update(body)
-        if not hmac.compare_digest(check.digest(), data[signed_end:signed_end + HMAC_LEN]):
-            raise RejectedError(Reject.BAD_HMAC, f"HMAC does not verify with {sender}'s key")
+    verify_mac(keys, sender, bool(flags & HMAC_FLAG), memoryview(data)[:signed_end], body,
+               data[signed_end:signed_end + HMAC_LEN])
     return Envelope(Kind(kind), fleet, sender, run_id, epoch, seq, body)
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from broker import topics
+from broker.rejects import Reject, RejectedError
 
 KEY_BYTES = 32
 RUN_ID_BYTES = 16
@@ -135,6 +136,31 @@ class KeyRing:
                 info = f"parse-edge/hmac/{self.fleet}/{sender}".encode()
                 key = self._derived[sender] = hkdf_sha256(self.fleet_key, _SALT, info)
             return key
+
+
+def verify_mac(keys: KeyRing | None, sender: str, has_mac: bool, signed: bytes | memoryview,
+               body: bytes | memoryview, mac: bytes | memoryview) -> None:
+    """Check a message's HMAC-SHA256 over `signed` + `body` with `sender`'s key.
+
+    Messages of a fleet that signs nothing (`keys` None or empty) pass unchecked.
+
+    Raises
+    ------
+    RejectedError
+        UNSIGNED when the fleet signs and the message carries no HMAC; BAD_HMAC when there is no
+        key for the sender or the HMAC does not verify.
+    """
+    if keys is None or not keys.signing:
+        return
+    if not has_mac:
+        raise RejectedError(Reject.UNSIGNED, "no HMAC but the fleet signs its messages")
+    key = keys.key_for(sender)
+    if key is None:
+        raise RejectedError(Reject.BAD_HMAC, f"no key for sender {sender!r}")
+    check = hmac.new(key, signed, hashlib.sha256)
+    check.update(body)
+    if not hmac.compare_digest(check.digest(), mac):
+        raise RejectedError(Reject.BAD_HMAC, f"HMAC does not verify with {sender}'s key")
 
 
 def as_keyring(fleet: str, keys: KeyRing | bytes | None) -> KeyRing:

@@ -26,7 +26,7 @@ from enum import IntFlag
 from typing import NamedTuple
 
 from broker.codecs import CodecId
-from broker.keys import KeyRing, check_epoch, check_run_id
+from broker.keys import KeyRing, check_epoch, check_run_id, verify_mac
 from broker.rejects import Reject, RejectedError
 
 MAGIC = b"PEUP"
@@ -233,16 +233,7 @@ def decode_message(data: bytes, keys: KeyRing | None = None,
     if len(data) > expected_len:
         raise RejectedError(Reject.MALFORMED, f"{len(data) - expected_len} trailing bytes")
     payload = memoryview(data)[offset:]  # a view: chunks are copied once, when joined
-    if keys is not None and keys.signing:
-        if not flags & Flags.HMAC:
-            raise RejectedError(Reject.UNSIGNED, "no HMAC but the fleet signs its messages")
-        key = keys.key_for(sender)
-        if key is None:
-            raise RejectedError(Reject.BAD_HMAC, f"no key for sender {sender!r}")
-        check = hmac.new(key, memoryview(data)[:signed_end], hashlib.sha256)
-        check.update(payload)
-        if not hmac.compare_digest(check.digest(), mac):
-            raise RejectedError(Reject.BAD_HMAC, f"HMAC does not verify with {sender}'s key")
+    verify_mac(keys, sender, bool(flags & Flags.HMAC), memoryview(data)[:signed_end], payload, mac)
     header = Header(fleet, sender, round_idx, branch_key, signature, codec, ref_round, n_elements,
                     total_len, chunk_index, chunk_count, chunk_offset, payload_len, sha256,
                     run_id, epoch, bool(flags & Flags.KEEP))

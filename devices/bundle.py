@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from devices.board import install as board_install
+from exporters.manifest import sha256_file
 
 FORMAT = board_install.FORMAT
 # 1980-01-01T00:00:00Z: the earliest time a zip (wheel) entry can carry; tar and wheel agree.
@@ -205,13 +206,7 @@ def collect_files(spec: BundleSpec) -> list[BundleFile]:
 
 
 def _sha256(source: bytes | Path) -> str:
-    if isinstance(source, bytes):
-        return hashlib.sha256(source).hexdigest()
-    digest = hashlib.sha256()
-    with source.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else sha256_file(source)
 
 
 def _size(source: bytes | Path) -> int:

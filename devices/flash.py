@@ -12,7 +12,6 @@ the board keeps its previous release current and running.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import shlex
@@ -27,6 +26,7 @@ from typing import Any
 from devices import bundle as bundle_mod
 from devices.board.release import HEALTH_S
 from devices.ssh import SshError, SshOptions, SshSession, SshTarget, classify
+from exporters.manifest import sha256_file
 
 DEFAULT_PREFIX = "/opt/parse-edge"
 Log = Callable[[str], None]
@@ -167,14 +167,6 @@ class BoardSession:
             raise self.fail(f"copy to {remote_path} failed: {tail[0]}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def flash(bundle: Path, board: Board, options: SshOptions, *, start: bool = True,
           health_s: float = HEALTH_S, log: Log = print) -> FlashResult:
     """Flash `bundle` onto `board`.
@@ -190,7 +182,7 @@ def flash(bundle: Path, board: Board, options: SshOptions, *, start: bool = True
         meta = bundle_mod.read_metadata(bundle)
     except bundle_mod.BundleError as exc:
         raise FlashError(f"{board.name}: {exc}") from None
-    digest = _sha256(bundle)
+    digest = sha256_file(bundle)
     release = bundle_mod.release_name(str(meta["version"]), digest)
     log(f"{board.name}: bundle {bundle.name}: agent {meta['agent']}, role {meta['role']}, "
         f"release {release}")
