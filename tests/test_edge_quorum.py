@@ -19,7 +19,7 @@ import pytest
 from broker.discovery import AgentStatus, NeighbourTable, encode_status
 from broker.topics import status_topic
 from edge.cli import main
-from edge.learning.rounds import join_round
+from edge.learning.rounds import holds_every_update, join_round
 from edge.net.quorum import QuorumTimeout, await_start
 from edge.trial.launch import ForkServerLauncher, IsolatedLauncher
 from edge.trial.processes import AgentProcess, agent_env
@@ -59,6 +59,15 @@ def _table(fleet: str, statuses: dict[str, tuple[bool, int]]) -> NeighbourTable:
     return table
 
 
+def test_an_agent_holding_its_neighbours_updates_need_not_skip_rounds() -> None:
+    # A restarted agent resuming at 3 needs the round 2 updates of neighbours already past it.
+    assert holds_every_update(3, {"a1": 4, "a2": 3}, {"a1": 2, "a2": 1})
+    assert not holds_every_update(3, {"a1": 4, "a2": 3}, {"a1": 3, "a2": 2})
+    assert not holds_every_update(0, {"a1": 2}, {})
+    # A neighbour whose round 2 update is not out yet will still send it: nothing to hold.
+    assert holds_every_update(3, {"a1": 2, "a2": -1}, {})
+
+
 def test_await_start_decides_from_statuses(fleet_name: str) -> None:
     # Prepare
     said: list[str] = []
@@ -71,12 +80,24 @@ def test_await_start_decides_from_statuses(fleet_name: str) -> None:
     running = _table(fleet_name, {"a1": (True, 4), "a2": (True, 7), "a3": (False, 6)})
     decision = await_start(running, "a0", ids, {"a1", "a3"}, 4, 2, 5.0, said.append)
     assert (decision.start_round, decision.fleet_round, decision.missed_rounds) == (5, 4, [2, 3, 4])
+    # The last of a quorum, slow to read its neighbours' statuses: they started round 0 on its
+    # announcement and are in round 2, but their round 0 updates are in its inbox - it starts at 0.
+    ahead = _table(fleet_name, {"a1": (True, 2), "a2": (True, -1), "a3": (True, 2)})
+    decision = await_start(ahead, "a0", ids, {"a1", "a3"}, 4, 0, 5.0, said.append,
+                           held_from=lambda: {"a1": 0, "a3": 0})
+    assert (decision.start_round, decision.missed_rounds) == (0, [])
+    # Holding only a1's: a3's round 0 is gone, so it joins after them.
+    decision = await_start(ahead, "a0", ids, {"a1", "a3"}, 4, 0, 5.0, said.append,
+                           held_from=lambda: {"a1": 0, "a3": 1})
+    assert (decision.start_round, decision.missed_rounds) == (3, [0, 1, 2])
     # Only a far agent's status has arrived yet: it waits (up to settle_s) to hear its
-    # neighbours before judging the fleet's round from them.
+    # neighbours; none came, and the far agent's updates are not ours to mix: nothing is lost
+    # by starting at round 0.
     partial = _table(fleet_name, {"a2": (True, 3)})
     started = time.monotonic()
     decision = await_start(partial, "a0", ids, {"a1", "a3"}, 4, 0, 5.0, said.append, settle_s=0.3)
-    assert time.monotonic() - started >= 0.3 and decision.start_round == 4
+    assert time.monotonic() - started >= 0.3
+    assert (decision.start_round, decision.fleet_round, decision.joined_under_way) == (0, 3, True)
     # Alone: it says so while it waits, then gives up naming who is missing.
     alone = _table(fleet_name, {"a3": (False, -1)})
     with pytest.raises(QuorumTimeout, match=r"quorum not reached after 0.3 s: 1/4 agents online, "

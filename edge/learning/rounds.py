@@ -19,6 +19,8 @@ Joining (`join_round`): an agent that starts while its neighbours are already pa
 late, restarted or back from a leave - joins at the first round whose inputs it can still
 receive, the round after its neighbours' current one; the rounds in between are *missed*, not
 trained alone. Its first round then waits for the neighbours' updates like any other round.
+Unless it already holds them (`holds_every_update`): an agent that subscribed before its
+neighbours published - the last of a quorum, slow to read their statuses - starts where it is.
 """
 
 from __future__ import annotations
@@ -86,6 +88,39 @@ def join_round(resume_round: int, neighbour_rounds: Iterable[int]) -> int:
     """
     furthest = max(neighbour_rounds, default=-1)
     return max(resume_round, furthest + 1) if furthest > 0 else resume_round
+
+
+def holds_every_update(resume_round: int, neighbour_rounds: Mapping[str, int],
+                       held_from: Mapping[str, int],
+                       first_rounds: Mapping[str, int] | None = None) -> bool:
+    """Whether an agent can start at `resume_round` although its neighbours are ahead.
+
+    An agent subscribes before it announces itself, so every update published after that is in
+    its inbox. When the quorum is reached by the agent's own announcement, its neighbours start
+    round 0 at once and may be in round 2 before this agent has read their statuses; their round
+    0 and 1 updates are nevertheless in its inbox, so joining later (`join_round`) would throw away
+    rounds it can run. It starts at `resume_round` when, from every neighbour whose first needed
+    update - of round max(resume_round - 1, 0), or the neighbour's own first round if it joined
+    later - is already out, it holds that update or an earlier one (later rounds follow on the
+    same subscription). With no neighbour ahead, nothing is lost either.
+
+    Parameters
+    ----------
+    resume_round : int
+        0 for a fresh agent, the round after its checkpoint for a restarted one.
+    neighbour_rounds : mapping of str to int
+        Each online neighbour's status round: its updates of the rounds before it are out.
+    held_from : mapping of str to int
+        The earliest round of which the agent holds an update of each neighbour.
+    first_rounds : mapping of str to int, optional
+        Each neighbour's first round (its status): it sends nothing of the rounds before.
+    """
+    firsts = first_rounds or {}
+    for agent, status_round in neighbour_rounds.items():
+        needed = max(resume_round - 1, 0, firsts.get(agent, 0))
+        if status_round > needed and held_from.get(agent, needed + 1) > needed:
+            return False
+    return True
 
 
 def run_rounds(run: AgentRounds, transport: Transport,

@@ -128,11 +128,11 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
         mqtt.start()
         say(f"connected to {mqtt.client.address.url}; {len(cfg.agent_ids)} agents in fleet "
             f"{cfg.fleet}, rounds {round_span(schedule.rounds)}")
-        neighbours = (set(cfg.agent_ids) if cfg.topology.resample_each_round
-                      else set(mqtt.neighbours.configured_neighbours(agent_id)))
-        decision = await_start(mqtt.neighbours, agent_id, cfg.agent_ids, neighbours,
+        # Only the neighbours we can mix from decide where we join: one sharing no branch with
+        # us may be rounds ahead without costing us any update.
+        decision = await_start(mqtt.neighbours, agent_id, cfg.agent_ids, mqtt.senders(),
                                quorum_count(cfg.training, len(cfg.agent_ids)), resume_round,
-                               cfg.training.start_timeout_s, say)
+                               cfg.training.start_timeout_s, say, held_from=mqtt.held_from)
         say(_describe_start(decision, schedule.rounds))
         mqtt.first_round = decision.start_round
         rounds_done = max(rounds_done, min(decision.start_round, schedule.rounds))

@@ -81,16 +81,26 @@ class MqttTransport:
         self.client.subscribe(topics.status_filter(fleet))
         # Only the branches we can average, from the agents that can be our neighbours: a wider
         # subscription would make every agent receive updates it must throw away.
-        candidates = (set(self.holdings) - {self.agent_id}
-                      if self.cfg.topology.resample_each_round
-                      else self.neighbours.configured_neighbours(self.agent_id))
-        for other in sorted(candidates):
+        for other in sorted(self.senders()):
             for key, branch in self.branches.items():
                 if self.holdings.get(other, {}).get(key) == branch.signature:
                     self.client.subscribe(topics.update_topic(fleet, other, key))
         self.client.subscribe(topics.control_topic(fleet))
         self.client.start(timeout_s=timeout_s)
+        # Announce only once the broker has the subscriptions: neighbours start round 0 on our
+        # announcement, and their round 0 updates must find us subscribed (edge.net.quorum).
+        if not self.client.wait_subscribed(timeout_s):
+            log.warning("%s: subscriptions not acknowledged after %g s", self.agent_id, timeout_s)
         self.announce()
+
+    def senders(self) -> set[str]:
+        """The agents whose updates we can mix: possible neighbours holding one of our branches."""
+        candidates = (set(self.holdings) - {self.agent_id}
+                      if self.cfg.topology.resample_each_round
+                      else self.neighbours.configured_neighbours(self.agent_id))
+        return {other for other in candidates
+                if any(self.holdings.get(other, {}).get(key) == branch.signature
+                       for key, branch in self.branches.items())}
 
     def announce(self) -> None:
         """Publish our retained status.
@@ -149,6 +159,15 @@ class MqttTransport:
             for r, key in [k for k in self._inbox if k[0] <= round_idx]:
                 del self._inbox[(r, key)]
         return received
+
+    def held_from(self) -> dict[str, int]:
+        """The earliest round of which the inbox holds an update of each neighbour."""
+        with self._arrived:
+            earliest: dict[str, int] = {}
+            for (round_idx, _), vectors in self._inbox.items():
+                for sender in vectors:
+                    earliest[sender] = min(round_idx, earliest.get(sender, round_idx))
+            return earliest
 
     def _missing(self, round_idx: int, plan: Plan) -> list[tuple[str, str]]:
         # Wait only for neighbours that are online *and* announce the branch at our signature:

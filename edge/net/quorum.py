@@ -8,7 +8,9 @@ round it runs (-1 while it waits here). Before its first round an agent watches 
   not train alone (Flower's `min_available_clients` plays the same part for a server);
 - once another agent runs a round, the fleet is under way: the agent joins at the round
   `edge.learning.rounds.join_round` gives for its neighbours' rounds, and the rounds before it
-  are missed;
+  are missed - unless the agent already holds every update it needs to start where it is
+  (`edge.learning.rounds.holds_every_update`: the last agent of the quorum, slow to read the
+  statuses of neighbours that started on its own announcement);
 - after `training.start_timeout_s` without either, it gives up: `QuorumTimeout`, naming who is
   missing (the CLI exits non-zero).
 
@@ -20,11 +22,11 @@ work) will tell them apart.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from broker.discovery import NeighbourTable
-from edge.learning.rounds import join_round
+from edge.learning.rounds import holds_every_update, join_round
 
 # How often a waiting agent repeats where it stands when nothing changes.
 REMIND_EVERY_S = 10.0
@@ -57,7 +59,8 @@ class StartDecision:
 def await_start(table: NeighbourTable, agent_id: str, fleet_ids: Collection[str],
                 neighbours: Collection[str], quorum: int, resume_round: int, timeout_s: float,
                 say: Callable[[str], None], poll_s: float = 0.05, settle_s: float = SETTLE_S,
-                clock: Callable[[], float] = time.monotonic) -> StartDecision:
+                clock: Callable[[], float] = time.monotonic,
+                held_from: Callable[[], Mapping[str, int]] = dict) -> StartDecision:
     """Block until the agent may start; return where.
 
     Parameters
@@ -67,7 +70,8 @@ def await_start(table: NeighbourTable, agent_id: str, fleet_ids: Collection[str]
     agent_id : str
         This agent (counted as online: it announced itself before calling this).
     fleet_ids, neighbours : collections of str
-        Every agent of the fleet; this agent's configured neighbours.
+        Every agent of the fleet; the neighbours it mixes from (sharing a branch with it): only
+        their rounds decide where it joins.
     quorum : int
         Agents that must be online before round 0 (edge.config.schema.quorum_count).
     resume_round : int
@@ -78,6 +82,8 @@ def await_start(table: NeighbourTable, agent_id: str, fleet_ids: Collection[str]
         Receives one line per change of the waiting state (and a reminder every 10 s).
     settle_s : float
         Before joining a fleet under way, wait this long for every neighbour's status.
+    held_from : callable
+        The earliest round of which the agent holds an update of each neighbour (its inbox).
 
     Raises
     ------
@@ -98,7 +104,11 @@ def await_start(table: NeighbourTable, agent_id: str, fleet_ids: Collection[str]
         if (running and settled) or (not running and online >= quorum):
             near = [r for a, r in running.items() if a in neighbours]
             fleet_round = max(near or running.values(), default=-1)
-            start = join_round(resume_round, near or running.values())
+            near_rounds = {a: r for a, r in running.items() if a in neighbours}
+            firsts = {a: statuses[a].first_round for a in near_rounds}
+            start = (resume_round if holds_every_update(resume_round, near_rounds, held_from(),
+                                                        firsts)
+                     else join_round(resume_round, near_rounds.values()))
             return StartDecision(start, resume_round, clock() - started, online, fleet_round,
                                  bool(running))
         waited = clock() - started
