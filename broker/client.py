@@ -33,6 +33,9 @@ __all__ = ["DEFAULT_PORTS", "BrokerAddress", "BrokerRefusedError", "Inbound", "M
 
 log = logging.getLogger(__name__)
 
+# protocol=0: how long an MQTT 5 CONNECT may go unanswered before 3.1.1 is tried instead.
+AUTO_CONNACK_S = 3.0
+
 
 class Inbound(NamedTuple):
     """One received message with the flags receivers need."""
@@ -174,8 +177,11 @@ class MqttClient:
             self._paho.connect_async(self.address.host, self.address.port, self.keepalive_s)
             self._paho.loop_start()
         if wait and self._auto and self.protocol == 5:
-            self._connack.wait(timeout_s)
-            if not self.is_connected and self.last_connect_error == "Unsupported protocol version":
+            # amqtt answers an MQTT 5 CONNECT carrying a username with silence (no CONNACK):
+            # no answer within AUTO_CONNACK_S counts as "MQTT 3.1.1 only" too.
+            answered = self._connack.wait(min(timeout_s, AUTO_CONNACK_S))
+            if not self.is_connected and (
+                    not answered or self.last_connect_error == "Unsupported protocol version"):
                 self.stop(publish_will=False, flush_timeout_s=0)
                 self.protocol, self.counters = 4, ByteCounters(mqtt5=False)
                 self._paho = self._make_paho()

@@ -189,7 +189,8 @@ def _bandwidth(block: StrategyBlock, trial: dict[str, Any]) -> list[str]:
         for reason, count in (r.get("rejected") or {}).items():
             rejected[reason] += int(count)
     if rejected:
-        out += ["Updates rejected by receivers (never reached a model): "
+        out += ["Messages rejected by receivers (updates that never reached a model; statuses, "
+                "metrics and control messages that changed nothing; see docs/security.md): "
                 + ", ".join(f"{reason} {n}" for reason, n in sorted(rejected.items())) + ".", ""]
     cov = trial.get("mix_coverage") or {}
     if cov.get("expected"):

@@ -1,0 +1,282 @@
+"""The secure set-up end to end: a trial against the Mosquitto parse-edge configures, under attack.
+
+Mosquitto runs the generated configuration (hashed per-agent passwords, an ACL keyed on the
+agent id, TLS with client certificates from `broker certs`, a small max_packet_size); agents log in
+with their own secrets over `mqtts://localhost` (host name checked) and sign everything for the
+trial's run. An attacker holding a3's broker login (not the fleet key) injects the cases of
+issue 13; each is rejected and counted, and the fleet mixes exactly what an unattacked run mixes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from broker import topics, wire
+from broker.client import MqttClient, TlsFiles
+from broker.codecs import CodecId
+from broker.credentials import make_credentials, write_credentials
+from broker.embedded import free_port
+from broker.envelope import Kind, Signer, open_envelope
+from broker.exchange import parse_run_announcement
+from broker.keys import KeyRing
+from broker.mosquitto import MosquittoProcess, MosquittoSettings, write_mosquitto_config
+from edge.config.load import load_config
+from edge.errors import ConfigError, UserError
+from edge.trial.runner import TrialOptions, TrialResult, run_trial
+from tests.broker_support import wait_for
+from tests.test_edge_trial import write_config
+
+AGENTS = ["a0", "a1", "a2", "a3"]
+ROUNDS = 3
+PACKET_BYTES = 2048  # below one encoder update (about 2.8 kB): every update goes in chunks
+
+
+@dataclass
+class SecureBroker:
+    """Mosquitto with the generated secure configuration, and the files a fleet config names."""
+
+    fleet: str
+    folder: Path
+    url: str
+    process: MosquittoProcess
+
+    def client(self, user: str, client_id: str) -> MqttClient:
+        """A client logged in as `user` (its secret and client certificate), MQTT 5."""
+        secret = (self.folder / "creds" / ("operator.secret" if user == "operator"
+                                           else f"agents/{user}.secret")).read_text().strip()
+        pki = self.folder / "pki"
+        tls = TlsFiles(str(pki / "ca.pem"), str(pki / "clients" / f"{user}.pem"),
+                       str(pki / "clients" / f"{user}.key"))
+        return MqttClient(self.url, client_id, username=user, password=secret, tls=tls, protocol=5)
+
+    def config(self, folder: Path, rounds: int = ROUNDS) -> Path:
+        """The small test fleet, naming the credential and certificate folders (never secrets)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = write_config(folder, self.fleet, rounds=rounds)
+        doc = yaml.safe_load(path.read_text())
+        doc["broker"] = {"url": self.url, "credentials": str(self.folder / "creds"),
+                         "certs": str(self.folder / "pki")}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+
+def start_mosquitto(folder: Path, fleet: str, deny_write: str | None = None) -> MosquittoProcess:
+    """Write credentials, PKI and config (as `broker credentials|certs|mosquitto-conf` do); start it.
+
+    `deny_write` removes one ACL line (an ACL that denies an agent its own updates).
+    """
+    from broker.certs import write_pki
+
+    if not (folder / "creds").exists():
+        write_credentials(make_credentials(fleet, AGENTS), folder / "creds")
+        write_pki(folder / "pki", AGENTS, hostnames=["localhost"])
+    pki = folder / "pki"
+    port = free_port()
+    settings = MosquittoSettings(
+        fleet=fleet, agent_ids=AGENTS, port=port, bind_address="127.0.0.1", persistence=False,
+        password_file=folder / "creds" / "passwd",
+        tls=TlsFiles(str(pki / "ca.pem"), str(pki / "server.pem"), str(pki / "server.key")),
+        require_client_certificate=True, max_packet_bytes=PACKET_BYTES)
+    conf = write_mosquitto_config(settings, folder / f"mosquitto-{port}")
+    if deny_write is not None:
+        acl = conf.acl.read_text()
+        assert deny_write in acl
+        conf.acl.write_text(acl.replace(deny_write + "\n", ""))
+    return MosquittoProcess(conf.conf, port, tls=True).start()
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    folder = tmp_path_factory.mktemp("secure")
+    fleet = f"sec{int(time.time() * 1000) % 10**9}"
+    process = start_mosquitto(folder, fleet)
+    try:
+        yield SecureBroker(fleet, folder, f"mqtts://localhost:{process.port}", process)
+    finally:
+        process.stop()
+
+
+def trial(broker: SecureBroker, folder: Path, **opts: object) -> TrialResult:
+    config = broker.config(folder)
+    return run_trial(load_config(config), TrialOptions(out=folder / "trial", config_path=str(config),
+                                                       plots=False, **opts))  # type: ignore[arg-type]
+
+
+def rejected(out: Path) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for agent in AGENTS:
+        total.update(json.loads((out / "agents" / agent / "final.json").read_text())["rejected"])
+    return total
+
+
+class Recorder:
+    """An operator client (it may read the whole fleet) keeping every message on a filter."""
+
+    def __init__(self, broker: SecureBroker, name: str, topic_filter: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = broker.client("operator", f"{broker.fleet}-{name}")
+        self.client._on_message = lambda topic, payload: self.messages.append((topic, payload))
+        self.client.subscribe(topic_filter)
+        self.client.start()
+        assert self.client.wait_subscribed(10.0)
+
+    def stop(self) -> None:
+        self.client.stop(publish_will=False)
+
+
+def test_secure_trial_rejects_every_attack_and_mixes_as_much_as_an_unattacked_run(
+        secure: SecureBroker, tmp_path: Path) -> None:
+    fleet = secure.fleet
+    # An unattacked run, recorded by an eavesdropper with the operator's read access.
+    recorder = Recorder(secure, "capture", topics.updates_filter(fleet, "a3"))
+    baseline = trial(secure, tmp_path / "baseline")
+    recorder.stop()
+    assert (baseline.status, baseline.exit_code) == ("completed", 0), baseline.summary["trial"]["reason"]
+    clean = baseline.summary["trial"]["mix_coverage"]
+    assert clean["expected"] > 0 and clean["overall"] == 1.0
+    captured = recorder.messages
+    assert captured, "the eavesdropper captured none of a3's updates"
+    # Chunks fit the broker's 2048-byte packets: more messages than updates, none too long.
+    final = json.loads((baseline.out / "agents" / "a3" / "final.json").read_text())
+    enc = final["bytes"]["per_branch"]["enc/a"]
+    assert enc["sent_messages"] >= 2 * (ROUNDS - 1)  # the last round publishes nothing
+    # MQTT 5 PUBLISH: 5 bytes of fixed header and length, the topic with its length, a packet id
+    # and an empty property list around the payload.
+    assert max(len(p) + len(t) + 10 for t, p in captured) <= PACKET_BYTES
+    assert max(len(p) for _, p in captured) > PACKET_BYTES * 0.9  # sized to the limit
+    assert "update chunks of at most" in (baseline.out / "agents" / "a0" / "agent.log").read_text()
+
+    # The attacker holds a3's broker login and certificate, not the fleet key.
+    attacker = secure.client("a3", f"{fleet}-mallory")
+    attacker.subscribe(topics.control_topic(fleet))
+    attacker.start()
+    for topic, payload in captured:  # signed updates of the earlier run, now retained
+        attacker.publish(topic, payload, retain=True)
+    status_a3 = topics.status_topic(fleet, "a3")
+    attacker.publish(status_a3, json.dumps({"agent": "a3", "online": False}).encode(), retain=True)
+    assert attacker.flush(10.0) and not attacker.refusals
+    witness = Recorder(secure, "a4-side", f"parse/{fleet}/agents/a2/#")
+
+    runs: list[bytes] = []
+    online: set[str] = set()
+
+    def overhear(topic: str, payload: bytes) -> None:
+        # a3 may read the control topic (the run announcement) and every status.
+        if topic == topics.control_topic(fleet) and payload:
+            runs.append(payload)
+        elif runs and topic.endswith("/status") and payload.startswith(b"PESG"):
+            envelope = open_envelope(payload, None)  # read, not verified: no fleet key here
+            if envelope.run_id == open_envelope(runs[-1], None).run_id and \
+                    json.loads(envelope.body)["online"]:
+                online.add(envelope.sender)
+
+    attacker._on_message = overhear
+    attacker.subscribe(topics.status_filter(fleet))
+    attacked_out = tmp_path / "attacked"
+    done = threading.Event()
+
+    def attack() -> None:
+        # Once the run is announced and every agent has announced itself (each is connected,
+        # subscribed and past its probe; none can have finished its rounds), inject live cases.
+        if not wait_for(lambda: online >= set(AGENTS) or done.is_set(), 60.0) or done.is_set():
+            return
+        announced = parse_run_announcement(open_envelope(runs[-1], None).body)
+        assert announced is not None
+        run_id = announced.run_id
+        for topic, payload in captured:       # the earlier run's updates, live: other_run
+            attacker.publish(topic, payload)
+        forged_key = KeyRing(fleet, b"guessed-fleet-key-0123456789abcd")
+        forged = Signer(fleet, "a3", forged_key, run_id, epoch=7)
+        offline = json.dumps({"agent": "a3", "online": False}).encode()
+        attacker.publish(status_a3, forged.seal(Kind.STATUS, offline), retain=True)  # bad_hmac
+        attacker.publish(status_a3, offline, retain=True)                           # not signed
+        update_topic = topics.update_topic(fleet, "a3", "enc/a")
+        payload = bytes(64)
+        header = wire.Header(fleet, "a3", 4_000_000_000, "enc/a", "sig", CodecId.FP32, -1, 16,
+                             len(payload), 0, 1, 0, len(payload), b"", run_id, 0)
+        header = header._replace(sha256=wire.update_digest(header, payload))
+        attacker.publish(update_topic, wire.encode_message(header, payload))        # unsigned
+        # An insider with the fleet key still cannot push a round far ahead: out_of_window.
+        a3_key = KeyRing(fleet, bytes.fromhex((secure.folder / "creds" / "fleet.key").read_text()))
+        attacker.publish(update_topic, wire.encode_message(header, payload, a3_key.key_for("a3")))
+        # a3's credentials cannot write another agent's topics (a2 stands for "a4" of the issue:
+        # this fleet has four agents, a0-a3).
+        attacker.publish(topics.status_topic(fleet, "a2"), b"mallory", retain=True)
+        attacker.publish(topics.metrics_topic(fleet, "a2"), b"mallory")
+        attacker.flush(10.0)
+
+    injector = threading.Thread(target=attack, daemon=True)
+    injector.start()
+    attacked = trial(secure, attacked_out)
+    done.set()
+    injector.join(30.0)
+    witness.stop()
+    attacker.stop(publish_will=False)
+
+    assert (attacked.status, attacked.exit_code) == ("completed", 0), attacked.summary["trial"]["reason"]
+    coverage = attacked.summary["trial"]["mix_coverage"]
+    assert (coverage["mixed"], coverage["expected"]) == (clean["mixed"], clean["expected"])
+    counts = rejected(attacked_out / "trial")
+    # retained: the replayed updates the broker kept and handed to subscribing agents;
+    # other_run: the same updates live; bad_hmac: the status signed with a guessed key;
+    # bad_magic: the plain-JSON status (no envelope, so no signature); unsigned and
+    # out_of_window: the round 4,000,000,000 update without and with a valid HMAC.
+    for reason in ("retained", "other_run", "bad_hmac", "bad_magic", "unsigned", "out_of_window"):
+        assert counts[reason] > 0, f"{reason} not counted: {dict(counts)}"
+    report = (attacked_out / "trial" / "report.md").read_text()
+    assert "out_of_window" in report and "bad_hmac" in report
+    # The ACL held: the broker refused a3's publishes on a2's topics and nobody received them.
+    refused = {r.topic for r in attacker.refusals}
+    assert {topics.status_topic(fleet, "a2"), topics.metrics_topic(fleet, "a2")} <= refused
+    assert not any(payload == b"mallory" for _, payload in witness.messages)
+    assert any(topic == topics.status_topic(fleet, "a2") for topic, _ in witness.messages)
+
+
+def test_a_publish_the_acl_denies_stops_the_trial_with_one_line(secure: SecureBroker,
+                                                               tmp_path: Path) -> None:
+    root = f"parse/{secure.fleet}"
+    process = start_mosquitto(secure.folder, secure.fleet,
+                              deny_write=f"topic write {root}/updates/a1/#")
+    try:
+        denied = SecureBroker(secure.fleet, secure.folder, f"mqtts://localhost:{process.port}", process)
+        result = trial(denied, tmp_path)
+    finally:
+        process.stop()
+    assert result.status == "failed" and result.exit_code != 0
+    assert "a1" in result.summary["trial"]["reason"]
+    line = (result.out / "agents" / "a1" / "agent.log").read_text().strip().splitlines()[-1]
+    assert line.startswith("error: a1: broker mqtts://localhost:")
+    assert f"publish probe on {root}/updates/a1/$probe" in line and "Not authorized" in line
+
+
+def test_secrets_are_files_never_yaml_values(secure: SecureBroker, tmp_path: Path) -> None:
+    config = secure.config(tmp_path)
+    doc = yaml.safe_load(config.read_text())
+    for key, instead in (("password", "broker.password_file"), ("hmac_key", "broker.key_file")):
+        bad = tmp_path / f"{key}.yaml"
+        bad.write_text(yaml.safe_dump({**doc, "broker": {**doc["broker"], key: "s3cret"}}))
+        with pytest.raises(ConfigError, match=rf"broker\.{key}: secrets are not kept.*{instead}"):
+            load_config(bad)
+    # Relative paths resolve against the config file; a world-readable secret is refused.
+    loose = tmp_path / "loose.key"
+    loose.write_text((secure.folder / "creds" / "fleet.key").read_text())
+    loose.chmod(0o644)
+    doc["broker"] = {"url": secure.url, "key_file": "loose.key"}
+    config.write_text(yaml.safe_dump(doc))
+    result_cfg = load_config(config)
+    from edge.config.secrets import fleet_keys
+
+    with pytest.raises(UserError, match=r"loose\.key: fleet key: readable by others"):
+        fleet_keys(result_cfg)
+    loose.chmod(0o600)
+    keys = fleet_keys(result_cfg)
+    assert keys is not None and keys.signing
