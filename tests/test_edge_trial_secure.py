@@ -234,6 +234,10 @@ def test_secure_trial_rejects_every_attack_and_mixes_as_much_as_an_unattacked_ru
         assert counts[reason] > 0, f"{reason} not counted: {dict(counts)}"
     report = (attacked_out / "trial" / "report.md").read_text()
     assert "out_of_window" in report and "bad_hmac" in report
+    security = attacked.summary["trial"]["security"]
+    assert security["signed"] and security["login"] == "operator" and security["tls"]
+    assert security["runner_rejected"].get("bad_hmac", 0) > 0  # the runner's view verifies too
+    assert "runner logged in as operator; TLS" in report
     # The ACL held: the broker refused a3's publishes on a2's topics and nobody received them.
     refused = {r.topic for r in attacker.refusals}
     assert {topics.status_topic(fleet, "a2"), topics.metrics_topic(fleet, "a2")} <= refused
@@ -256,6 +260,22 @@ def test_a_publish_the_acl_denies_stops_the_trial_with_one_line(secure: SecureBr
     line = (result.out / "agents" / "a1" / "agent.log").read_text().strip().splitlines()[-1]
     assert line.startswith("error: a1: broker mqtts://localhost:")
     assert f"publish probe on {root}/updates/a1/$probe" in line and "Not authorized" in line
+
+
+def test_a_trial_that_mixed_nothing_fails_and_says_why(tmp_path: Path, fleet_name: str) -> None:
+    # Every update is lost on the way (as under an ACL that drops them silently): agents run
+    # their rounds alone; that is not a completed trial.
+    config = write_config(tmp_path, fleet_name, rounds=2, deadline_s=3, faults=[
+        {"kind": "loss", "agents": AGENTS, "loss_percent": 100}])
+    result = run_trial(load_config(config), TrialOptions(out=tmp_path / "trial", config_path=str(config),
+                                                        plots=False))
+    assert (result.status, result.exit_code) == ("failed", 1)
+    reason = result.summary["trial"]["reason"]
+    coverage = result.summary["trial"]["mix_coverage"]
+    assert coverage["expected"] > 0 and coverage["mixed"] == 0
+    expected = coverage["expected"]
+    assert reason.startswith(f"no agent mixed a neighbour's update (mix coverage 0 of {expected})")
+    assert "messages NOT signed" in (tmp_path / "trial" / "report.md").read_text()
 
 
 def test_secrets_are_files_never_yaml_values(secure: SecureBroker, tmp_path: Path) -> None:

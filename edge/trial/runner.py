@@ -368,6 +368,16 @@ class TrialRunner:
 
     # --- the record ---------------------------------------------------------------------------
 
+    def _security(self) -> dict[str, Any]:
+        """How this trial was protected, for summary.json and the report."""
+        monitor = self.monitor
+        client = monitor.client if monitor is not None else None
+        return {"signed": fleet_keys(self.cfg) is not None, "run_id": self.run_id.hex(),
+                "login": client.username if client is not None else None,
+                "tls": client is not None and client.address.tls,
+                "runner_rejected": ({r.value: n for r, n in monitor.verifier.rejections.items()}
+                                    if monitor is not None else {})}
+
     def _nothing_mixed(self) -> str:
         """Why the trial exchanged nothing although agents had neighbours ("" when it did not)."""
         coverage = mix_coverage(self.watch.rows, expected_mixes(self.cfg, self.cfg.strategy,
@@ -379,8 +389,8 @@ class TrialRunner:
             for reason, n in (row.get("rejected") or {}).items():
                 rejected[reason] = rejected.get(reason, 0) + int(n)
         why = (f"receivers rejected {', '.join(f'{r} {n}' for r, n in sorted(rejected.items()))}"
-               if rejected else "no update reached a neighbour: the broker's ACL or max_packet_size "
-               "most likely drops them (see the broker's log)")
+               if rejected else "no update reached a neighbour: something drops them on the way (the "
+               "broker's ACL or max_packet_size, see its log, or an injected loss fault)")
         return (f"no agent mixed a neighbour's update (mix coverage 0 of {coverage['expected']}); "
                 f"{why}")
 
@@ -409,7 +419,8 @@ class TrialRunner:
             agents=agents, failed=failed, reason=self.reason, timeout_s=self.timeout_s,
             stall_timeout_s=self.stall_timeout_s, events=self.events, faults=self.plan.records,
             bad_lines=self.watch.bad_lines, started_utc=self.started_utc.isoformat(timespec="seconds"),
-            startup=self.narrator.startup.to_dict(), quorum=self.quorum))
+            startup=self.narrator.startup.to_dict(), quorum=self.quorum,
+            security=self._security()))
         write_record(self.out, doc, self.watch.rows, plots=self.opts.plots, progress=self.progress)
         return TrialResult(self.status, exit_code, self.out, doc, failed)
 
