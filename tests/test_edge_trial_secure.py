@@ -156,16 +156,6 @@ def test_secure_trial_rejects_every_attack_and_mixes_as_much_as_an_unattacked_ru
     assert "update chunks of at most" in (baseline.out / "agents" / "a0" / "agent.log").read_text()
 
     # The attacker holds a3's broker login and certificate, not the fleet key.
-    attacker = secure.client("a3", f"{fleet}-mallory")
-    attacker.subscribe(topics.control_topic(fleet))
-    attacker.start()
-    for topic, payload in captured:  # signed updates of the earlier run, now retained
-        attacker.publish(topic, payload, retain=True)
-    status_a3 = topics.status_topic(fleet, "a3")
-    attacker.publish(status_a3, json.dumps({"agent": "a3", "online": False}).encode(), retain=True)
-    assert attacker.flush(10.0) and not attacker.refusals
-    witness = Recorder(secure, "a4-side", f"parse/{fleet}/agents/a2/#")
-
     runs: list[bytes] = []
     online: set[str] = set()
 
@@ -179,8 +169,20 @@ def test_secure_trial_rejects_every_attack_and_mixes_as_much_as_an_unattacked_ru
                     json.loads(envelope.body)["online"]:
                 online.add(envelope.sender)
 
+    attacker = secure.client("a3", f"{fleet}-mallory")
     attacker._on_message = overhear
+    attacker.subscribe(topics.control_topic(fleet))
     attacker.subscribe(topics.status_filter(fleet))
+    attacker.start()
+    assert attacker.wait_subscribed(10.0)
+    for topic, payload in captured:  # signed updates of the earlier run, now retained
+        attacker.publish(topic, payload, retain=True)
+    status_a3 = topics.status_topic(fleet, "a3")
+    attacker.publish(status_a3, json.dumps({"agent": "a3", "online": False}).encode(), retain=True)
+    assert attacker.flush(10.0) and not attacker.refusals
+    assert not runs, "the finished run is still announced (retained) on the control topic"
+    witness = Recorder(secure, "a4-side", f"parse/{fleet}/agents/a2/#")
+
     attacked_out = tmp_path / "attacked"
     done = threading.Event()
 
@@ -300,3 +302,57 @@ def test_secrets_are_files_never_yaml_values(secure: SecureBroker, tmp_path: Pat
     loose.chmod(0o600)
     keys = fleet_keys(result_cfg)
     assert keys is not None and keys.signing
+
+
+def test_standalone_agents_agree_on_the_run_the_first_one_fixes(tmp_path: Path,
+                                                                 fleet_name: str) -> None:
+    import subprocess
+    import sys
+
+    from broker.embedded import EmbeddedBroker
+
+    config = write_config(tmp_path, fleet_name, rounds=2)
+    doc = yaml.safe_load(config.read_text())
+    doc["agents"] = {"count": 2, "multimodal_fraction": 1.0}
+    write_credentials(make_credentials(fleet_name, ["a0", "a1"]), tmp_path / "creds")
+    doc["broker"] = {"credentials": "creds"}  # relative to the config file
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    with EmbeddedBroker() as broker:
+        def agent(agent_id: str) -> subprocess.Popen[str]:
+            return subprocess.Popen([sys.executable, "-m", "edge", "agent", str(config), "--agent",
+                                     agent_id, "--broker", broker.url, "--out", str(out),
+                                     "--energy", "estimated", "--start-timeout", "60"],
+                                    stderr=subprocess.PIPE, text=True)
+
+        first = agent("a0")
+        assert first.stderr is not None
+        lines = []
+        for line in first.stderr:  # a0 is alone on the broker: it fixes the run
+            lines.append(line)
+            if "fixes run" in line or "joins run" in line:
+                break
+        assert "no run announced on the control topic: fixes run" in lines[-1], lines
+        second = agent("a1")
+        err_a1 = second.communicate(timeout=120)[1]
+        err_a0 = "".join(lines) + first.communicate(timeout=120)[1]
+    assert (first.returncode, second.returncode) == (0, 0), err_a0 + err_a1
+    run = lines[-1].split("fixes run ")[1].split()[0]
+    assert f"joins run {run} (announced by a0)" in err_a1
+    assert f"signed messages, run {run}, epoch 0" in err_a0
+    for agent_id in ("a0", "a1"):
+        final = json.loads((out / "agents" / agent_id / "final.json").read_text())
+        assert final["rounds_completed"] == 2 and not final["rejected"].get("other_run")
+        assert (out / "agents" / agent_id / "epoch").read_text().strip() == "0"
+    rows = [json.loads(x) for x in (out / "agents" / "a1" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["mixed_from"], "a1 mixed nothing from a0: they were not in one run"
+
+
+def test_every_start_of_an_agent_bumps_its_epoch(tmp_path: Path) -> None:
+    from edge.net.agent import next_epoch
+
+    assert [next_epoch(tmp_path) for _ in range(3)] == [0, 1, 2]
+    assert (tmp_path / "epoch").read_text() == "2\n"
+    (tmp_path / "epoch").write_text("-1\n")
+    with pytest.raises(UserError, match=r"epoch: epoch: expected a non-negative integer"):
+        next_epoch(tmp_path)
