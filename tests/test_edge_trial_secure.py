@@ -304,12 +304,12 @@ def test_secrets_are_files_never_yaml_values(secure: SecureBroker, tmp_path: Pat
     assert keys is not None and keys.signing
 
 
-def test_standalone_agents_agree_on_the_run_the_first_one_fixes(tmp_path: Path,
-                                                                 fleet_name: str) -> None:
+def test_standalone_agents_end_in_one_run(tmp_path: Path, fleet_name: str) -> None:
     import subprocess
     import sys
 
     from broker.embedded import EmbeddedBroker
+    from broker.exchange import RunAnnouncement, encode_run_announcement
 
     config = write_config(tmp_path, fleet_name, rounds=2)
     doc = yaml.safe_load(config.read_text())
@@ -318,6 +318,7 @@ def test_standalone_agents_agree_on_the_run_the_first_one_fixes(tmp_path: Path,
     doc["broker"] = {"credentials": "creds"}  # relative to the config file
     config.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
+    fleet_key = KeyRing(fleet_name, bytes.fromhex((tmp_path / "creds" / "fleet.key").read_text()))
     with EmbeddedBroker() as broker:
         def agent(agent_id: str) -> subprocess.Popen[str]:
             return subprocess.Popen([sys.executable, "-m", "edge", "agent", str(config), "--agent",
@@ -328,24 +329,31 @@ def test_standalone_agents_agree_on_the_run_the_first_one_fixes(tmp_path: Path,
         first = agent("a0")
         assert first.stderr is not None
         lines = []
-        for line in first.stderr:  # a0 is alone on the broker: it fixes the run
+        for line in first.stderr:  # a0 is alone on the broker: it fixes a run
             lines.append(line)
             if "fixes run" in line or "joins run" in line:
                 break
         assert "no run announced on the control topic: fixes run" in lines[-1], lines
+        # Meanwhile another board fixed a run of its own (as boards flashed together do): a
+        # smaller run id, announced live. a0 has not started round 0: it switches to that run
+        # and announces it again, retained, so that a1, starting now, joins it too.
+        smaller = bytes(15) + b"\x01"
+        with MqttClient(broker.url, f"{fleet_name}-other") as other:
+            other.publish(topics.control_topic(fleet_name), Signer(
+                fleet_name, "a1", fleet_key, smaller).seal(
+                Kind.CONTROL, encode_run_announcement(RunAnnouncement(smaller, "a1"))))
         second = agent("a1")
         err_a1 = second.communicate(timeout=120)[1]
         err_a0 = "".join(lines) + first.communicate(timeout=120)[1]
     assert (first.returncode, second.returncode) == (0, 0), err_a0 + err_a1
-    run = lines[-1].split("fixes run ")[1].split()[0]
-    assert f"joins run {run} (announced by a0)" in err_a1
-    assert f"signed messages, run {run}, epoch 0" in err_a0
+    assert "switches to run 00000000 (announced by a1;" in err_a0
+    assert "joins run 00000000 (announced by a1)" in err_a1
     for agent_id in ("a0", "a1"):
         final = json.loads((out / "agents" / agent_id / "final.json").read_text())
-        assert final["rounds_completed"] == 2 and not final["rejected"].get("other_run")
+        assert final["rounds_completed"] == 2
         assert (out / "agents" / agent_id / "epoch").read_text().strip() == "0"
-    rows = [json.loads(x) for x in (out / "agents" / "a1" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["mixed_from"], "a1 mixed nothing from a0: they were not in one run"
+        rows = [json.loads(x) for x in (out / "agents" / agent_id / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["mixed_from"], f"{agent_id} mixed nothing: the two were not in one run"
 
 
 def test_every_start_of_an_agent_bumps_its_epoch(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from broker.exchange import (
 )
 from broker.keys import NO_RUN, new_run_id
 from broker.probe import prove_publish_path
+from broker.rejects import Reject
 from edge.config.schema import AgentSpec, FleetConfig
 from edge.config.secrets import fleet_keys, mqtt_login
 from edge.learning.gossip import Graph, Holdings, Plan
@@ -72,9 +73,13 @@ class MqttTransport:
         login = mqtt_login(cfg, spec.id)
         self.signing = keys is not None
         self.run_fixed = run_id is not None  # given by the trial runner; else learnt or made
+        self.run_given = run_id is not None  # given: never changed by announcements
         run = run_id or NO_RUN
         self.signer = Signer(cfg.fleet, spec.id, keys, run, epoch)
         self.verifier = Verifier(cfg.fleet, keys, run_id)
+        # Control messages are opened whatever their run: a run announcement of another run is
+        # what a standalone agent converges on (`_converge`); anything else must be of ours.
+        self.control_verifier = Verifier(cfg.fleet, keys)
         self.sender = update_sender(cfg, spec.id, keys, run, epoch)
         self.bytes_offset = (0, 0)  # (sent, received) counted by earlier processes of this agent
         self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=keys,
@@ -111,7 +116,8 @@ class MqttTransport:
     def rejections(self) -> Counter[str]:
         """Messages rejected so far, by reason: updates (receiver) and envelopes (verifier)."""
         counts: Counter[str] = Counter()
-        for reason, n in [*self.receiver.rejections.items(), *self.verifier.rejections.items()]:
+        for reason, n in [*self.receiver.rejections.items(), *self.verifier.rejections.items(),
+                          *self.control_verifier.rejections.items()]:
             counts[reason.value] += n
         return counts
 
@@ -159,7 +165,9 @@ class MqttTransport:
     def _settle_run(self) -> None:
         """A standalone agent: adopt the run announced (retained) on the control topic, or fix it.
 
-        An agent the trial runner started was given the run id instead.
+        An agent the trial runner started was given the run id instead. Boards started together
+        on an empty broker may each fix a run; until round 0 an agent that hears a smaller run id
+        announced switches to it (`_converge`), so the fleet ends in one run.
         """
         deadline = time.monotonic() + RUN_SETTLE_S
         with self._arrived:
@@ -167,16 +175,16 @@ class MqttTransport:
                 self._arrived.wait(0.05)
             heard = list(self._announcements)
         if heard:
-            run_id, by = heard[-1].run_id, heard[-1].announced_by
+            run_id, by = min(heard).run_id, min(heard).announced_by
+            self.set_run(run_id)
             self.say(f"joins run {run_id.hex()[:8]} (announced by {by})")
-        else:
-            run_id = new_run_id()
-            self.say(f"no run announced on the control topic: fixes run {run_id.hex()[:8]}")
-        self.set_run(run_id)
-        if not heard:  # sealed for the new run: receivers check the envelope's run is the one named
-            self.client.publish(topics.control_topic(self.cfg.fleet), self.signer.seal(
-                Kind.CONTROL, encode_run_announcement(RunAnnouncement(run_id, self.agent_id))),
-                retain=True)
+            return
+        run_id = new_run_id()
+        self.set_run(run_id)  # sealed for the new run: receivers check the envelope's run is the one named
+        self.client.publish(topics.control_topic(self.cfg.fleet), self.signer.seal(
+            Kind.CONTROL, encode_run_announcement(RunAnnouncement(run_id, self.agent_id))),
+            retain=True)
+        self.say(f"no run announced on the control topic: fixes run {run_id.hex()[:8]}")
 
     def set_run(self, run_id: bytes) -> None:
         """Sign for, and accept only, `run_id` from now on."""
@@ -369,19 +377,45 @@ class MqttTransport:
     def _on_control(self, topic: str, payload: bytes, retained: bool) -> None:
         if self._repeat(topic, payload):
             return
-        envelope = self.verifier.open(topic, payload, retained)
+        envelope = self.control_verifier.open(topic, payload, retained)
         if envelope is None:
             return
         if retained:
             self._accepted_on[topic] = payload
+        announced = parse_run_announcement(envelope.body)
+        if announced is not None:
+            if announced.run_id == envelope.run_id:  # sealed for the run it names
+                with self._arrived:
+                    self._announcements.append(announced)
+                    self._arrived.notify_all()
+                self._converge(announced)
+            return
+        if self.run_fixed and envelope.run_id != self.run_id:
+            self.control_verifier.rejections[Reject.OTHER_RUN] += 1
+            return
         asked = parse_keyframe_request(envelope.body, envelope.sender)
         if asked is not None and asked.target == self.agent_id:
             self.sender.request_keyframe(asked.branch_key)
-        announced = parse_run_announcement(envelope.body)
-        if announced is not None and announced.run_id == envelope.run_id:
-            with self._arrived:
-                self._announcements.append(announced)
-                self._arrived.notify_all()
+
+    def _converge(self, announced: RunAnnouncement) -> None:
+        """Before round 0, switch to a smaller run id announced by another fleet member.
+
+        Every agent that fixed a run of its own thus ends in the smallest one; the switcher
+        announces that run again (retained: later agents read it), announces its status signed
+        for it, and reads the retained statuses again (those it rejected as another run's).
+        """
+        if (self.run_given or not self.run_fixed or self.round_idx >= 0
+                or announced.run_id >= self.run_id):
+            return
+        self.say(f"switches to run {announced.run_id.hex()[:8]} (announced by "
+                 f"{announced.announced_by}; the smaller run id of two fixed at the same time)")
+        self.set_run(announced.run_id)
+        fleet = self.cfg.fleet
+        self.client.publish(topics.control_topic(fleet), self.signer.seal(
+            Kind.CONTROL, encode_run_announcement(announced)), retain=True)
+        self.announce()
+        self.client.unsubscribe(topics.status_filter(fleet))
+        self.client.subscribe(topics.status_filter(fleet))
 
     def _narrate_presence(self, before: AgentStatus | None, after: AgentStatus | None) -> None:
         """Say when one of our configured neighbours goes offline or comes back."""
