@@ -264,6 +264,24 @@ def test_a_publish_the_acl_denies_stops_the_trial_with_one_line(secure: SecureBr
     assert f"publish probe on {root}/updates/a1/$probe" in line and "Not authorized" in line
 
 
+def test_the_embedded_broker_runs_a_signed_trial(tmp_path: Path, fleet_name: str) -> None:
+    # amqtt checks no password and has no ACL, but the fleet key still signs and binds to the run.
+    config = write_config(tmp_path, fleet_name, rounds=2)
+    doc = yaml.safe_load(config.read_text())
+    write_credentials(make_credentials(fleet_name, AGENTS), tmp_path / "creds")
+    doc["broker"] = {"url": "embedded", "credentials": "creds"}
+    config.write_text(yaml.safe_dump(doc))
+    result = run_trial(load_config(config), TrialOptions(out=tmp_path / "trial", config_path=str(config),
+                                                        plots=False))
+    assert (result.status, result.exit_code) == ("completed", 0), result.summary["trial"]["reason"]
+    assert result.summary["trial"]["mix_coverage"]["overall"] == 1.0
+    security = result.summary["trial"]["security"]
+    assert security["signed"] and security["login"] is None and not security["tls"]
+    log = (tmp_path / "trial" / "agents" / "a0" / "agent.log").read_text()
+    assert f"(MQTT 3.1.1, signed messages, run {security['run_id'][:8]}, epoch 0)" in log
+    assert not rejected(tmp_path / "trial")  # nothing of the fleet's own was refused
+
+
 def test_a_trial_that_mixed_nothing_fails_and_says_why(tmp_path: Path, fleet_name: str) -> None:
     # Every update is lost on the way (as under an ACL that drops them silently): agents run
     # their rounds alone; that is not a completed trial.

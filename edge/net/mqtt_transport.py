@@ -116,9 +116,11 @@ class MqttTransport:
     def rejections(self) -> Counter[str]:
         """Messages rejected so far, by reason: updates (receiver) and envelopes (verifier)."""
         counts: Counter[str] = Counter()
-        for reason, n in [*self.receiver.rejections.items(), *self.verifier.rejections.items(),
-                          *self.control_verifier.rejections.items()]:
-            counts[reason.value] += n
+        # dict() copies in one step under the GIL: the network thread may be adding a reason.
+        for counter in (self.receiver.rejections, self.verifier.rejections,
+                        self.control_verifier.rejections):
+            for reason, n in dict(counter).items():
+                counts[reason.value] += n
         return counts
 
     # --- lifecycle ----------------------------------------------------------------------------
