@@ -258,7 +258,8 @@ def test_a_publish_the_acl_denies_stops_the_trial_with_one_line(secure: SecureBr
     finally:
         process.stop()
     assert result.status == "failed" and result.exit_code != 0
-    assert "a1" in result.summary["trial"]["reason"]
+    reason = result.summary["trial"]["reason"]
+    assert "a1 ended before round 0" in reason and "Not authorized" in reason
     line = (result.out / "agents" / "a1" / "agent.log").read_text().strip().splitlines()[-1]
     assert line.startswith("error: a1: broker mqtts://localhost:")
     assert f"publish probe on {root}/updates/a1/$probe" in line and "Not authorized" in line

@@ -269,8 +269,11 @@ class TrialRunner:
             return False
         gone = sorted(a for a, p in self.agents.items() if p.starts and p.exit_kind != ExitKind.RUNNING)
         self.status = "failed"
+        # An agent's own one-line error (e.g. the broker refused its publishes) says why.
+        errors = [line for a in gone for line in self.agents[a].log_tail(1) if line.startswith("error:")]
         self.reason = (f"the quorum ({self.quorum} agents) cannot be reached: {', '.join(gone)} "
-                       f"ended before round 0 (see their agent.log)")
+                       f"ended before round 0 (see their agent.log)"
+                       + (f"; {errors[0]}" if errors else ""))
         self.progress(f"[trial] {self.reason}")
         return True
 
