@@ -307,6 +307,10 @@ def test_secrets_are_files_never_yaml_values(secure: SecureBroker, tmp_path: Pat
         bad.write_text(yaml.safe_dump({**doc, "broker": {**doc["broker"], key: "s3cret"}}))
         with pytest.raises(ConfigError, match=rf"broker\.{key}: secrets are not kept.*{instead}"):
             load_config(bad)
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({**doc, "broker": {**doc["broker"], "tls": {"ca_file": "ca.pem"}}}))
+    with pytest.raises(ConfigError, match=r"broker\.certs: expected either certs"):
+        load_config(both)
     # Relative paths resolve against the config file; a world-readable secret is refused.
     loose = tmp_path / "loose.key"
     loose.write_text((secure.folder / "creds" / "fleet.key").read_text())

@@ -205,6 +205,9 @@ def _check_comm(cfg: FleetConfig) -> None:
     if url != "embedded" and not re.fullmatch(r"mqtts?://[^:/\s]+(:\d{1,5})?/?", url):
         raise ConfigError(src, "broker.url",
                           f"expected 'embedded' or mqtt://host:port, got {url!r}")
+    if cfg.broker.certs and cfg.broker.tls is not None:
+        raise ConfigError(src, "broker.certs", "expected either certs (the folder `parse-edge broker "
+                          "certs` writes) or tls (single files), not both")
 
 
 def _check_faults(cfg: FleetConfig) -> None:
