@@ -387,3 +387,48 @@ def test_every_start_of_an_agent_bumps_its_epoch(tmp_path: Path) -> None:
     (tmp_path / "epoch").write_text("-1\n")
     with pytest.raises(UserError, match=r"epoch: epoch: expected a non-negative integer"):
         next_epoch(tmp_path)
+
+
+def test_a_board_gets_its_own_secret_and_the_fleet_key_as_files_its_config_names(
+        secure: SecureBroker, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from edge.config.secrets import fleet_keys, mqtt_login
+    from edge.deploy import BundleRequest, board_config
+
+    config = secure.config(tmp_path / "operator")
+    cfg = load_config(config)
+    text, secrets, files = board_config(cfg, BundleRequest(), "a2")
+    assert "creds" not in text and "certs" not in yaml.safe_load(text)["broker"]
+    assert sorted(secrets) == ["broker_password", "fleet_key", "tls_key"]
+    # The release as installed on the board: config/, secrets/ (0600) and data/ side by side.
+    release = tmp_path / "release"
+    (release / "config").mkdir(parents=True)
+    (release / "config" / "fleet.yaml").write_text(text)
+    for name, value in secrets.items():
+        path = release / "secrets" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(value)
+        os.chmod(path, 0o600)
+    for carried in files:
+        (release / carried.path).parent.mkdir(parents=True, exist_ok=True)
+        (release / carried.path).write_bytes(Path(str(carried.source)).read_bytes())
+    (release / "bundle.json").write_text(json.dumps({
+        "config": "config/fleet.yaml", "secrets": [f"secrets/{n}" for n in secrets]}))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "devices" / "board"))
+    try:
+        from launch import runtime_config  # the board's launcher, as a script imports it
+    finally:
+        sys.path.pop(0)
+    runtime_path = runtime_config(release)
+    runtime = load_config(runtime_path)
+    assert mqtt_login(cfg, "a2").password not in runtime_path.read_text()  # it names files only
+    login, ours = mqtt_login(runtime, "a2"), mqtt_login(cfg, "a2")
+    assert (login.username, login.password) == ("a2", ours.password)
+    assert login.tls is not None and login.tls.cert_file and login.tls.key_file
+    own_cert = secure.folder / "pki" / "clients" / "a2.pem"
+    assert Path(login.tls.cert_file).read_bytes() == own_cert.read_bytes()
+    runtime_keys, fleet = fleet_keys(runtime), fleet_keys(cfg)
+    assert runtime_keys is not None and fleet is not None
+    assert runtime_keys.key_for("a2") == fleet.key_for("a2")
