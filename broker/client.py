@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -35,6 +36,38 @@ log = logging.getLogger(__name__)
 
 # protocol=0: how long an MQTT 5 CONNECT may go unanswered before 3.1.1 is tried instead.
 AUTO_CONNACK_S = 3.0
+# TLS: how long to wait for a connection before checking the handshake ourselves.
+TLS_CHECK_S = 2.0
+
+
+def tls_problem(address: BrokerAddress, tls: TlsFiles, timeout_s: float = 5.0) -> str | None:
+    """Try the TLS handshake paho makes (CA, client certificate, host name); say what fails.
+
+    Returns
+    -------
+    str or None
+        One line naming the TLS failure (certificate not trusted, host name mismatch, client
+        certificate refused, unreadable files), or None when the handshake succeeds or the broker
+        cannot be reached at all (not a TLS problem: the caller keeps waiting).
+    """
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot load the TLS files ({exc})"
+    try:
+        with socket.create_connection((address.host, address.port), timeout_s) as sock, \
+                context.wrap_socket(sock, server_hostname=address.host):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        trusted = tls.ca_file or "the system CAs"
+        return (f"the broker's certificate does not verify against {trusted} for host "
+                f"{address.host!r} ({exc.verify_message})")
+    except ssl.SSLError as exc:
+        return f"{exc.reason or exc} (a client certificate the broker does not accept?)"
+    except OSError:
+        return None
 
 
 class Inbound(NamedTuple):
@@ -187,11 +220,22 @@ class MqttClient:
                 self._paho = self._make_paho()
                 log.info("broker %s speaks MQTT 3.1.1 only; reconnecting with it", self.address.url)
                 return self.start(timeout_s, wait)
-        if wait and not self.wait_connected(timeout_s):
-            detail = self.last_connect_error or "no CONNACK"
-            self.stop(publish_will=False, flush_timeout_s=0)
-            raise ConnectionError(f"broker {self.address.url}: not connected after {timeout_s:g} s "
-                                  f"({detail})")
+        if wait:
+            # paho retries a failed TLS handshake in silence: after a moment, try one ourselves,
+            # and stop at once with its reason when the certificate or the TLS set-up is wrong.
+            connected = self.wait_connected(min(timeout_s, TLS_CHECK_S) if self._tls else timeout_s)
+            problem = None
+            if not connected and self._tls is not None:
+                problem = tls_problem(self.address, self._tls)
+                if problem is None:
+                    connected = self.wait_connected(max(0.0, timeout_s - TLS_CHECK_S))
+            if not connected:
+                self.stop(publish_will=False, flush_timeout_s=0)
+                if problem is not None:
+                    raise ConnectionError(f"broker {self.address.url}: TLS handshake failed: {problem}")
+                detail = self.last_connect_error or "no CONNACK"
+                raise ConnectionError(f"broker {self.address.url}: not connected after {timeout_s:g} s "
+                                      f"({detail})")
         return self
 
     def stop(self, publish_will: bool = True, flush_timeout_s: float = 5.0) -> None:

@@ -432,3 +432,22 @@ def test_a_board_gets_its_own_secret_and_the_fleet_key_as_files_its_config_names
     runtime_keys, fleet = fleet_keys(runtime), fleet_keys(cfg)
     assert runtime_keys is not None and fleet is not None
     assert runtime_keys.key_for("a2") == fleet.key_for("a2")
+
+
+def test_the_broker_host_name_is_checked_against_its_certificate(secure: SecureBroker,
+                                                                 tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = secure.config(tmp_path)
+    # The server certificate names localhost only: 127.0.0.1 is the same broker, not its name.
+    wrong_name = secure.url.replace("localhost", "127.0.0.1")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "edge", "agent", str(config), "--agent", "a0",
+                           "--broker", wrong_name, "--out", str(tmp_path / "out"), "--quiet", "--mqtt", "5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: a0: broker {wrong_name}: TLS handshake failed: the broker's "
+                           "certificate does not verify against") and "'127.0.0.1'" in line
+    assert "Traceback" not in proc.stderr and time.monotonic() - started < 60
