@@ -121,11 +121,12 @@ def rejected(out: Path) -> Counter[str]:
 class Recorder:
     """An operator client (it may read the whole fleet) keeping every message on a filter."""
 
-    def __init__(self, broker: SecureBroker, name: str, topic_filter: str) -> None:
+    def __init__(self, broker: SecureBroker, name: str, *topic_filters: str) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.client = broker.client("operator", f"{broker.fleet}-{name}")
         self.client._on_message = lambda topic, payload: self.messages.append((topic, payload))
-        self.client.subscribe(topic_filter)
+        for topic_filter in topic_filters:
+            self.client.subscribe(topic_filter)
         self.client.start()
         assert self.client.wait_subscribed(10.0)
 
@@ -181,7 +182,8 @@ def test_secure_trial_rejects_every_attack_and_mixes_as_much_as_an_unattacked_ru
     attacker.publish(status_a3, json.dumps({"agent": "a3", "online": False}).encode(), retain=True)
     assert attacker.flush(10.0) and not attacker.refusals
     assert not runs, "the finished run is still announced (retained) on the control topic"
-    witness = Recorder(secure, "a4-side", f"parse/{fleet}/agents/a2/#")
+    witness = Recorder(secure, "a4-side", f"parse/{fleet}/agents/a2/#",
+                       topics.updates_filter(fleet, "a2"), topics.metrics_topic(fleet, "a2"))
 
     attacked_out = tmp_path / "attacked"
     done = threading.Event()
@@ -214,6 +216,7 @@ def test_secure_trial_rejects_every_attack_and_mixes_as_much_as_an_unattacked_ru
         # this fleet has four agents, a0-a3).
         attacker.publish(topics.status_topic(fleet, "a2"), b"mallory", retain=True)
         attacker.publish(topics.metrics_topic(fleet, "a2"), b"mallory")
+        attacker.publish(topics.update_topic(fleet, "a2", "enc/a"), b"mallory")
         attacker.flush(10.0)
 
     injector = threading.Thread(target=attack, daemon=True)
@@ -242,9 +245,12 @@ def test_secure_trial_rejects_every_attack_and_mixes_as_much_as_an_unattacked_ru
     assert "runner logged in as operator; TLS" in report
     # The ACL held: the broker refused a3's publishes on a2's topics and nobody received them.
     refused = {r.topic for r in attacker.refusals}
-    assert {topics.status_topic(fleet, "a2"), topics.metrics_topic(fleet, "a2")} <= refused
+    assert {topics.status_topic(fleet, "a2"), topics.metrics_topic(fleet, "a2"),
+            topics.update_topic(fleet, "a2", "enc/a")} <= refused
     assert not any(payload == b"mallory" for _, payload in witness.messages)
-    assert any(topic == topics.status_topic(fleet, "a2") for topic, _ in witness.messages)
+    # ... while a2's own messages on those topics did arrive.
+    heard = {topic for topic, _ in witness.messages}
+    assert {topics.status_topic(fleet, "a2"), topics.update_topic(fleet, "a2", "enc/a")} <= heard
 
 
 def test_a_publish_the_acl_denies_stops_the_trial_with_one_line(secure: SecureBroker,
