@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 AUTO_CONNACK_S = 3.0
 # TLS: how long to wait for a connection before checking the handshake ourselves.
 TLS_CHECK_S = 2.0
+# CONNACK refusals that retrying with the same login cannot change (MQTT 3.1.1 and 5 wording).
+FINAL_REFUSALS = frozenset({"Bad user name or password", "Not authorized",
+                            "Bad authentication method", "Client identifier not valid"})
 
 
 def tls_problem(address: BrokerAddress, tls: TlsFiles, timeout_s: float = 5.0) -> str | None:
@@ -207,6 +211,7 @@ class MqttClient:
         if not self._started:
             self._started = True
             self._connack.clear()
+            self.last_connect_error = None
             self._paho.connect_async(self.address.host, self.address.port, self.keepalive_s)
             self._paho.loop_start()
         if wait and self._auto and self.protocol == 5:
@@ -221,22 +226,43 @@ class MqttClient:
                 log.info("broker %s speaks MQTT 3.1.1 only; reconnecting with it", self.address.url)
                 return self.start(timeout_s, wait)
         if wait:
-            # paho retries a failed TLS handshake in silence: after a moment, try one ourselves,
-            # and stop at once with its reason when the certificate or the TLS set-up is wrong.
-            connected = self.wait_connected(min(timeout_s, TLS_CHECK_S) if self._tls else timeout_s)
-            problem = None
-            if not connected and self._tls is not None:
-                problem = tls_problem(self.address, self._tls)
-                if problem is None:
-                    connected = self.wait_connected(max(0.0, timeout_s - TLS_CHECK_S))
-            if not connected:
-                self.stop(publish_will=False, flush_timeout_s=0)
-                if problem is not None:
-                    raise ConnectionError(f"broker {self.address.url}: TLS handshake failed: {problem}")
-                detail = self.last_connect_error or "no CONNACK"
-                raise ConnectionError(f"broker {self.address.url}: not connected after {timeout_s:g} s "
-                                      f"({detail})")
+            self._wait_connected_or_raise(timeout_s)
         return self
+
+    def _wait_connected_or_raise(self, timeout_s: float) -> None:
+        """Wait for the connection; stop early on a refusal that retrying will not change.
+
+        paho retries in silence: a refused login or a failed TLS handshake would otherwise cost
+        the whole timeout and end as "no CONNACK". With TLS, after `TLS_CHECK_S` the handshake
+        is tried once by hand (`tls_problem`) to name what fails.
+        """
+        started = time.monotonic()
+        problem = None
+        tls_checked = self._tls is None
+        while not self.wait_connected(0.1):
+            waited = time.monotonic() - started
+            if self.last_connect_error in FINAL_REFUSALS:
+                problem = (f"the broker refused the login ({self.last_connect_error}): it does not "
+                           f"accept the credentials of "
+                           f"{f'MQTT user {self.username!r}' if self.username else 'an anonymous client'}")
+                break
+            if not tls_checked and waited >= TLS_CHECK_S:
+                tls_checked = True
+                assert self._tls is not None
+                tls = tls_problem(self.address, self._tls)
+                if tls is not None:
+                    problem = f"TLS handshake failed: {tls}"
+                    break
+            if waited >= timeout_s:
+                break
+        if self.is_connected:
+            return
+        self.stop(publish_will=False, flush_timeout_s=0)
+        if problem is not None:
+            raise ConnectionError(f"broker {self.address.url}: {problem}")
+        detail = self.last_connect_error or "no CONNACK"
+        raise ConnectionError(f"broker {self.address.url}: not connected after {timeout_s:g} s "
+                              f"({detail})")
 
     def stop(self, publish_will: bool = True, flush_timeout_s: float = 5.0) -> None:
         """Flush, publish the will payload ourselves (a clean disconnect suppresses it), disconnect."""

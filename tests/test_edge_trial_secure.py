@@ -457,3 +457,15 @@ def test_the_broker_host_name_is_checked_against_its_certificate(secure: SecureB
     assert line.startswith(f"error: a0: broker {wrong_name}: TLS handshake failed: the broker's "
                            "certificate does not verify against") and "'127.0.0.1'" in line
     assert "Traceback" not in proc.stderr and time.monotonic() - started < 60
+
+
+def test_a_refused_login_fails_at_once_and_says_whose(secure: SecureBroker) -> None:
+    pki = secure.folder / "pki"
+    tls = TlsFiles(str(pki / "ca.pem"), str(pki / "clients" / "a0.pem"), str(pki / "clients" / "a0.key"))
+    client = MqttClient(secure.url, f"{secure.fleet}-wrong", username="a0", password="not-a0s-secret",
+                        tls=tls, protocol=0)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"refused the login \(.*\): it does not accept the "
+                                              r"credentials of MQTT user 'a0'"):
+        client.start(timeout_s=30)
+    assert time.monotonic() - started < 10  # not the whole timeout
