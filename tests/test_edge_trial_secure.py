@@ -273,10 +273,14 @@ def test_a_publish_the_acl_denies_stops_the_trial_with_one_line(secure: SecureBr
 
 def test_the_embedded_broker_runs_a_signed_trial(tmp_path: Path, fleet_name: str) -> None:
     # amqtt checks no password and has no ACL, but the fleet key still signs and binds to the run.
+    # The same config names certificates too: unused on the embedded broker's plain mqtt://.
+    from broker.certs import write_pki
+
     config = write_config(tmp_path, fleet_name, rounds=2)
     doc = yaml.safe_load(config.read_text())
     write_credentials(make_credentials(fleet_name, AGENTS), tmp_path / "creds")
-    doc["broker"] = {"url": "embedded", "credentials": "creds"}
+    write_pki(tmp_path / "pki", AGENTS)
+    doc["broker"] = {"url": "embedded", "credentials": "creds", "certs": "pki"}
     config.write_text(yaml.safe_dump(doc))
     result = run_trial(load_config(config), TrialOptions(out=tmp_path / "trial", config_path=str(config),
                                                         plots=False))

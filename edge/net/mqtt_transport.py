@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from broker import topics
-from broker.client import Inbound, MqttClient
+from broker.client import Inbound, MqttClient, parse_broker_url
 from broker.discovery import AgentStatus, NeighbourTable, offline_will, status_message
 from broker.envelope import Kind, Signer, Verifier
 from broker.exchange import (
@@ -102,7 +102,9 @@ class MqttTransport:
         self.metrics_dropped = 0
         self.client = MqttClient(
             url, f"{cfg.fleet}-{spec.id}", on_inbound=self._on_inbound,
-            username=login.username, password=login.password, tls=login.tls,
+            username=login.username, password=login.password,
+            # TLS files only for mqtts:// (the trial's embedded broker listens on plain mqtt://).
+            tls=login.tls if parse_broker_url(url).tls else None,
             # MQTT 5 where the broker speaks it (Mosquitto: refusals and the packet limit are
             # read), else 3.1.1 (amqtt); the trial runner says 4 for its embedded amqtt broker.
             protocol=protocol, will=offline_will(self.signer))

@@ -177,7 +177,8 @@ class TrialRunner:
             # The operator's identity: reads the whole fleet, writes the control topic. amqtt
             # (embedded) checks no password and has no per-user ACL: there only the HMACs hold.
             login = mqtt_login(self.cfg, OPERATOR)
-            kwargs.update(username=login.username, password=login.password, tls=login.tls)
+            kwargs.update(username=login.username, password=login.password,
+                          tls=login.tls if self.url.startswith("mqtts://") else None)
         self.monitor = PresenceMonitor(self.url, self.cfg.fleet,
                                        f"trial-{self.cfg.fleet}-{os.getpid()}", keys=keys,
                                        run_id=self.run_id, **kwargs).start(wait=True, timeout_s=20.0)
