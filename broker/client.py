@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -32,6 +34,44 @@ __all__ = ["DEFAULT_PORTS", "BrokerAddress", "BrokerRefusedError", "Inbound", "M
            "TlsFiles", "describe_refusal", "parse_broker_url"]
 
 log = logging.getLogger(__name__)
+
+# protocol=0: how long an MQTT 5 CONNECT may go unanswered before 3.1.1 is tried instead.
+AUTO_CONNACK_S = 3.0
+# TLS: how long to wait for a connection before checking the handshake ourselves.
+TLS_CHECK_S = 2.0
+# CONNACK refusals that retrying with the same login cannot change (MQTT 3.1.1 and 5 wording).
+FINAL_REFUSALS = frozenset({"Bad user name or password", "Not authorized",
+                            "Bad authentication method", "Client identifier not valid"})
+
+
+def tls_problem(address: BrokerAddress, tls: TlsFiles, timeout_s: float = 5.0) -> str | None:
+    """Try the TLS handshake paho makes (CA, client certificate, host name); say what fails.
+
+    Returns
+    -------
+    str or None
+        One line naming the TLS failure (certificate not trusted, host name mismatch, client
+        certificate refused, unreadable files), or None when the handshake succeeds or the broker
+        cannot be reached at all (not a TLS problem: the caller keeps waiting).
+    """
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot load the TLS files ({exc})"
+    try:
+        with socket.create_connection((address.host, address.port), timeout_s) as sock, \
+                context.wrap_socket(sock, server_hostname=address.host):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        trusted = tls.ca_file or "the system CAs"
+        return (f"the broker's certificate does not verify against {trusted} for host "
+                f"{address.host!r} ({exc.verify_message})")
+    except ssl.SSLError as exc:
+        return f"{exc.reason or exc} (a client certificate the broker does not accept?)"
+    except OSError:
+        return None
 
 
 class Inbound(NamedTuple):
@@ -171,22 +211,58 @@ class MqttClient:
         if not self._started:
             self._started = True
             self._connack.clear()
+            self.last_connect_error = None
             self._paho.connect_async(self.address.host, self.address.port, self.keepalive_s)
             self._paho.loop_start()
         if wait and self._auto and self.protocol == 5:
-            self._connack.wait(timeout_s)
-            if not self.is_connected and self.last_connect_error == "Unsupported protocol version":
+            # amqtt answers an MQTT 5 CONNECT carrying a username with silence (no CONNACK):
+            # no answer within AUTO_CONNACK_S counts as "MQTT 3.1.1 only" too.
+            answered = self._connack.wait(min(timeout_s, AUTO_CONNACK_S))
+            if not self.is_connected and (
+                    not answered or self.last_connect_error == "Unsupported protocol version"):
                 self.stop(publish_will=False, flush_timeout_s=0)
                 self.protocol, self.counters = 4, ByteCounters(mqtt5=False)
                 self._paho = self._make_paho()
                 log.info("broker %s speaks MQTT 3.1.1 only; reconnecting with it", self.address.url)
                 return self.start(timeout_s, wait)
-        if wait and not self.wait_connected(timeout_s):
-            detail = self.last_connect_error or "no CONNACK"
-            self.stop(publish_will=False, flush_timeout_s=0)
-            raise ConnectionError(f"broker {self.address.url}: not connected after {timeout_s:g} s "
-                                  f"({detail})")
+        if wait:
+            self._wait_connected_or_raise(timeout_s)
         return self
+
+    def _wait_connected_or_raise(self, timeout_s: float) -> None:
+        """Wait for the connection; stop early on a refusal that retrying will not change.
+
+        paho retries in silence: a refused login or a failed TLS handshake would otherwise cost
+        the whole timeout and end as "no CONNACK". With TLS, after `TLS_CHECK_S` the handshake
+        is tried once by hand (`tls_problem`) to name what fails.
+        """
+        started = time.monotonic()
+        problem = None
+        tls_checked = self._tls is None
+        while not self.wait_connected(0.1):
+            waited = time.monotonic() - started
+            if self.last_connect_error in FINAL_REFUSALS:
+                problem = (f"the broker refused the login ({self.last_connect_error}): it does not "
+                           f"accept the credentials of "
+                           f"{f'MQTT user {self.username!r}' if self.username else 'an anonymous client'}")
+                break
+            if not tls_checked and waited >= TLS_CHECK_S:
+                tls_checked = True
+                assert self._tls is not None
+                tls = tls_problem(self.address, self._tls)
+                if tls is not None:
+                    problem = f"TLS handshake failed: {tls}"
+                    break
+            if waited >= timeout_s:
+                break
+        if self.is_connected:
+            return
+        self.stop(publish_will=False, flush_timeout_s=0)
+        if problem is not None:
+            raise ConnectionError(f"broker {self.address.url}: {problem}")
+        detail = self.last_connect_error or "no CONNACK"
+        raise ConnectionError(f"broker {self.address.url}: not connected after {timeout_s:g} s "
+                              f"({detail})")
 
     def stop(self, publish_will: bool = True, flush_timeout_s: float = 5.0) -> None:
         """Flush, publish the will payload ourselves (a clean disconnect suppresses it), disconnect."""

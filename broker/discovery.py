@@ -65,9 +65,12 @@ def status_message(signer: Signer, status: AgentStatus) -> tuple[str, bytes]:
 
 
 def offline_will(signer: Signer) -> Callable[[], tuple[str, bytes]]:
-    """Return a last-will factory for `MqttClient(will=...)`: a freshly sealed offline status each time."""
+    """Return a last-will factory for `MqttClient(will=...)`: a freshly sealed offline status each time.
+
+    Sealed with `Signer.seal_will`: still accepted after any number of later statuses.
+    """
     return lambda: (topics.status_topic(signer.fleet, signer.sender),
-                    signer.seal(Kind.STATUS, offline_status(signer.sender)))
+                    signer.seal_will(Kind.STATUS, offline_status(signer.sender)))
 
 
 def parse_status(payload: bytes, agent: str | None = None) -> AgentStatus:

@@ -39,6 +39,7 @@ HMAC_LEN = 32
 _FIXED = struct.Struct(">4sBBBB16sIQI")
 FIXED_LEN = _FIXED.size
 MAX_BODY_BYTES = MAX_MESSAGE_BYTES  # a probe is as long as the largest update chunk
+WILL_SEQ_GAP = 1 << 20  # a will is numbered this far ahead of its stream (Signer.seal_will)
 
 
 class Kind(IntEnum):
@@ -174,6 +175,7 @@ class Signer:
         self.epoch = check_epoch(epoch)
         self._key = self.keys.key_for(sender)
         self._seq: Counter[Kind] = Counter()
+        self._will_seq: dict[Kind, int] = {}
         self._lock = threading.Lock()
 
     @property
@@ -191,6 +193,23 @@ class Signer:
         with self._lock:
             seq = self._seq[kind]
             self._seq[kind] += 1
+            run_id = self.run_id
+        return seal(Envelope(kind, self.fleet, self.sender, run_id, self.epoch, seq, body), self._key)
+
+    def seal_will(self, kind: Kind, body: bytes, gap: int = WILL_SEQ_GAP) -> bytes:
+        """Seal an MQTT last will: numbered `gap` ahead of the stream, which continues beyond it.
+
+        A will is sealed at connect time but published (by the broker) only if the sender
+        vanishes, perhaps after hundreds of messages of its stream: numbered like them it would
+        fall behind the receivers' replay window and be rejected. Numbered ahead it stays new;
+        the next `seal_will` (at a reconnect, after which the will may have been published)
+        moves the stream past it, so later messages stay new too.
+        """
+        with self._lock:
+            previous = self._will_seq.get(kind)
+            if previous is not None:
+                self._seq[kind] = max(self._seq[kind], previous + 1)
+            seq = self._will_seq[kind] = self._seq[kind] + gap
             run_id = self.run_id
         return seal(Envelope(kind, self.fleet, self.sender, run_id, self.epoch, seq, body), self._key)
 

@@ -72,9 +72,13 @@ def _carry(cfg: FleetConfig, value: str, field: str, files: dict[str, BundleFile
     return f"../{name}"
 
 
-def board_config(cfg: FleetConfig, request: BundleRequest
+def board_config(cfg: FleetConfig, request: BundleRequest, agent_id: str | None = None
                  ) -> tuple[str, dict[str, bytes], list[BundleFile]]:
     """Return the config text a board gets, its secrets, and the files it needs.
+
+    The board's secrets (its own MQTT secret, the fleet key, its TLS client key) travel as
+    separate files; the config keeps the rest, with the files the secrets came from removed
+    (`broker.credentials`, `key_file`, `password_file`; `certs` becomes `tls`).
 
     Raises
     ------
@@ -92,9 +96,13 @@ def board_config(cfg: FleetConfig, request: BundleRequest
     if broker.get("url", "embedded") == "embedded":
         raise ConfigError(cfg.source, "broker.url", "expected mqtt://host:port reachable from the "
                           "boards (or give bundle --broker URL); 'embedded' runs only on a laptop")
-    for key, secret in (("password", "broker_password"), ("hmac_key", "hmac_key")):
-        if broker.get(key) is not None:
-            secrets[secret] = str(broker.pop(key)).encode()
+    secrets.update(_board_secrets(cfg, agent_id))
+    for key in ("credentials", "key_file", "password_file"):
+        broker.pop(key, None)
+    if broker.get("certs") and agent_id is not None:
+        folder = str(broker.pop("certs"))
+        broker["tls"] = {"ca_file": f"{folder}/ca.pem", "cert_file": f"{folder}/clients/{agent_id}.pem",
+                         "key_file": f"{folder}/clients/{agent_id}.key"}
     tls = broker.get("tls")
     if isinstance(tls, dict):
         if tls.get("key_file"):
@@ -119,6 +127,22 @@ def board_config(cfg: FleetConfig, request: BundleRequest
     return text, secrets, sorted(files.values(), key=lambda f: f.path)
 
 
+def _board_secrets(cfg: FleetConfig, agent_id: str | None) -> dict[str, bytes]:
+    """The fleet key and `agent_id`'s MQTT secret, read from the files the config names."""
+    from edge.config import secrets as config_secrets
+
+    found: dict[str, bytes] = {}
+    if config_secrets.fleet_keys(cfg) is not None:  # checks the file first
+        key_path = config_secrets.key_path(cfg)
+        assert key_path is not None
+        found["fleet_key"] = key_path.read_bytes()
+    if agent_id is not None and config_secrets.mqtt_login(cfg, agent_id).password is not None:
+        secret_path = config_secrets.password_path(cfg, agent_id)
+        assert secret_path is not None
+        found["broker_password"] = secret_path.read_bytes()
+    return found
+
+
 def bundle_spec(cfg: FleetConfig, agent_id: str, request: BundleRequest, wheel: Path
                 ) -> BundleSpec:
     """Describe `agent_id`'s bundle for devices.bundle.
@@ -132,7 +156,7 @@ def bundle_spec(cfg: FleetConfig, agent_id: str, request: BundleRequest, wheel: 
     if spec is None:
         ids = ", ".join(a.id for a in cfg.agent_specs)
         raise UserError(f"--agent: {agent_id!r} is not in {cfg.source} (agents: {ids})")
-    text, secrets, files = board_config(cfg, request)
+    text, secrets, files = board_config(cfg, request, agent_id)
     arch = request.target_arch or get_profile(spec.device).arch
     python = request.target_python or f"{sys.version_info[0]}.{sys.version_info[1]}"
     package = DATA_PACKAGES.get(cfg.data.dataset)

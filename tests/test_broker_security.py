@@ -217,12 +217,18 @@ def test_forged_offline_statuses_leave_the_agent_online() -> None:
 def test_the_will_signed_at_connect_is_accepted_after_later_statuses() -> None:
     verifier = Verifier(FLEET, FLEET_KEY, RUN_B)
     signer = Signer(FLEET, "a1", FLEET_KEY, RUN_B)
-    will_topic, will = offline_will(signer)()  # sealed at connect: sequence number 0
-    status = status_message(signer, AgentStatus("a1"))[1]  # sequence number 1
-    assert verifier.open(will_topic, status, retained=True) is not None
-    assert verifier.open(will_topic, will, retained=True) is not None  # arrives later: in window
+    will_topic, will = offline_will(signer)()  # sealed at connect, numbered ahead of its stream
+    for _ in range(500):  # far more statuses than the replay window holds (a long trial)
+        status = status_message(signer, AgentStatus("a1"))[1]
+        assert verifier.open(will_topic, status, retained=True) is not None
+    assert verifier.open(will_topic, will, retained=True) is not None  # the agent died: accepted
     assert verifier.open(will_topic, will, retained=True) is None  # but only once
     assert verifier.rejections == {Reject.REPLAYED: 1}
+    # It reconnects: a new will, and its statuses continue beyond the published one.
+    _, second_will = offline_will(signer)()
+    back = status_message(signer, AgentStatus("a1"))[1]
+    assert verifier.open(will_topic, back, retained=True) is not None
+    assert verifier.open(will_topic, second_will, retained=True) is not None
 
 
 def test_replay_windows() -> None:

@@ -165,11 +165,13 @@ def _config(tmp_path: Path) -> Path:
 
     rng = np.random.default_rng(0)
     np.savez(data, y=np.arange(40) % 2, x_a=rng.normal(size=(40, 4)).astype("float32"))
+    from broker.credentials import make_credentials, write_credentials
+
+    write_credentials(make_credentials("tcli", ["a0", "a1"]), tmp_path / "creds")
     config = tmp_path / "fleet.yaml"
     config.write_text(
         "fleet: tcli\ndata: {dataset: npz, modalities: [a], path: fleet.npz}\n"
-        "agents: {count: 2}\nbroker: {url: 'mqtt://10.0.0.2:1883', password: s3cret-pw, "
-        "hmac_key: s3cret-hmac}\n")
+        "agents: {count: 2}\nbroker: {url: 'mqtt://10.0.0.2:1883', credentials: creds}\n")
     return config
 
 
@@ -180,15 +182,20 @@ def test_cli_bundle_moves_secrets_out_of_the_config_and_carries_the_data(tmp_pat
     args = ["bundle", str(config), "--all-agents", "--out", str(out), "--wheel", str(wheel)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "s3cret" not in printed
+    own = (tmp_path / "creds" / "agents" / "a0.secret").read_bytes()
+    fleet_key = (tmp_path / "creds" / "fleet.key").read_bytes()
+    assert own.strip().decode() not in printed and fleet_key.strip().decode() not in printed
     assert sorted(p.name for p in out.iterdir()) == ["a0.tar.gz", "a1.tar.gz"]
     with tarfile.open(out / "a0.tar.gz", "r:gz") as tar:
         text = tar.extractfile("config/fleet.yaml").read().decode()  # type: ignore[union-attr]
-        assert "s3cret" not in text
+        assert own.strip().decode() not in text and "creds" not in text
         doc = yaml.safe_load(text)
         assert doc["data"]["path"] == "../data/fleet.npz"
-        assert tar.extractfile("secrets/broker_password").read() == b"s3cret-pw"  # type: ignore[union-attr]
-        assert tar.getmember("secrets/hmac_key").mode == 0o600
+        # Its own secret only (not a1's), and the fleet key, each a 0600 file of its own.
+        assert tar.extractfile("secrets/broker_password").read() == own  # type: ignore[union-attr]
+        assert tar.extractfile("secrets/fleet_key").read() == fleet_key  # type: ignore[union-attr]
+        assert tar.getmember("secrets/fleet_key").mode == 0o600
+        assert tar.getmember("secrets/broker_password").mode == 0o600
         assert tar.extractfile("data/fleet.npz").read() == (tmp_path / "fleet.npz").read_bytes()  # type: ignore[union-attr]
         meta = json.loads(tar.extractfile("bundle.json").read())  # type: ignore[union-attr]
     # The x86 default profile gives the x86_64 target.

@@ -98,12 +98,14 @@ def agent_pid(b: Board) -> int:
 
 
 def retained_status(url: str, topic: str, timeout_s: float = 30) -> dict:
-    """Wait for a retained JSON status with online: true on `topic`."""
+    """Wait for a retained JSON status with online: true on `topic` (an agent's comes in an envelope)."""
+    from broker.envelope import MAGIC, open_envelope
+
     got: dict = {}
     event = threading.Event()
 
     def on_message(t: str, payload: bytes) -> None:
-        doc = json.loads(payload)
+        doc = json.loads(open_envelope(payload, None).body if payload.startswith(MAGIC) else payload)
         if doc.get("online"):
             got.update(doc)
             event.set()

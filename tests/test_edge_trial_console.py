@@ -81,4 +81,4 @@ def test_narrator_says_each_round_once_when_every_running_agent_reported_it(tmp_
     narrator.watch_rounds(watch, {"a0"})
     narrator.watch_rejections(watch)
     assert lines[-1].startswith("[trial    1.0 s] round 1 of 0-2: 1/1 agents, accuracy 0.900 (a 0.900)")
-    assert events == [("rejected", "a0", "rejected 3 updates (bad-signature 3)")]
+    assert events == [("rejected", "a0", "rejected 3 messages (bad-signature 3)")]

@@ -1,10 +1,11 @@
-"""Start a release's agent: merge the bundle's secrets into a private config and exec the agent.
+"""Start a release's agent: point a private config at the bundle's secrets and exec the agent.
 
 Run with the release's venv Python by the supervisor or the systemd unit:
 ``<release>/venv/bin/python <release>/tools/devices/board/launch.py --prefix P``. Secrets travel
-in the bundle as separate 0600 files, never inside the config; the launcher writes the config the
-agent reads (``config/.runtime.yaml``, mode 0600, next to the bundled one so relative paths keep
-their meaning) and replaces itself with ``python -m edge agent`` (role ``train``) or
+in the bundle as separate 0600 files, never inside the config, which only names them
+(`broker.key_file`, `broker.password_file`, `broker.tls.key_file`): the launcher writes the config
+the agent reads (``config/.runtime.yaml``, mode 0600, next to the bundled one so relative paths
+keep their meaning) and replaces itself with ``python -m edge agent`` (role ``train``) or
 ``python -m devices.serve`` (role ``infer``). Needs PyYAML, which both roles install.
 """
 
@@ -19,8 +20,8 @@ from typing import Any
 
 import yaml
 
-# bundle secret file -> where it goes in the fleet config (the config keeps everything else)
-SECRET_FIELDS = {"broker_password": ("broker", "password"), "hmac_key": ("broker", "hmac_key")}
+# bundle secret file -> the broker field naming it in the runtime config (never the secret itself)
+SECRET_FIELDS = {"broker_password": "password_file", "fleet_key": "key_file"}
 
 
 def runtime_config(release: Path) -> Path:
@@ -30,12 +31,10 @@ def runtime_config(release: Path) -> Path:
     doc: dict[str, Any] = yaml.safe_load(config_path.read_text()) or {}
     for secret in meta.get("secrets", []):
         name = Path(secret).name
-        value = (release / secret).read_text().strip()
         if name == "tls_key":
             doc.setdefault("broker", {}).setdefault("tls", {})["key_file"] = str(release / secret)
         elif name in SECRET_FIELDS:
-            section, key = SECRET_FIELDS[name]
-            doc.setdefault(section, {})[key] = value
+            doc.setdefault("broker", {})[SECRET_FIELDS[name]] = str(release / secret)
     out = config_path.with_name(".runtime.yaml")
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

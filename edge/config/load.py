@@ -76,6 +76,7 @@ def parse_config(raw: Any, source: str) -> FleetConfig:
     # has no pydantic, and building the argument parser imports this module.
     from edge.config.typed import build
 
+    _refuse_inline_secrets(raw, source)
     cfg = build(FleetConfig, raw, source)
     cfg = replace(cfg, source=source)
     _check_fleet(cfg)
@@ -93,6 +94,25 @@ def parse_config(raw: Any, source: str) -> FleetConfig:
     _check_quorum(cfg)
     _check_faults(cfg)
     return cfg
+
+
+# Keys that once held secrets in the YAML, and the file-based form that replaces each.
+_INLINE_SECRETS = {
+    "password": "broker.password_file: FILE (mode 0600), or broker.credentials: DIR",
+    "hmac_key": "broker.key_file: FILE (mode 0600), or broker.credentials: DIR",
+}
+
+
+def _refuse_inline_secrets(raw: Any, source: str) -> None:
+    """A fleet YAML names secret files, never holds secrets: refuse `broker.password|hmac_key`."""
+    broker = raw.get("broker") if isinstance(raw, dict) else None
+    if not isinstance(broker, dict):
+        return
+    for key, instead in _INLINE_SECRETS.items():
+        if key in broker:
+            raise ConfigError(source, f"broker.{key}",
+                              f"secrets are not kept in the fleet YAML; expected {instead} "
+                              "(the folder `parse-edge broker credentials` writes)")
 
 
 def _check_fleet(cfg: FleetConfig) -> None:
@@ -185,6 +205,9 @@ def _check_comm(cfg: FleetConfig) -> None:
     if url != "embedded" and not re.fullmatch(r"mqtts?://[^:/\s]+(:\d{1,5})?/?", url):
         raise ConfigError(src, "broker.url",
                           f"expected 'embedded' or mqtt://host:port, got {url!r}")
+    if cfg.broker.certs and cfg.broker.tls is not None:
+        raise ConfigError(src, "broker.certs", "expected either certs (the folder `parse-edge broker "
+                          "certs` writes) or tls (single files), not both")
 
 
 def _check_faults(cfg: FleetConfig) -> None:

@@ -242,13 +242,26 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """Where the broker is and how to authenticate and sign (`broker`)."""
+    """Where the broker is and how to authenticate and sign (`broker`).
+
+    The YAML names secret *files*, never secrets (edge.config.secrets reads them): `credentials`
+    is the folder `parse-edge broker credentials` writes (fleet.key, agents/<id>.secret,
+    operator.secret), `certs` the one `parse-edge broker certs` writes (ca.pem,
+    clients/<id>.pem|.key); `key_file` / `password_file` name single files instead (a board's
+    bundle). Relative paths resolve against the config file.
+    """
 
     url: str = "embedded"
     tls: TlsConfig | None = None
     username: str | None = None
-    password: str | None = None
-    hmac_key: str | None = None
+    credentials: str | None = None
+    certs: str | None = None
+    key_file: str | None = None
+    password_file: str | None = None
+    # A received update may be at most this many rounds ahead of the furthest round the receiver
+    # knows of (its own, or a neighbour's signed status): a forged round 4,000,000,000 cannot
+    # make every later genuine update "stale".
+    round_window: Annotated[int, Interval(ge=0, le=MAX_ROUNDS)] = 4
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from broker.codec_spec import codec_spec
+from broker.keys import NO_RUN, KeyRing
 from broker.sender import UpdateSender
 from edge.config.schema import FleetConfig
 from edge.learning.gossip import Plan
@@ -48,14 +49,19 @@ class Transport(Protocol):
         """(sent, received) bytes so far: running totals of this agent."""
 
 
-def update_sender(cfg: FleetConfig, agent_id: str) -> UpdateSender:
-    """Build an agent's encoder for its branch updates, as the config's `comm` section says."""
+def update_sender(cfg: FleetConfig, agent_id: str, keys: KeyRing | None = None,
+                  run_id: bytes = NO_RUN, epoch: int = 0) -> UpdateSender:
+    """Build an agent's encoder for its branch updates, as the config's `comm` section says.
+
+    `keys` (edge.config.secrets.fleet_keys) sign every message; `run_id` and `epoch` go in
+    every header (broker.wire). The simulator passes none of them.
+    """
     comm = cfg.comm
     spec = codec_spec(comm.codec, comm.topk_fraction, comm.difference_coding, comm.error_feedback,
                       keyframe_codec=comm.keyframe_codec)
-    hmac_key = cfg.broker.hmac_key.encode() if cfg.broker.hmac_key else None
     return UpdateSender(cfg.fleet, agent_id, spec, keyframe_every=comm.keyframe_every,
-                        hmac_key=hmac_key, chunk_bytes=comm.chunk_kib * 1024)
+                        hmac_key=keys, chunk_bytes=comm.chunk_kib * 1024, run_id=run_id,
+                        epoch=epoch)
 
 
 class InMemoryBus:

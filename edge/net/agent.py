@@ -50,12 +50,16 @@ class Stopped(KeyboardInterrupt):
 def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
               strategy_name: str | None = None, arch: str | None = None,
               energy_mode: str = "auto", progress: Callable[[str], None] | None = None,
-              force: bool = False) -> FinalDoc:
+              force: bool = False, run_id: bytes | None = None, protocol: int = 0) -> FinalDoc:
     """Run (or resume) one agent to the last round; returns its final.json document.
 
     The agent announces itself, waits for the fleet's quorum or joins a fleet under way
     (edge.net.quorum), runs its rounds and writes `out_dir/agents/<id>/{metrics.jsonl,
     checkpoint.pt,final.json}`. `progress` receives the agent's narration, one line at a time.
+    `run_id` is the run the trial runner fixed (None: learnt from the control topic, or fixed
+    by this agent when it is the first); every start of the agent bumps its epoch (the `epoch`
+    file in its folder), so what it sent before a restart is rejected as replayed. `protocol`
+    is the MQTT version (4: 3.1.1, 5, or 0: 5 when the broker speaks it).
 
     Raises
     ------
@@ -65,6 +69,8 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
         final.json exists) without `force`.
     QuorumTimeout
         When the quorum is not reached within `training.start_timeout_s`.
+    ConnectionError, broker.probe.PublishProbeError, broker.refusals.BrokerRefusedError
+        When the broker refuses the connection, or our publishes do not reach it (one line).
     """
     say = _narrator(agent_id, progress)
     spec = cfg.agent(agent_id)
@@ -89,8 +95,9 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
             f"(restart {prior.restarts}; counters carried on)")
         energy.resume_from(prior.energy)
     graph = build_graph(cfg.topology, cfg.agent_ids, cfg.training.seed, resume_round, cfg.source)
+    epoch = next_epoch(agent_dir)
     mqtt = MqttTransport(cfg, spec, learner.branches, url, graph, table, first_round=resume_round,
-                         on_event=say)
+                         on_event=say, run_id=run_id, epoch=epoch, protocol=protocol)
     mqtt.bytes_offset = (prior.bytes_sent, prior.bytes_received)
     transport = ImpairedTransport.for_agent(ByzantineTransport.for_agent(mqtt, cfg, agent_id),
                                             cfg, agent_id)
@@ -126,8 +133,11 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
     _install_signal_handlers()
     try:
         mqtt.start()
-        say(f"connected to {mqtt.client.address.url}; {len(cfg.agent_ids)} agents in fleet "
-            f"{cfg.fleet}, rounds {round_span(schedule.rounds)}")
+        version = "5" if mqtt.client.protocol == 5 else "3.1.1"
+        say(f"connected to {mqtt.client.address.url} (MQTT {version}, "
+            f"{'signed' if mqtt.signing else 'UNSIGNED'} messages, run {mqtt.run_id.hex()[:8]}, "
+            f"epoch {epoch}); {len(cfg.agent_ids)} agents in fleet {cfg.fleet}, rounds "
+            f"{round_span(schedule.rounds)}")
         # Only the neighbours we can mix from decide where we join: one sharing no branch with
         # us may be rounds ahead without costing us any update.
         decision = await_start(mqtt.neighbours, agent_id, cfg.agent_ids, mqtt.senders(),
@@ -146,7 +156,7 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
             now_rejected = sum(row.get("rejected", {}).values())
             if now_rejected > rejected:
                 reasons = ", ".join(f"{k} {n}" for k, n in sorted(row.get("rejected", {}).items()))
-                say(f"updates rejected so far: {reasons}")
+                say(f"messages rejected so far: {reasons}")
                 rejected = now_rejected
     finally:
         mqtt.stop()
@@ -230,7 +240,31 @@ def _describe_round(row: MetricsRow, cfg: FleetConfig, agent_id: str, table: Hol
 
 
 def _rejections(mqtt: MqttTransport) -> dict[str, int]:
-    return {r.value: n for r, n in mqtt.receiver.rejections.items()}
+    return dict(sorted(mqtt.rejections.items()))
+
+
+def next_epoch(agent_dir: Path) -> int:
+    """Bump and return the agent's epoch (its start count, from 0), kept in `agent_dir/epoch`.
+
+    Receivers reject messages of an epoch older than the newest they saw from a sender, so what
+    an agent sent before a restart cannot be replayed after it (broker.replay).
+
+    Raises
+    ------
+    UserError
+        When the epoch file holds something other than a non-negative integer.
+    """
+    path = agent_dir / "epoch"
+    epoch = 0
+    if path.exists():
+        text = path.read_text().strip()
+        if not text.isdigit():
+            raise UserError(f"{path}: epoch: expected a non-negative integer, got {text[:20]!r}")
+        epoch = int(text) + 1
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{epoch}\n")
+    os.replace(tmp, path)
+    return epoch
 
 
 class Totals(NamedTuple):

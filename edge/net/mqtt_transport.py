@@ -5,6 +5,14 @@ The retained status says where the agent is: the round it runs (`round`, -1 whil
 the quorum; the next round as soon as this round's updates are published) and the first round
 this process runs (`first_round`). Neighbours read both: the
 quorum and the join round (edge.net.quorum), and whom to wait for in a round (`_missing`).
+
+Every message is bound to one run and signed (docs/security.md): updates carry the wire v2 header
+(broker.wire), status, metrics and control travel in signed envelopes (broker.envelope), all with
+the run id, this process's epoch and, when the config names a fleet key, an HMAC with the agent's
+key. What arrives is verified: unsigned, forged, replayed, other-run, retained-update and
+out-of-window messages are rejected and counted by reason (`rejections`). The agent logs in with
+its own identity (edge.config.secrets) and proves at start that its publishes reach the broker
+(broker.probe).
 """
 
 from __future__ import annotations
@@ -13,26 +21,38 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from broker import topics
-from broker.client import MqttClient, TlsFiles
-from broker.discovery import AgentStatus, NeighbourTable, encode_status, offline_status
+from broker.client import Inbound, MqttClient, parse_broker_url
+from broker.discovery import AgentStatus, NeighbourTable, offline_will, status_message
+from broker.envelope import Kind, Signer, Verifier
 from broker.exchange import (
     KeyframeRequest,
+    RunAnnouncement,
     UpdateReceiver,
     encode_keyframe_request,
+    encode_run_announcement,
     parse_keyframe_request,
+    parse_run_announcement,
 )
+from broker.keys import NO_RUN, new_run_id
+from broker.probe import prove_publish_path
+from broker.rejects import Reject
 from edge.config.schema import AgentSpec, FleetConfig
+from edge.config.secrets import fleet_keys, mqtt_login
 from edge.learning.gossip import Graph, Holdings, Plan
 from edge.learning.learner import Branch
 from edge.learning.transport import Received, update_sender
 from edge.records import MetricsRow
 from edge.version import software_version
+
+# How long a standalone agent (no --run-id) listens for the retained run announcement before it
+# fixes the run itself: retained messages arrive right after the SUBACK.
+RUN_SETTLE_S = 1.5
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +62,30 @@ class MqttTransport:
 
     def __init__(self, cfg: FleetConfig, spec: AgentSpec, branches: dict[str, Branch],
                  url: str, graph: Graph, holdings: Holdings, first_round: int = 0,
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 on_event: Callable[[str], None] | None = None, *, run_id: bytes | None = None,
+                 epoch: int = 0, protocol: int = 0) -> None:
         self.cfg = cfg
         self.agent_id = spec.id
         self.spec = spec
         self.branches = branches
         comm = cfg.comm
-        hmac_key = cfg.broker.hmac_key.encode() if cfg.broker.hmac_key else None
-        self.sender = update_sender(cfg, spec.id)
+        keys = fleet_keys(cfg)        # UserError (one line) for a bad key file
+        login = mqtt_login(cfg, spec.id)
+        self.signing = keys is not None
+        self.run_fixed = run_id is not None  # given by the trial runner; else learnt or made
+        self.run_given = run_id is not None  # given: never changed by announcements
+        run = run_id or NO_RUN
+        self.signer = Signer(cfg.fleet, spec.id, keys, run, epoch)
+        self.verifier = Verifier(cfg.fleet, keys, run_id)
+        # Control messages are opened whatever their run: a run announcement of another run is
+        # what a standalone agent converges on (`_converge`); anything else must be of ours.
+        self.control_verifier = Verifier(cfg.fleet, keys)
+        self.sender = update_sender(cfg, spec.id, keys, run, epoch)
         self.bytes_offset = (0, 0)  # (sent, received) counted by earlier processes of this agent
-        self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=hmac_key,
-                                       reassembly_timeout_s=max(30.0, comm.deadline_s))
-        self.neighbours = NeighbourTable(cfg.fleet, graph)
+        self.receiver = UpdateReceiver(cfg.fleet, self._expected, hmac_key=keys,
+                                       reassembly_timeout_s=max(30.0, comm.deadline_s),
+                                       run_id=run_id, round_window=cfg.broker.round_window)
+        self.neighbours = NeighbourTable(cfg.fleet, graph, verifier=self.verifier)
         self.holdings = holdings
         self._inbox: dict[tuple[int, str], dict[str, np.ndarray]] = defaultdict(dict)
         self._latest_round: dict[str, int] = {}  # newest round seen from each sender
@@ -65,18 +97,48 @@ class MqttTransport:
         self._seen_offline: set[str] = set()   # neighbours we saw leave (for "back" events)
         self._returning: set[str] = set()      # back online, not yet running a round
         self._broker_lost = False
-        tls = cfg.broker.tls
+        self._announcements: list[RunAnnouncement] = []
+        self._accepted_on: dict[str, bytes] = {}  # status/control topic -> last accepted payload
+        self.metrics_dropped = 0
         self.client = MqttClient(
-            url, f"{cfg.fleet}-{spec.id}", on_message=self._on_message,
-            # With a password set, the generated Mosquitto ACL knows each agent by its id.
-            username=spec.id if cfg.broker.password else cfg.broker.username,
-            password=cfg.broker.password,
-            tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file) if tls else None,
-            will=(topics.status_topic(cfg.fleet, spec.id), offline_status(spec.id)))
+            url, f"{cfg.fleet}-{spec.id}", on_inbound=self._on_inbound,
+            username=login.username, password=login.password,
+            # TLS files only for mqtts:// (the trial's embedded broker listens on plain mqtt://).
+            tls=login.tls if parse_broker_url(url).tls else None,
+            # MQTT 5 where the broker speaks it (Mosquitto: refusals and the packet limit are
+            # read), else 3.1.1 (amqtt); the trial runner says 4 for its embedded amqtt broker.
+            protocol=protocol, will=offline_will(self.signer))
+
+    @property
+    def run_id(self) -> bytes:
+        """The run this agent signs for (all zeros until it is known)."""
+        return self.signer.run_id
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Messages rejected so far, by reason: updates (receiver) and envelopes (verifier)."""
+        counts: Counter[str] = Counter()
+        # dict() copies in one step under the GIL: the network thread may be adding a reason.
+        for counter in (self.receiver.rejections, self.verifier.rejections,
+                        self.control_verifier.rejections):
+            for reason, n in dict(counter).items():
+                counts[reason.value] += n
+        return counts
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self, timeout_s: float = 30.0) -> None:
-        """Connect, subscribe (before announcing, so no update meant for us is missed), announce."""
+        """Connect, subscribe, learn or fix the run, prove the publish path, then announce.
+
+        Subscriptions come before the announcement, so no update meant for us is missed.
+
+        Raises
+        ------
+        ConnectionError
+            When the broker does not accept the connection (its reason in the message).
+        broker.probe.PublishProbeError, broker.refusals.BrokerRefusedError
+            When our publishes (or subscriptions) do not reach the broker: one line naming the
+            topic and the likely cause.
+        """
         fleet = self.cfg.fleet
         self.client.subscribe(topics.status_filter(fleet))
         # Only the branches we can average, from the agents that can be our neighbours: a wider
@@ -91,7 +153,50 @@ class MqttTransport:
         # announcement, and their round 0 updates must find us subscribed (edge.net.quorum).
         if not self.client.wait_subscribed(timeout_s):
             log.warning("%s: subscriptions not acknowledged after %g s", self.agent_id, timeout_s)
+        if not self.run_fixed:
+            self._settle_run()
+        chunk_bytes = prove_publish_path(
+            self.client, self.signer, self.sender,
+            [topics.update_topic(fleet, self.agent_id, key) for key in self.branches],
+            timeout_s=min(timeout_s, 10.0))
+        limit = self.client.max_packet_bytes
+        self.say(f"publish path proven (a signed probe came back on "
+                 f"{topics.probe_topic(fleet, self.agent_id)}); update chunks of at most "
+                 f"{chunk_bytes} bytes" + (f" (the broker's packet limit is {limit} bytes)"
+                                            if limit is not None else ""))
         self.announce()
+
+    def _settle_run(self) -> None:
+        """A standalone agent: adopt the run announced (retained) on the control topic, or fix it.
+
+        An agent the trial runner started was given the run id instead. Boards started together
+        on an empty broker may each fix a run; until round 0 an agent that hears a smaller run id
+        announced switches to it (`_converge`), so the fleet ends in one run.
+        """
+        deadline = time.monotonic() + RUN_SETTLE_S
+        with self._arrived:
+            while not self._announcements and time.monotonic() < deadline:
+                self._arrived.wait(0.05)
+            heard = list(self._announcements)
+        if heard:
+            run_id, by = min(heard).run_id, min(heard).announced_by
+            self.set_run(run_id)
+            self.say(f"joins run {run_id.hex()[:8]} (announced by {by})")
+            return
+        run_id = new_run_id()
+        self.set_run(run_id)  # sealed for the new run: receivers check the envelope's run is the one named
+        self.client.publish(topics.control_topic(self.cfg.fleet), self.signer.seal(
+            Kind.CONTROL, encode_run_announcement(RunAnnouncement(run_id, self.agent_id))),
+            retain=True)
+        self.say(f"no run announced on the control topic: fixes run {run_id.hex()[:8]}")
+
+    def set_run(self, run_id: bytes) -> None:
+        """Sign for, and accept only, `run_id` from now on."""
+        self.run_fixed = True
+        self.signer.set_run(run_id)
+        self.sender.set_run(run_id)
+        self.verifier.set_run(run_id)
+        self.receiver.set_run(run_id)
 
     def senders(self) -> set[str]:
         """The agents whose updates we can mix: possible neighbours holding one of our branches."""
@@ -110,8 +215,8 @@ class MqttTransport:
         status = AgentStatus(self.agent_id, True, self.spec.modalities,
                              {k: b.signature for k, b in self.branches.items()},
                              self.spec.device, software_version(), self.round_idx, self.first_round)
-        self.client.publish(topics.status_topic(self.cfg.fleet, self.agent_id),
-                            encode_status(status), retain=True)
+        topic, payload = status_message(self.signer, status)
+        self.client.publish(topic, payload, retain=True)
         self._announced_on = self.client.connect_count
 
     def stop(self) -> None:
@@ -121,7 +226,14 @@ class MqttTransport:
     def begin_round(self, round_idx: int) -> None:
         """Announce that we run round `round_idx` (retained status: joiners read it)."""
         self.round_idx = round_idx
+        self._move_window()
         self.announce()
+
+    def _move_window(self) -> None:
+        # Updates may run `round_window` rounds ahead of the furthest round we know of: ours, or
+        # one a neighbour announced in a verified status (a joiner hears the fleet's rounds).
+        known = [s.round_idx for s in self.neighbours.online_statuses().values()]
+        self.receiver.set_round(max([self.round_idx, *known]))
 
     # --- updates ------------------------------------------------------------------------------
     def publish(self, round_idx: int, outbox: dict[str, np.ndarray]) -> None:
@@ -135,6 +247,9 @@ class MqttTransport:
             self.client.publish_many(self.sender.encode(round_idx, key, branch.signature, vector))
         self.round_idx = round_idx + 1
         self.announce()
+        # MQTT 5: a PUBACK refusing one of our publishes (the ACL changed under us) stops the
+        # agent with one line instead of a trial that exchanges nothing.
+        self.client.raise_for_refusals()
 
     def collect(self, round_idx: int, plan: Plan, wait: bool) -> Received:
         """Collect the neighbours' updates of `round_idx` for every planned branch.
@@ -205,21 +320,38 @@ class MqttTransport:
 
     def publish_metrics(self, row: MetricsRow) -> None:
         """Publish a metrics row on our metrics topic (the trial runner's live view)."""
-        self.client.publish(topics.metrics_topic(self.cfg.fleet, self.agent_id),
-                            json.dumps(row).encode())
+        try:
+            self.client.publish(topics.metrics_topic(self.cfg.fleet, self.agent_id),
+                                self.signer.seal(Kind.METRICS, json.dumps(row).encode()))
+        except ValueError as exc:
+            # Live view only (the record is the metrics file): a row above the broker's packet
+            # limit is left out, once said.
+            if not self.metrics_dropped:
+                log.warning("%s: metrics row not published: %s", self.agent_id, exc)
+            self.metrics_dropped += 1
 
     # --- network thread -----------------------------------------------------------------------
     def _expected(self, key: str) -> tuple[str, int] | None:
         branch = self.branches.get(key)
         return (branch.signature, branch.size) if branch else None
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _repeat(self, topic: str, payload: bytes) -> bool:
+        # A retained status or run announcement delivered again (after a reconnect or a
+        # resubscription) is the message already accepted, not a replay: skip it quietly.
+        return self._accepted_on.get(topic) == payload
+
+    def _on_inbound(self, message: Inbound) -> None:
+        topic, payload = message.topic, message.payload
         info = topics.parse_topic(topic)
         if info is None or info.fleet != self.cfg.fleet:
             return
         if info.kind == "status":
+            if self._repeat(topic, payload):
+                return
             before = self.neighbours.status(info.agent or "")
-            self.neighbours.observe(topic, payload)
+            if not self.neighbours.observe(topic, payload, message.retained):
+                return  # rejected (counted by the verifier) or unparsable
+            self._accepted_on[topic] = payload
             status = self.neighbours.status(info.agent or "")
             self._narrate_presence(before, status)
             if status is not None and not status.online:
@@ -228,10 +360,11 @@ class MqttTransport:
                 self.receiver.forget(status.agent)
                 with self._arrived:
                     self._latest_round.pop(status.agent, None)
+            self._move_window()
             with self._arrived:
                 self._arrived.notify_all()  # an agent going offline ends a wait for it
         elif info.kind == "update" and info.agent != self.agent_id:
-            update = self.receiver.feed(topic, payload)
+            update = self.receiver.feed(topic, payload, message.retained)
             if update is not None:
                 with self._arrived:
                     self._inbox[(update.round_idx, update.branch_key)][update.sender] = update.vector
@@ -241,11 +374,52 @@ class MqttTransport:
             for sender, key in self.receiver.pop_keyframe_requests():
                 request = KeyframeRequest(self.agent_id, sender, key)
                 self.client.publish(topics.control_topic(self.cfg.fleet),
-                                    encode_keyframe_request(request))
+                                    self.signer.seal(Kind.CONTROL, encode_keyframe_request(request)))
         elif info.kind == "control":
-            asked = parse_keyframe_request(payload)
-            if asked is not None and asked.target == self.agent_id:
-                self.sender.request_keyframe(asked.branch_key)
+            self._on_control(topic, payload, message.retained)
+
+    def _on_control(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self._repeat(topic, payload):
+            return
+        envelope = self.control_verifier.open(topic, payload, retained)
+        if envelope is None:
+            return
+        if retained:
+            self._accepted_on[topic] = payload
+        announced = parse_run_announcement(envelope.body)
+        if announced is not None:
+            if announced.run_id == envelope.run_id:  # sealed for the run it names
+                with self._arrived:
+                    self._announcements.append(announced)
+                    self._arrived.notify_all()
+                self._converge(announced)
+            return
+        if self.run_fixed and envelope.run_id != self.run_id:
+            self.control_verifier.rejections[Reject.OTHER_RUN] += 1
+            return
+        asked = parse_keyframe_request(envelope.body, envelope.sender)
+        if asked is not None and asked.target == self.agent_id:
+            self.sender.request_keyframe(asked.branch_key)
+
+    def _converge(self, announced: RunAnnouncement) -> None:
+        """Before round 0, switch to a smaller run id announced by another fleet member.
+
+        Every agent that fixed a run of its own thus ends in the smallest one; the switcher
+        announces that run again (retained: later agents read it), announces its status signed
+        for it, and reads the retained statuses again (those it rejected as another run's).
+        """
+        if (self.run_given or not self.run_fixed or self.round_idx >= 0
+                or announced.run_id >= self.run_id):
+            return
+        self.say(f"switches to run {announced.run_id.hex()[:8]} (announced by "
+                 f"{announced.announced_by}; the smaller run id of two fixed at the same time)")
+        self.set_run(announced.run_id)
+        fleet = self.cfg.fleet
+        self.client.publish(topics.control_topic(fleet), self.signer.seal(
+            Kind.CONTROL, encode_run_announcement(announced)), retain=True)
+        self.announce()
+        self.client.unsubscribe(topics.status_filter(fleet))
+        self.client.subscribe(topics.status_filter(fleet))
 
     def _narrate_presence(self, before: AgentStatus | None, after: AgentStatus | None) -> None:
         """Say when one of our configured neighbours goes offline or comes back."""

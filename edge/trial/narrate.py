@@ -173,7 +173,7 @@ class Narrator:
             self._rejected[agent] = now
             if new:
                 reasons = ", ".join(f"{k} {n}" for k, n in sorted(new.items()))
-                self.emit("rejected", agent, f"rejected {sum(new.values())} updates ({reasons})")
+                self.emit("rejected", agent, f"rejected {sum(new.values())} messages ({reasons})")
 
     # --- rounds ---------------------------------------------------------------------------------
 

@@ -94,10 +94,26 @@ def _what_ran(doc: SummaryDoc, trial: dict[str, Any], block: StrategyBlock) -> l
         ["codec", trial["codec"]],
         ["round deadline", f"{trial['deadline_s']:g} s"],
         ["broker", f"{trial['broker']['url']} ({trial['broker']['kind']})"],
+        ["security", _security(trial.get("security") or {})],
         ["seed", doc["seed"]],
         ["software", doc["software_version"]],
     ]
     return ["## What ran", "", *_table(["item", "value"], rows)]
+
+
+def _security(sec: dict[str, Any]) -> str:
+    """One cell: signed or not, the run id, how the runner logged in, what its own view rejected."""
+    if not sec:
+        return "?"
+    parts = ["messages signed (HMAC-SHA256, per-agent keys from the fleet key)" if sec.get("signed")
+             else "messages NOT signed (no fleet key named in broker.credentials / key_file)",
+             f"run {sec.get('run_id', '?')}", f"runner logged in as {sec.get('login') or 'anonymous'}",
+             "TLS" if sec.get("tls") else "no TLS"]
+    rejected = sec.get("runner_rejected") or {}
+    if rejected:
+        parts.append("the runner's view rejected "
+                     + ", ".join(f"{k} {n}" for k, n in sorted(rejected.items())))
+    return "; ".join(parts)
 
 
 def _startup(trial: dict[str, Any]) -> list[str]:
@@ -189,7 +205,8 @@ def _bandwidth(block: StrategyBlock, trial: dict[str, Any]) -> list[str]:
         for reason, count in (r.get("rejected") or {}).items():
             rejected[reason] += int(count)
     if rejected:
-        out += ["Updates rejected by receivers (never reached a model): "
+        out += ["Messages rejected by receivers (updates that never reached a model; statuses, "
+                "metrics and control messages that changed nothing; see docs/security.md): "
                 + ", ".join(f"{reason} {n}" for reason, n in sorted(rejected.items())) + ".", ""]
     cov = trial.get("mix_coverage") or {}
     if cov.get("expected"):

@@ -6,6 +6,11 @@ runner watches their metrics files (the record) and their MQTT presence (the liv
 both (edge.trial.narrate), stops / restarts agents and the broker as the config's faults say (see
 edge.trial.faults for the trigger rule), restarts an agent killed by a signal it did not send (it
 rejoins the fleet), and always writes what was measured - after success, failure, timeout or Ctrl-C.
+
+The runner fixes the trial's run id, hands it to every agent (`--run-id`) and announces it,
+retained and signed, on the control topic (cleared at the end); with `broker.credentials` and an
+external broker it logs in as the operator. A trial in which nothing was mixed although agents
+had neighbours did not exchange anything: it fails and says why, never "completed".
 """
 
 from __future__ import annotations
@@ -18,11 +23,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from broker import topics
+from broker.credentials import OPERATOR
 from broker.embedded import EmbeddedBroker
+from broker.envelope import Kind, Signer
+from broker.exchange import RunAnnouncement, encode_run_announcement
+from broker.keys import new_run_id
 from edge.config.schema import BUILTIN_EXAMPLE, FleetConfig
+from edge.config.secrets import check_secrets, fleet_keys, mqtt_login
 from edge.records import SummaryDoc
 from edge.summary import round_span
 from edge.trial.console import CallbackConsole, Console
+from edge.trial.coverage import expected_mixes, mix_coverage
 from edge.trial.faults import Action, FaultPlan
 from edge.trial.launch import Launcher, make_launcher
 from edge.trial.narrate import Narrator
@@ -80,6 +92,7 @@ class TrialRunner:
         self.reason = ""
         self.started_utc = datetime.now(timezone.utc)
         self.launcher: Launcher | None = None
+        self.run_id = new_run_id()
         self.quorum = trial_quorum(self.cfg, len(self.ids) - len(self.plan.held_back()))
         self.narrator = Narrator(self.console, self.event, self.ids, self.cfg.training.rounds,
                                  self.cfg.comm.deadline_s, self.now_s)
@@ -107,6 +120,8 @@ class TrialRunner:
 
     def run(self) -> TrialResult:
         """Run the trial to its end (or Ctrl-C / timeout) and write the record."""
+        # Every secret file is read now: a bad one is one line before anything starts.
+        check_secrets(self.cfg, self.ids + ([] if self.embedded else [OPERATOR]))
         prepare_out(self.out, self.opts.force)
         config_path = str(self.opts.config_path or BUILTIN_EXAMPLE)
         self._copy_config(config_path)
@@ -118,13 +133,15 @@ class TrialRunner:
             env = agent_env(len(self.ids))
             for agent_id in self.ids:
                 argv = agent_argv(config_path, agent_id, self.url, self.out, self.opts, self.quorum,
-                                  self.cfg.training.start_timeout_s)
+                                  self.cfg.training.start_timeout_s, self.run_id,
+                                  "3.1.1" if self.embedded else "auto")
                 self.agents[agent_id] = AgentProcess(agent_id, argv, self.out / "agents" / agent_id,
                                                      env, self.launcher)
             self.progress(f"[trial] {len(self.ids)} agents, rounds {round_span(self.cfg.training.rounds)}, "
                           f"quorum {self.quorum}, strategy {self.cfg.strategy}, broker {self.url} "
                           f"({'embedded' if self.embedded else 'external'}), agents from the "
-                          f"{self.launcher.name}, out {self.out}")
+                          f"{self.launcher.name}, run {self.run_id.hex()[:8]}, "
+                          f"{'signed' if fleet_keys(self.cfg) else 'UNSIGNED'} messages, out {self.out}")
             held = self.plan.held_back()
             for agent_id, proc in self.agents.items():
                 if agent_id not in held:
@@ -136,8 +153,8 @@ class TrialRunner:
         except KeyboardInterrupt:
             self.status, self.reason = "interrupted", "interrupted (Ctrl-C): stopped every process"
             self.progress(f"[trial] {self.reason}")
-        except RuntimeError as exc:  # the broker would not (re)start
-            self.status, self.reason = "failed", str(exc)
+        except (RuntimeError, ConnectionError) as exc:  # the broker would not (re)start or let us in
+            self.status, self.reason = "failed", " ".join(str(exc).split())
             self.progress(f"[trial] error: {exc}")
         finally:
             self._shutdown()
@@ -154,19 +171,32 @@ class TrialRunner:
         if self.embedded:
             self.broker = EmbeddedBroker().start()
             self.url = self.broker.url
-        kwargs: dict[str, Any] = {}
-        if self.cfg.broker.username:
-            kwargs.update(username=self.cfg.broker.username, password=self.cfg.broker.password)
-        if self.cfg.broker.tls is not None and not self.embedded:
-            from broker.client import TlsFiles
-
-            tls = self.cfg.broker.tls
-            kwargs["tls"] = TlsFiles(str(self.cfg.resolve_path(tls.ca_file)),
-                                     tls.cert_file and str(self.cfg.resolve_path(tls.cert_file)),
-                                     tls.key_file and str(self.cfg.resolve_path(tls.key_file)))
+        keys = fleet_keys(self.cfg)
+        kwargs: dict[str, Any] = {"protocol": 4} if self.embedded else {"protocol": 0}
+        if not self.embedded:
+            # The operator's identity: reads the whole fleet, writes the control topic. amqtt
+            # (embedded) checks no password and has no per-user ACL: there only the HMACs hold.
+            login = mqtt_login(self.cfg, OPERATOR)
+            kwargs.update(username=login.username, password=login.password,
+                          tls=login.tls if self.url.startswith("mqtts://") else None)
         self.monitor = PresenceMonitor(self.url, self.cfg.fleet,
-                                       f"trial-{self.cfg.fleet}-{os.getpid()}", **kwargs).start()
+                                       f"trial-{self.cfg.fleet}-{os.getpid()}", keys=keys,
+                                       run_id=self.run_id, **kwargs).start(wait=True, timeout_s=20.0)
+        self._announce_run(keys is not None)
         self.narrator.watch_broker(self.monitor)
+
+    def _announce_run(self, signing: bool) -> None:
+        """Publish the run id, retained and sealed by the operator, on the control topic."""
+        assert self.monitor is not None
+        self.signer = Signer(self.cfg.fleet, OPERATOR, fleet_keys(self.cfg) if signing else None,
+                             self.run_id)
+        client = self.monitor.client
+        client.publish(topics.control_topic(self.cfg.fleet), self.signer.seal(
+            Kind.CONTROL, encode_run_announcement(RunAnnouncement(self.run_id, OPERATOR))), retain=True)
+        if not client.flush(10.0):
+            raise RuntimeError(f"broker {self.url}: the run announcement on "
+                               f"{topics.control_topic(self.cfg.fleet)} was not acknowledged in 10 s")
+        client.raise_for_refusals()  # MQTT 5: the ACL refused the operator's publish
 
     def _shutdown(self) -> None:
         self.ended_s = self.now_s()
@@ -176,6 +206,9 @@ class TrialRunner:
             for proc in alive:
                 self.event("stopped", proc.agent_id, f"by the runner at the end ({self.status})")
         if self.monitor is not None:
+            if self.monitor.connected:  # the run is over: no later agent may join it
+                self.monitor.client.publish(topics.control_topic(self.cfg.fleet), b"", retain=True)
+                self.monitor.client.flush(2.0)
             self.monitor.stop()
         if self.broker is not None:
             self.broker.stop()
@@ -237,8 +270,11 @@ class TrialRunner:
             return False
         gone = sorted(a for a, p in self.agents.items() if p.starts and p.exit_kind != ExitKind.RUNNING)
         self.status = "failed"
+        # An agent's own one-line error (e.g. the broker refused its publishes) says why.
+        errors = [line for a in gone for line in self.agents[a].log_tail(1) if line.startswith("error:")]
         self.reason = (f"the quorum ({self.quorum} agents) cannot be reached: {', '.join(gone)} "
-                       f"ended before round 0 (see their agent.log)")
+                       f"ended before round 0 (see their agent.log)"
+                       + (f"; {errors[0]}" if errors else ""))
         self.progress(f"[trial] {self.reason}")
         return True
 
@@ -336,6 +372,32 @@ class TrialRunner:
 
     # --- the record ---------------------------------------------------------------------------
 
+    def _security(self) -> dict[str, Any]:
+        """How this trial was protected, for summary.json and the report."""
+        monitor = self.monitor
+        client = monitor.client if monitor is not None else None
+        return {"signed": fleet_keys(self.cfg) is not None, "run_id": self.run_id.hex(),
+                "login": client.username if client is not None else None,
+                "tls": client is not None and client.address.tls,
+                "runner_rejected": ({r.value: n for r, n in monitor.verifier.rejections.items()}
+                                    if monitor is not None else {})}
+
+    def _nothing_mixed(self) -> str:
+        """Why the trial exchanged nothing although agents had neighbours ("" when it did not)."""
+        coverage = mix_coverage(self.watch.rows, expected_mixes(self.cfg, self.cfg.strategy,
+                                                                self.cfg.training.rounds))
+        if not coverage["expected"] or coverage["mixed"]:
+            return ""
+        rejected: dict[str, int] = {}
+        for row in self.watch.latest().values():
+            for reason, n in (row.get("rejected") or {}).items():
+                rejected[reason] = rejected.get(reason, 0) + int(n)
+        why = (f"receivers rejected {', '.join(f'{r} {n}' for r, n in sorted(rejected.items()))}"
+               if rejected else "no update reached a neighbour: something drops them on the way (the "
+               "broker's ACL or max_packet_size, see its log, or an injected loss fault)")
+        return (f"no agent mixed a neighbour's update (mix coverage 0 of {coverage['expected']}); "
+                f"{why}")
+
     def _finish(self) -> TrialResult:
         self.watch.poll()
         self.narrator.flush_rounds(self.watch)
@@ -346,6 +408,9 @@ class TrialRunner:
         exit_code = {"completed": 0, "interrupted": 130}.get(self.status, 1)
         if failed and exit_code == 0:
             exit_code, self.status = 1, "failed"
+        if exit_code == 0 and (nothing := self._nothing_mixed()):
+            exit_code, self.status, self.reason = 1, "failed", nothing
+            self.progress(f"[trial] {nothing}")
         seen = self.monitor.metrics_seen if self.monitor is not None else {}
         agents = {a: AgentFacts(exit=p.exit_kind.value if p.starts else "not started",
                                 returncode=p.returncode, starts=p.starts, restarts=self.restarts[a],
@@ -358,7 +423,8 @@ class TrialRunner:
             agents=agents, failed=failed, reason=self.reason, timeout_s=self.timeout_s,
             stall_timeout_s=self.stall_timeout_s, events=self.events, faults=self.plan.records,
             bad_lines=self.watch.bad_lines, started_utc=self.started_utc.isoformat(timespec="seconds"),
-            startup=self.narrator.startup.to_dict(), quorum=self.quorum))
+            startup=self.narrator.startup.to_dict(), quorum=self.quorum,
+            security=self._security()))
         write_record(self.out, doc, self.watch.rows, plots=self.opts.plots, progress=self.progress)
         return TrialResult(self.status, exit_code, self.out, doc, failed)
 

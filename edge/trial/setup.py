@@ -76,14 +76,21 @@ def default_timeouts(cfg: FleetConfig, n_agents: int, cores: int | None = None) 
 
 
 def agent_argv(config_path: str, agent_id: str, url: str, out: Path, opts: TrialOptions,
-               quorum: int, start_timeout_s: float) -> list[str]:
+               quorum: int, start_timeout_s: float, run_id: bytes | None = None,
+               mqtt: str = "auto") -> list[str]:
     """Return the `parse-edge` arguments of one agent process.
 
-    Paths are absolute; the launcher decides the interpreter (edge.trial.launch).
+    Paths are absolute; the launcher decides the interpreter (edge.trial.launch). `run_id` is the
+    run the runner fixed (every signed message of the trial carries it); `mqtt` the MQTT version
+    (`3.1.1` for the embedded amqtt broker: no MQTT 5 attempt first).
     """
     argv = ["agent", str(Path(config_path).resolve()), "--agent", agent_id, "--broker", url,
             "--out", str(out.resolve()), "--energy", opts.energy, "--quorum", str(quorum),
             "--start-timeout", f"{start_timeout_s:g}"]
+    if run_id is not None:
+        argv += ["--run-id", run_id.hex()]
+    if mqtt != "auto":
+        argv += ["--mqtt", mqtt]
     if opts.strategy is not None:
         argv += ["--strategy", opts.strategy]
     if opts.rounds is not None:

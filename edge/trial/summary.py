@@ -154,6 +154,8 @@ class TrialFacts:
     started_utc: str = ""
     startup: dict[str, Any] = field(default_factory=dict)
     quorum: int = 0
+    # signed, run_id, login (operator | none), tls, runner_rejected: see TrialRunner._security
+    security: dict[str, Any] = field(default_factory=dict)
 
 
 def trial_document(facts: TrialFacts) -> SummaryDoc:
@@ -217,6 +219,7 @@ def trial_document(facts: TrialFacts) -> SummaryDoc:
         "faults": [r.to_dict() for r in facts.faults],
         "events": facts.events,
         "mix_coverage": coverage,
+        "security": facts.security,
         "metrics_rows": len(rows),
         "metrics_rows_over_mqtt": sum(a.mqtt_metrics_rows for a in facts.agents.values()),
         "unreadable_metrics_lines": facts.bad_lines,

@@ -1,7 +1,8 @@
 """What a trial runner sees of its fleet: metrics rows from files, presence over MQTT.
 
 Metrics rows are tailed from the agents' JSONL files (the record); presence and live metrics
-arrive over MQTT (the live view).
+arrive over MQTT (the live view), in envelopes the monitor verifies like any agent (signed with
+the sender's key, bound to the trial's run; rejections counted in `verifier.rejections`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from broker import topics
-from broker.client import MqttClient
+from broker.client import Inbound, MqttClient
+from broker.envelope import Verifier
+from broker.keys import KeyRing
 from edge.records import MetricsRow
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,11 @@ class PresenceMonitor:
     """
 
     def __init__(self, url: str, fleet: str, client_id: str,
-                 clock: Callable[[], float] = time.monotonic, **client_kwargs: object) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, keys: KeyRing | None = None,
+                 run_id: bytes | None = None, **client_kwargs: object) -> None:
         self.fleet = fleet
+        self.verifier = Verifier(fleet, keys, run_id)
+        self._accepted_on: dict[str, bytes] = {}  # retained topic -> last accepted payload
         self.clock = clock
         self._lock = threading.Lock()
         self.online: dict[str, bool] = {}
@@ -90,14 +96,20 @@ class PresenceMonitor:
         self.metrics_seen: dict[str, set[int]] = defaultdict(set)
         self.first_online_at: dict[str, float] = {}
         self.first_running_at: dict[str, float] = {}
-        self.client = MqttClient(url, client_id, on_message=self._on_message,
+        self.client = MqttClient(url, client_id, on_inbound=self._on_inbound,
                                  reconnect_max_s=2.0, **client_kwargs)  # type: ignore[arg-type]
 
-    def start(self) -> PresenceMonitor:
-        """Subscribe to status and metrics and connect in the background."""
+    def start(self, wait: bool = False, timeout_s: float = 10.0) -> PresenceMonitor:
+        """Subscribe to status and metrics and connect (in the background unless `wait`).
+
+        Raises
+        ------
+        ConnectionError
+            With `wait`, when the broker did not accept the connection within `timeout_s`.
+        """
         self.client.subscribe(topics.status_filter(self.fleet))
         self.client.subscribe(topics.metrics_filter(self.fleet))
-        self.client.start(wait=False)
+        self.client.start(timeout_s=timeout_s, wait=wait)
         return self
 
     def stop(self) -> None:
@@ -119,12 +131,20 @@ class PresenceMonitor:
         with self._lock:
             return {a: _presence(doc) for a, doc in self.status.items()}
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_inbound(self, message: Inbound) -> None:
+        topic = message.topic
         info = topics.parse_topic(topic)
         if info is None or info.fleet != self.fleet or info.agent is None:
             return
+        if self._accepted_on.get(topic) == message.payload:
+            return  # a retained status delivered again after a reconnect: already counted
+        envelope = self.verifier.open(topic, message.payload, message.retained)
+        if envelope is None:
+            return
+        if info.kind == "status":
+            self._accepted_on[topic] = message.payload
         try:
-            doc = json.loads(payload)
+            doc = json.loads(envelope.body)
         except ValueError:
             return
         if not isinstance(doc, dict):
