@@ -48,6 +48,7 @@ def render_report(doc: SummaryDoc) -> str:
     out += _startup(trial)
     out += _accuracy(doc, block)
     out += _bandwidth(block, trial)
+    out += _field(trial)
     out += _energy(doc, block)
     out += _faults(trial, block)
     out += _failures(trial)
@@ -262,6 +263,51 @@ def _faults(trial: dict[str, Any], block: StrategyBlock) -> list[str]:
         out += [f"- {e['t_s']:.1f} s  {e['kind']}{' ' + e['agent'] if e['agent'] else ''}: "
                 f"{e['detail'].splitlines()[0] if e['detail'] else ''}" for e in events]
         out += [""]
+    return out
+
+
+def _kbit(rate: float | None) -> str:
+    return "uncapped" if rate is None else f"{rate:g} kbit/s"
+
+
+def _field(trial: dict[str, Any]) -> list[str]:
+    """The virtual field: per board its link and the bytes the OS counted beside MQTT's."""
+    info = trial.get("field")
+    if not info:
+        return []
+    sites = ", ".join(f"{name} ({len(s['boards'])} boards, broker {s['broker']}, backhaul "
+                      f"{_kbit(s['backhaul']['rate_kbit'])})" for name, s in info["sites"].items())
+    out = ["## Virtual field", "",
+           f"Field `{info['name']}` ({info['source']}): sites {sites}; hub {info['hub']}. Every "
+           "board is a network namespace flashed over SSH; rate caps (tc tbf), loss (nftables) and "
+           "link outages are real, delay and jitter are not (no netem).", "",
+           "Bytes the OS counted on each board's eth0 over its agent's life, beside the MQTT "
+           f"layer's counters. {info['protocol_overhead']}.", ""]
+    rows = []
+    for board, b in info["boards"].items():
+        link = b["link"]
+        iface, mqtt = b.get("interface") or {}, b.get("mqtt") or {}
+        tx, rx = b.get("tx") or {}, b.get("rx") or {}
+        rows.append([board, b["site"], _kbit(link["rate_kbit"]), f"{link['loss_percent']:g}%",
+                     _mb(iface["tx_bytes"]) if iface else "-",
+                     _mb(mqtt["sent_bytes"]) if mqtt else "-",
+                     f"{tx['overhead_ratio']:.3f}" if tx.get("overhead_ratio") else "-",
+                     _mb(iface["rx_bytes"]) if iface else "-",
+                     _mb(mqtt["received_bytes"]) if mqtt else "-",
+                     f"{rx['overhead_ratio']:.3f}" if rx.get("overhead_ratio") else "-",
+                     _rounds(b["missed_mix_rounds"]) if b["missed_mix_rounds"] else "none"])
+    out += _table(["board", "site", "rate", "loss", "eth0 tx MB", "MQTT sent MB", "tx/MQTT",
+                   "eth0 rx MB", "MQTT recv MB", "rx/MQTT", "missed mixes (rounds)"], rows)
+    faults = info.get("faults") or []
+    if faults:
+        out += ["Link faults of the field file (a board's link goes down when the board enters "
+                "the round, i.e. once it reported the round before, and comes back the same way):",
+                ""]
+        out += _table(["fault", "target", "rounds", "status", "what happened"],
+                      [[f["kind"], f["target"],
+                        f"{f['round']}-{f['up_round'] - 1}" if f["up_round"] is not None
+                        else f"{f['round']}", f["status"], f["outcome"] or f["note"]]
+                       for f in faults])
     return out
 
 
