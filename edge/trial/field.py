@@ -7,10 +7,11 @@ difference: an agent is started and stopped through its board's supervisor, over
 metrics are read from the board's prefix. Link faults come from the field file and fire as the
 fleet enters their round, with the runner's trigger rule (edge.trial.faults):
 
-- a board's link outage ``{round: r, up_round: u}``: its switch port goes down when the board
-  itself has reported round r-1 and comes back when it has reported round u-1 (so its rounds
-  r .. u-1 run without a link: the interface, not the agent, is down);
-- a backhaul outage: the same, by the first agent to report the round;
+- a link outage ``{round: r, up_round: u}`` of a board (or a site's backhaul): the switch port
+  goes down when every agent has reported round r-1 (their round r-1 updates are out) and comes
+  back when every agent has reported round u-1, so the updates of rounds r .. u-1 cannot cross
+  it: neighbours miss the board's updates, and it theirs, in the mixes of rounds r+1 .. u. The
+  interface is down, not the agent: it trains alone meanwhile;
 - a board reboot at round r: when the board has reported round r-1 its agent process is killed
   (SIGKILL) and its supervisor restarts it; it resumes from its checkpoint and rejoins.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.field import control
+from devices.field.iproute import FieldCommandError, link_counters
 from devices.field.lifecycle import field_down, field_up, require_root
 from devices.field.plan import FieldPlan
 from devices.field.spec import FieldSpec, FieldSpecError, load_field
@@ -48,6 +50,7 @@ from edge.trial.summary import read_final
 from edge.trial.watch import JsonlTail
 
 HEALTH_S = 0.0   # flash without starting: nothing to watch stay up
+POLL_S = 0.05
 
 
 @dataclass
@@ -88,6 +91,7 @@ class FieldTrialRunner(TrialRunner):
         super().__init__(cfg, replace(opts, broker=plan.site(plan.hub).broker_url), console=console)
         self.spec, self.field_plan, self.boards = spec, plan, boards
         self.field_faults = field_faults(plan)
+        self._last_bytes: dict[str, tuple[int, int]] = {}
         # The record is read where each board's agent writes it: its prefix.
         for agent_id in self.ids:
             self.watch.tails[agent_id] = JsonlTail(boards.boards[agent_id].agent_dir / "metrics.jsonl")
@@ -99,18 +103,41 @@ class FieldTrialRunner(TrialRunner):
 
     def _on_poll(self) -> None:
         done = self.watch.completed
-        fleet = max(done.values(), default=-1)
+        running = [done[a] for a, p in self.agents.items() if p.starts]
+        # The fleet has left round r-1 once its slowest running agent reported it: every
+        # update of round r-1 is published (and, on an uncongested link, delivered).
+        fleet = min(running, default=-1)
         for fault in self.field_faults:
-            reached = fleet if fault.kind == "backhaul-down" else done.get(fault.target, -1)
+            reached = done.get(fault.target, -1) if fault.kind == "reboot" else fleet
             if fault.status == "pending" and reached >= fault.round - 1:
-                self._inject(fault, reached)
+                if fault.kind == "reboot" or self._quiet(fault):
+                    self._inject(fault, reached)
             elif fault.status == "down" and fault.up_round is not None \
                     and reached >= fault.up_round - 1:
                 self._set_link(fault, up=True)
                 fault.status, fault.up_at_s = "injected", round(self.now_s(), 3)
+                fault.note += f"; up after round {reached}"
                 self.event("fault", fault.target if fault.kind == "link-down" else None,
-                           f"{fault.kind} {fault.target}: link back up entering round "
-                           f"{fault.up_round} (reported round {reached})")
+                           f"{fault.kind} {fault.target}: link back up as the fleet enters "
+                           f"round {fault.up_round} (every agent reported round {reached})")
+
+    def _quiet(self, fault: FieldFault) -> bool:
+        """Whether the fault's link carried nothing since the last look.
+
+        Round r-1's updates may still be on a capped link after every agent reported the
+        round (a 60 kB update takes 0.24 s at 2000 kbit/s); cutting them would make round r's
+        mix miss them too. The link is idle once they are through: the agents train.
+        """
+        end = (self.field_plan.board(fault.target).near if fault.kind == "link-down"
+               else self.field_plan.site(fault.target).near)
+        try:
+            now = link_counters(end)
+        except FieldCommandError:
+            return True
+        seen = (now.tx_bytes, now.rx_bytes)
+        quiet = self._last_bytes.get(fault.target) == seen
+        self._last_bytes[fault.target] = seen
+        return quiet
 
     def _inject(self, fault: FieldFault, reached: int) -> None:
         fault.at_s = round(self.now_s(), 3)
@@ -124,10 +151,11 @@ class FieldTrialRunner(TrialRunner):
                        "killed; its supervisor restarts it")
             return
         self._set_link(fault, up=False)
-        fault.status = "down"
+        fault.status, fault.note = "down", f"down after round {reached}"
         self.event("fault", fault.target if fault.kind == "link-down" else None,
-                   f"{fault.kind} {fault.target}: link down entering round {fault.round} "
-                   f"(reported round {reached}); back at round {fault.up_round}")
+                   f"{fault.kind} {fault.target}: link down as the fleet enters round "
+                   f"{fault.round} (every agent reported round {reached}); back at round "
+                   f"{fault.up_round}")
 
     def _set_link(self, fault: FieldFault, up: bool) -> None:
         if fault.kind == "link-down":
@@ -214,6 +242,22 @@ def field_file_fleet(path: str) -> str | None:
     return str(load_field_spec(path).fleet_path)
 
 
+def require_field_root() -> None:
+    """Refuse a field trial without root, in one line saying why.
+
+    Raises
+    ------
+    UserError
+        When the effective user is not root.
+    """
+    from devices.field.lifecycle import FieldPermissionError
+
+    try:
+        require_root("trial on a field")
+    except FieldPermissionError as exc:
+        raise UserError(str(exc)) from None
+
+
 def load_field_spec(path: str) -> FieldSpec:
     """Load a field file; its errors are one line.
 
@@ -245,18 +289,15 @@ def run_field_trial(field_path: str, opts: TrialOptions, console: Console | None
         Not root, a bad field or fleet file, boards that are not the fleet's agents, an earlier
         record in ``opts.out``, or a board that cannot be flashed.
     """
-    from devices.field.lifecycle import FieldPermissionError
     from edge.cli.field import check_fleet
 
-    try:
-        require_root("trial on a field")
-    except FieldPermissionError as exc:
-        raise UserError(str(exc)) from None
+    require_field_root()
     spec = load_field_spec(field_path)
     check_fleet(spec)
     assert spec.fleet_path is not None
     cfg = load_config(spec.fleet_path)
-    opts = replace(opts, config_path=str(spec.fleet_path))
+    # Link faults fire as the fleet enters a round: look often (rounds may take well under 1 s).
+    opts = replace(opts, config_path=str(spec.fleet_path), poll_s=min(opts.poll_s, POLL_S))
     prepare_out(Path(opts.out), opts.force)
     t0 = time.monotonic()
     up = field_up(spec, progress=progress)
@@ -276,4 +317,4 @@ def run_field_trial(field_path: str, opts: TrialOptions, console: Console | None
 
 
 __all__ = ["FieldFault", "FieldTrialRunner", "field_faults", "field_file_fleet", "load_field_spec",
-           "run_field_trial"]
+           "require_field_root", "run_field_trial"]
