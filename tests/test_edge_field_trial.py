@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,3 +200,63 @@ def test_not_root_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: trial on a field needs root"), err
+
+
+def small_field(root: Path, name: str) -> Path:
+    """Two boards in one site, slow enough rounds to interrupt mid-trial (60 rounds)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "fleet.yaml").write_text(
+        f"fleet: ft-{name}\ndata:\n  dataset: synthetic-pid\n  synthetic: {{modalities: [a, b], "
+        "n_samples: 400, dim: 8}\nagents: {count: 2, multimodal_fraction: 1.0}\n"
+        "topology: {kind: ring}\ntraining: {rounds: 60, local_epochs: 1, batch_size: 32}\n"
+        "comm: {deadline_s: 5}\nbroker: {url: 'mqtt://127.0.0.1:1883'}\n")
+    doc = {"field": name, "fleet": "fleet.yaml", "subnet": free_subnet(),
+           "prefixes": str(root / "prefixes"), "sites": {"lab": {"boards": ["a0", "a1"]}}}
+    path = root / "field.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _interrupt_when_running(field_file: Path, out: Path, metrics: Path) -> subprocess.CompletedProcess[str]:
+    """Run the trial CLI, SIGTERM it once the board wrote a metrics row; its outcome."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "trial", str(field_file), "--out",
+                             str(out), "--plain", "--no-plots"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_interrupted_trial_removes_the_field_it_brought_up_and_spares_one_it_found(tmp_path):
+    from devices.field.lifecycle import field_down, field_up
+
+    name = unique_field_name()
+    field_file = small_field(tmp_path / "a", name)
+    spec = load_field(field_file)
+    plan = plan_field(spec)
+    metrics = plan.board("a0").prefix / "state" / "agents" / "a0" / "metrics.jsonl"
+    try:
+        # A field the trial brought up: interrupted (SIGTERM) mid-trial, everything goes.
+        done = _interrupt_when_running(field_file, tmp_path / "out1", metrics)
+        assert done.returncode == 130, done.stderr[-2000:]
+        assert "interrupted" in (tmp_path / "out1" / "report.md").read_text()
+        assert leftovers(plan, []) == [] and _field_pids(name) == []
+        # A field that was up before: the trial stops its agents and leaves the field up.
+        up = field_up(spec)
+        sshd_pids = sorted(p.pid for p in up.state.processes)
+        metrics.unlink()
+        done = _interrupt_when_running(field_file, tmp_path / "out2", metrics)
+        assert done.returncode == 130, done.stderr[-2000:]
+        assert "already up (reused)" in done.stderr
+        again = field_up(spec)
+        assert again.already_up and sorted(p.pid for p in again.state.processes) == sshd_pids
+        for board in ("a0", "a1"):
+            state = json.loads((plan.board(board).prefix / "run" / "state.json").read_text())
+            assert state["child_pid"] is None or not Path(f"/proc/{state['child_pid']}").exists()
+    finally:
+        field_down(spec)
+    assert leftovers(plan, []) == []
