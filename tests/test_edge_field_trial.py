@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from tests.field_support import free_subnet, leftovers, unique_field_name
 ROUNDS = 7
 OUTAGE = (2, 4)             # a3's link is down for rounds 2 and 3
 LOSSY, CUT = "a1", "a3"
+REBOOT_ROUND = 3
 CONTROL_BYTES = 2048         # CONNECT, SUBSCRIBEs, pings, DISCONNECT: well under 2 kB per agent
 
 
@@ -203,28 +204,38 @@ def test_not_root_is_one_line(capsys):
 
 
 def small_field(root: Path, name: str) -> Path:
-    """Two boards in one site, slow enough rounds to interrupt mid-trial (60 rounds)."""
+    """Two boards in one site; a1 reboots at round 3. 80 rounds of ~0.2 s: a0 is still
+    training when a1 is back (~5 s: a fresh interpreter imports torch), and the trial is
+    interrupted long before its end."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "fleet.yaml").write_text(
         f"fleet: ft-{name}\ndata:\n  dataset: synthetic-pid\n  synthetic: {{modalities: [a, b], "
-        "n_samples: 400, dim: 8}\nagents: {count: 2, multimodal_fraction: 1.0}\n"
-        "topology: {kind: ring}\ntraining: {rounds: 60, local_epochs: 1, batch_size: 32}\n"
+        "n_samples: 3000, dim: 8}\nagents: {count: 2, multimodal_fraction: 1.0}\n"
+        "topology: {kind: ring}\ntraining: {rounds: 80, local_epochs: 2, batch_size: 32}\n"
         "comm: {deadline_s: 5}\nbroker: {url: 'mqtt://127.0.0.1:1883'}\n")
     doc = {"field": name, "fleet": "fleet.yaml", "subnet": free_subnet(),
-           "prefixes": str(root / "prefixes"), "sites": {"lab": {"boards": ["a0", "a1"]}}}
+           "prefixes": str(root / "prefixes"),
+           "sites": {"lab": {"boards": ["a0", {"id": "a1", "reboots": [REBOOT_ROUND]}]}}}
     path = root / "field.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-def _interrupt_when_running(field_file: Path, out: Path, metrics: Path) -> subprocess.CompletedProcess[str]:
-    """Run the trial CLI, SIGTERM it once the board wrote a metrics row; its outcome."""
+def _rows_of(metrics: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.endswith("}")]
+    except (OSError, ValueError):
+        return []
+
+
+def _interrupt_when(field_file: Path, out: Path, ready: Callable[[], bool]
+                    ) -> subprocess.CompletedProcess[str]:
+    """Run the trial CLI, SIGTERM it once `ready()`; its outcome."""
     proc = subprocess.Popen([sys.executable, "-m", "edge", "trial", str(field_file), "--out",
                              str(out), "--plain", "--no-plots"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline \
-            and proc.poll() is None:
+    while not ready() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
@@ -238,18 +249,33 @@ def test_interrupted_trial_removes_the_field_it_brought_up_and_spares_one_it_fou
     field_file = small_field(tmp_path / "a", name)
     spec = load_field(field_file)
     plan = plan_field(spec)
-    metrics = plan.board("a0").prefix / "state" / "agents" / "a0" / "metrics.jsonl"
+    metrics = plan.board("a1").prefix / "state" / "agents" / "a1" / "metrics.jsonl"
     try:
-        # A field the trial brought up: interrupted (SIGTERM) mid-trial, everything goes.
-        done = _interrupt_when_running(field_file, tmp_path / "out1", metrics)
+        # A field the trial brought up: a1 "reboots" at round 3 (its agent killed, restarted by
+        # its supervisor, resumed from its checkpoint); the trial is interrupted (SIGTERM) once
+        # the restarted agent trained a round, and everything goes.
+        done = _interrupt_when(field_file, tmp_path / "out1",
+                               lambda: any(r["restarts"] >= 1 for r in _rows_of(metrics)))
         assert done.returncode == 130, done.stderr[-2000:]
-        assert "interrupted" in (tmp_path / "out1" / "report.md").read_text()
+        summary = json.loads((tmp_path / "out1" / "summary.json").read_text())
+        assert summary["trial"]["status"] == "interrupted"
+        (reboot,) = summary["trial"]["field"]["faults"]
+        assert reboot["kind"] == "reboot" and reboot["status"] == "injected", reboot
+        rows = [json.loads(ln) for ln in
+                (tmp_path / "out1" / "agents" / "a1" / "metrics.jsonl").read_text().splitlines()]
+        before = [r["round"] for r in rows if r["restarts"] == 0]
+        after = [r["round"] for r in rows if r["restarts"] >= 1]
+        assert max(before) == REBOOT_ROUND - 1 and after and min(after) > REBOOT_ROUND - 1, rows
+        board_state = json.loads((plan.board("a1").prefix / "run" / "state.json").read_text())
+        assert board_state["restarts"] == 1
+        log = (tmp_path / "out1" / "agents" / "a1" / "agent.log").read_text()
+        assert "child exited with status -9; restarting" in log  # the supervisor's own line
         assert leftovers(plan, []) == [] and _field_pids(name) == []
         # A field that was up before: the trial stops its agents and leaves the field up.
         up = field_up(spec)
         sshd_pids = sorted(p.pid for p in up.state.processes)
         metrics.unlink()
-        done = _interrupt_when_running(field_file, tmp_path / "out2", metrics)
+        done = _interrupt_when(field_file, tmp_path / "out2", lambda: bool(_rows_of(metrics)))
         assert done.returncode == 130, done.stderr[-2000:]
         assert "already up (reused)" in done.stderr
         again = field_up(spec)

@@ -64,6 +64,7 @@ class FieldBoard:
     counters: Counters = field(default_factory=Counters)
     release: str = ""
     flash_action: str = ""
+    log_offset: int = 0      # the board's agent.log accumulates across trials: ours starts here
 
     @property
     def agent_dir(self) -> Path:
@@ -185,6 +186,7 @@ class FieldBoards:
         fresh = agent_id not in self._started
         if fresh:
             fb.counters.before_start = fb.read_counters()
+            fb.log_offset = fb.log_path.stat().st_size if fb.log_path.is_file() else 0
         try:
             start_agent(fb.board, self.options, fresh=fresh, log=lambda line: None)
         except FlashError as exc:
@@ -211,8 +213,9 @@ class FieldBoards:
                     shutil.copyfile(fb.agent_dir / name, dest / name)
             if fb.log_path.is_file():
                 # After the runner's own lines: the failure tail in the report is the board's.
-                with (dest / "agent.log").open("ab") as log:
-                    log.write(fb.log_path.read_bytes())
+                with fb.log_path.open("rb") as src, (dest / "agent.log").open("ab") as log:
+                    src.seek(fb.log_offset)
+                    log.write(src.read())
 
 
 class BoardHandle:
