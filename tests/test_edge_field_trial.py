@@ -130,18 +130,20 @@ def test_link_down_for_two_rounds_shows_as_missed_mixes_of_those_rounds(trial):
     (fault,) = [f for f in trial["doc"]["trial"]["field"]["faults"] if f["target"] == CUT]
     assert fault["kind"] == "link-down" and fault["status"] == "injected", fault
     r, u = OUTAGE
-    # Updates published while the link is down (rounds r..u-1) are mixed in rounds r+1..u.
+    # The exchanges mixed in rounds r..u-1 miss the board; none before. Round u's may too, when
+    # TCP's retransmission back-off after the outage outlasts the deadline (docs/field.md).
     missed = fault["missed_mix_rounds"]
-    assert set(range(r + 1, u)) <= set(missed), missed
-    assert min(missed) == r + 1 and max(missed) <= u + 1, missed
-    # The mixes that missed were with the cut board: a0 and a2 (its neighbours) mixed it
-    # before the outage and after it, not during.
+    assert set(range(r, u)) <= set(missed) <= set(range(r, u + 1)), missed
+    assert not [x for x in trial["doc"]["trial"]["field"]["boards"][CUT]["missed_mix_rounds"]
+                if x < r]
     rows = {(x["agent"], int(x["round"])): x for x in trial["rows"]}
     for neighbour in ("a0", "a2"):
-        assert CUT in rows[(neighbour, r)]["mixed_from"]["enc/a"]
-        assert CUT not in rows[(neighbour, r + 1)]["mixed_from"].get("enc/a", [])
-        assert CUT in rows[(neighbour, ROUNDS - 1)]["mixed_from"]["enc/a"]
-    assert rows[(CUT, r + 1)]["mixed_from"] == {}       # it heard nobody while down
+        assert CUT in rows[(neighbour, r - 1)]["mixed_from"]["enc/a"]
+        for k in range(r, u):
+            assert CUT not in rows[(neighbour, k)]["mixed_from"].get("enc/a", [])
+        assert CUT in rows[(neighbour, ROUNDS - 1)]["mixed_from"]["enc/a"]  # mixed again
+    for k in range(r, u):
+        assert rows[(CUT, k)]["mixed_from"] == {}       # it heard nobody while down
     line = next(ln for ln in trial["report"].splitlines() if ln.startswith("| link-down"))
     assert f"rounds {missed}" in line and f"{r}-{u - 1}" in line
 

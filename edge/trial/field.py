@@ -7,10 +7,14 @@ difference: an agent is started and stopped through its board's supervisor, over
 metrics are read from the board's prefix. Link faults come from the field file and fire as the
 fleet enters their round, with the runner's trigger rule (edge.trial.faults):
 
-- a link outage ``{round: r, up_round: u}`` of a board (or a site's backhaul): the switch port
-  goes down when every agent has reported round r-1 (their round r-1 updates are out) and comes
-  back when every agent has reported round u-1, so the updates of rounds r .. u-1 cannot cross
-  it: neighbours miss the board's updates, and it theirs, in the mixes of rounds r+1 .. u. The
+- a link outage ``{round: r, up_round: u}`` of a board (or a site's backhaul) keeps the board
+  out of the exchanges mixed in rounds r .. u-1. A round mixes the updates sent at the end of
+  the round before, so the switch port goes down once the fleet is through round r-2's exchange
+  (every running agent reported round r-2, and the link carried nothing for one poll: those
+  updates are through) - before round r-1's updates are sent - and comes back as the fleet
+  enters round u (every agent reported round u-1). The updates of rounds r-1 .. u-2 cannot cross
+  it. Round u-1's, sent just before the link comes back, are delivered late by TCP's
+  retransmission, in time for round u's mix when `comm.deadline_s` exceeds TCP's back-off. The
   interface is down, not the agent: it trains alone meanwhile;
 - a board reboot at round r: when the board has reported round r-1 its agent process is killed
   (SIGKILL) and its supervisor restarts it; it resumes from its checkpoint and rejoins.
@@ -109,7 +113,10 @@ class FieldTrialRunner(TrialRunner):
         fleet = min(running, default=-1)
         for fault in self.field_faults:
             reached = done.get(fault.target, -1) if fault.kind == "reboot" else fleet
-            if fault.status == "pending" and reached >= fault.round - 1:
+            # A reboot fires as the board enters its round; a link goes down one round early,
+            # before the updates its first round mixes are sent (see the module docstring).
+            due = fault.round - 1 if fault.kind == "reboot" else fault.round - 2
+            if fault.status == "pending" and reached >= due:
                 if fault.kind == "reboot" or self._quiet(fault):
                     self._inject(fault, reached)
             elif fault.status == "down" and fault.up_round is not None \
@@ -153,9 +160,9 @@ class FieldTrialRunner(TrialRunner):
         self._set_link(fault, up=False)
         fault.status, fault.note = "down", f"down after round {reached}"
         self.event("fault", fault.target if fault.kind == "link-down" else None,
-                   f"{fault.kind} {fault.target}: link down as the fleet enters round "
-                   f"{fault.round} (every agent reported round {reached}); back at round "
-                   f"{fault.up_round}")
+                   f"{fault.kind} {fault.target}: link down before the updates round "
+                   f"{fault.round} mixes are sent (every agent reported round {reached}); back "
+                   f"as the fleet enters round {fault.up_round}")
 
     def _set_link(self, fault: FieldFault, up: bool) -> None:
         if fault.kind == "link-down":
@@ -199,7 +206,7 @@ class FieldTrialRunner(TrialRunner):
         for fault in self.field_faults:
             if fault.kind in ("link-down", "reboot") and fault.status == "injected":
                 fault.missed_mix_rounds = [r for r in boards[fault.target]["missed_mix_rounds"]
-                                           if r > fault.round]
+                                           if r >= fault.round]
                 rounds = by_agent.get(fault.target, [])
                 trained = {int(r["round"]) for r in rounds}
                 lost = [r for r in range(cfg.training.rounds) if r not in trained]

@@ -300,9 +300,11 @@ def _field(trial: dict[str, Any]) -> list[str]:
                    "eth0 rx MB", "MQTT recv MB", "rx/MQTT", "missed mixes (rounds)"], rows)
     faults = info.get("faults") or []
     if faults:
-        out += ["Link faults of the field file (a board's link goes down when the board enters "
-                "the round, i.e. once it reported the round before, and comes back the same way):",
-                ""]
+        out += ["Faults of the field file. A link outage of rounds r-(u-1) keeps the board out of "
+                "the exchanges mixed in those rounds: its port goes down once every agent reported "
+                "round r-2 (before round r-1's updates are sent) and comes back as the fleet "
+                "enters round u; a reboot kills the board's agent as it enters its round (its "
+                "supervisor restarts it).", ""]
         out += _table(["fault", "target", "rounds", "status", "what happened"],
                       [[f["kind"], f["target"],
                         f"{f['round']}-{f['up_round'] - 1}" if f["up_round"] is not None
