@@ -43,12 +43,16 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     dict
         ``state.json`` (empty when absent) plus ``running`` (bool).
     """
+    # The pid file first: a supervisor whose child finished writes `finished` to the state and
+    # only then removes its pid file, so a reader that finds no pid file reads `finished` too
+    # (read the other way round, a finished agent could look like one that died).
+    pid = _read_pid(run_dir / "supervisor.pid")
+    alive = pid is not None and _alive(pid)
     try:
         state: dict[str, Any] = json.loads((run_dir / "state.json").read_text())
     except (OSError, ValueError):
         state = {}
-    pid = _read_pid(run_dir / "supervisor.pid")
-    state["running"] = pid is not None and _alive(pid)
+    state["running"] = alive
     return state
 
 

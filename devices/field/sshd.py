@@ -13,6 +13,9 @@ from pathlib import Path
 from devices.field import daemons
 from devices.field.plan import SSH_PORT, BoardPlan
 
+# sshd(8): "Missing privilege separation directory" when absent.
+PRIVSEP_DIR = Path("/run/sshd")
+
 
 def sshd_config(board: BoardPlan, host_key: Path, authorized_keys: Path, pid_file: Path) -> str:
     """Render one board's sshd_config (sshd_config(5)): key login as root, on its address only."""
@@ -47,6 +50,10 @@ def start_sshd(sshd: str, board: BoardPlan, conf: Path, log: Path,
     DaemonError
         When sshd exits or does not listen on the board's address within `timeout_s`.
     """
+    # sshd refuses to start without its privilege separation directory; Debian's service
+    # creates it at boot (RuntimeDirectory=sshd), which a machine that never started the
+    # service - a container, a fresh CI runner - has not done.
+    PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     pid = daemons.spawn_in_netns(board.netns, [sshd, "-D", "-e", "-f", str(conf)], log)
     daemons.wait_listening(pid, str(board.address), SSH_PORT, log, f"sshd of board {board.id}",
                            timeout_s)
