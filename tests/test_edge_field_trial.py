@@ -288,3 +288,19 @@ def test_interrupted_trial_removes_the_field_it_brought_up_and_spares_one_it_fou
     finally:
         field_down(spec)
     assert leftovers(plan, []) == []
+
+
+def test_field_faults_in_round_order_and_reboots_validated(tmp_path):
+    from devices.field.spec import FieldSpecError, parse_field
+    from edge.trial.field import field_faults
+
+    doc = {"field": "tfaults", "sites": {
+        "n": {"boards": [{"id": "a0", "reboots": [5]},
+                         {"id": "a1", "link": {"outages": [{"round": 2, "up_round": 4}]}}],
+              "backhaul": {"outages": [{"round": 1, "up_round": 2}]}}}}
+    plan = plan_field(parse_field(doc, "f.yaml", tmp_path))
+    got = [(f.kind, f.target, f.round, f.up_round) for f in field_faults(plan)]
+    assert got == [("backhaul-down", "n", 1, 2), ("link-down", "a1", 2, 4), ("reboot", "a0", 5, None)]
+    doc["sites"]["n"]["boards"][0]["reboots"] = [5, 5]
+    with pytest.raises(FieldSpecError, match="reboots"):
+        parse_field(doc, "f.yaml", tmp_path)

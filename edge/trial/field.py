@@ -116,7 +116,10 @@ class FieldTrialRunner(TrialRunner):
             # A reboot fires as the board enters its round; a link goes down one round early,
             # before the updates its first round mixes are sent (see the module docstring).
             due = fault.round - 1 if fault.kind == "reboot" else fault.round - 2
-            if fault.status == "pending" and reached >= due:
+            # Before round 0 that moment is the quorum: a link cut earlier would keep its board
+            # from ever announcing itself, a reboot would hit an agent still importing torch.
+            started = due >= 0 or self.narrator.startup.quorum_s is not None
+            if fault.status == "pending" and reached >= due and started:
                 if fault.kind == "reboot" or self._quiet(fault):
                     self._inject(fault, reached)
             elif fault.status == "down" and fault.up_round is not None \
