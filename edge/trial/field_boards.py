@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -145,7 +147,12 @@ class FieldBoards:
             wheel = build_wheel(Path(tmp))
             bundles: dict[str, Path] = {}
             for agent_id, fb in self.boards.items():
-                request = BundleRequest(broker_url=fb.plan.broker_url)
+                # The field's boards are this machine: bundles target its architecture, whatever
+                # board the agent's device profile names (that profile still gives the energy
+                # estimates, reported as emulated).
+                request = BundleRequest(broker_url=fb.plan.broker_url,
+                                        target_arch=platform.machine(),
+                                        target_python=f"{sys.version_info[0]}.{sys.version_info[1]}")
                 bspec = bundle_spec(cfg, agent_id, request, wheel)
                 bspec = replace(bspec, config_text=board_config_text(bspec.config_text, cfg, quorum))
                 bundles[agent_id] = write_bundle(bspec, Path(tmp) / f"{agent_id}.tar.gz").path
