@@ -74,7 +74,7 @@ def trial(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     plan = plan_field(spec)
     out = root / "out"
     try:
-        code = main(["trial", str(field_file), "--out", str(out), "--plain", "--no-plots"])
+        code = main(["trial", str(field_file), "--out", str(out), "--plain"])
         left = leftovers(plan, [])
         procs = _field_pids(name)
         yield {"code": code, "out": out, "plan": plan, "left": left, "procs": procs,
@@ -112,6 +112,8 @@ def test_four_boards_two_sites_flashed_over_ssh_run_to_completion_and_leave_noth
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f"{trial['plan'].name}-" not in links
     assert "## Virtual field" in trial["report"]
+    png = trial["out"] / "plots" / "field_bytes.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(plots/field_bytes.png)" in trial["report"]
 
 
 def test_ten_percent_loss_loses_no_round(trial):
@@ -304,3 +306,21 @@ def test_field_faults_in_round_order_and_reboots_validated(tmp_path):
     doc["sites"]["n"]["boards"][0]["reboots"] = [5, 5]
     with pytest.raises(FieldSpecError, match="reboots"):
         parse_field(doc, "f.yaml", tmp_path)
+
+
+def test_missed_mix_rounds_counts_both_directions():
+    from edge.trial.field_record import missed_mix_rounds
+
+    expected = {("a0", 1): {"enc/a": ("a1", "a2")}, ("a1", 1): {"enc/a": ("a0",)},
+                ("a2", 1): {"enc/a": ("a0",)}, ("a0", 2): {"enc/a": ("a1", "a2")},
+                ("a1", 2): {"enc/a": ("a0",)}, ("a2", 2): {"enc/a": ("a0",)}}
+
+    def row(agent: str, round_idx: int, mixed: list[str]) -> dict[str, Any]:
+        return {"agent": agent, "round": round_idx, "mixed_from": {"enc/a": mixed}}
+
+    rows = [row("a0", 1, ["a1", "a2"]), row("a1", 1, ["a0"]), row("a2", 1, []),  # a2 missed a0
+            row("a0", 2, ["a2"]), row("a1", 2, ["a0"]), row("a2", 2, ["a0"])]     # a0 missed a1
+    assert missed_mix_rounds("a0", rows, expected) == [1, 2]   # sent (round 1), received (2)
+    assert missed_mix_rounds("a1", rows, expected) == [2]
+    assert missed_mix_rounds("a2", rows, expected) == [1]
+    assert missed_mix_rounds("a1", rows[:3], expected) == [2]  # no row for a round: missed

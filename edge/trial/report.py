@@ -329,7 +329,8 @@ def _plots(trial: dict[str, Any]) -> list[str]:
     if not plots:
         return [trial["plots_error"], ""] if trial.get("plots_error") else []
     titles = {"accuracy": "Accuracy per round by agent kind (mean, min-max band)",
-              "bytes": "Cumulative MB on the wire per agent, by agent kind", "energy": "Energy per agent"}
+              "bytes": "Cumulative MB on the wire per agent, by agent kind", "energy": "Energy per agent",
+              "field_bytes": "MB on each board's eth0 beside the MQTT layer's"}
     out = ["## Plots", ""]
     for key, path in plots.items():
         out += [f"![{titles.get(key, key)}]({path})", ""]
