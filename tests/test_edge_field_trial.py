@@ -324,3 +324,23 @@ def test_missed_mix_rounds_counts_both_directions():
     assert missed_mix_rounds("a1", rows, expected) == [2]
     assert missed_mix_rounds("a2", rows, expected) == [1]
     assert missed_mix_rounds("a1", rows[:3], expected) == [2]  # no row for a round: missed
+
+
+def test_a_field_up_from_another_description_is_one_line(tmp_path, capsys):
+    from devices.field.lifecycle import field_down, field_up
+    from edge.cli import main
+
+    name = unique_field_name()
+    first = small_field(tmp_path / "first", name)
+    spec = load_field(first)
+    try:
+        field_up(spec)
+        other = small_field(tmp_path / "other", name)  # same field name, another subnet
+        capsys.readouterr()
+        assert main(["trial", str(other), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and "is up from another description" in err[-1], err
+        assert field_up(spec).already_up  # the field that was up is untouched
+    finally:
+        field_down(spec)
+    assert leftovers(plan_field(spec), []) == []

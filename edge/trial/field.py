@@ -299,7 +299,7 @@ def run_field_trial(field_path: str, opts: TrialOptions, console: Console | None
         Not root, a bad field or fleet file, boards that are not the fleet's agents, an earlier
         record in ``opts.out``, or a board that cannot be flashed.
     """
-    from edge.cli.field import check_fleet
+    from edge.cli.field import check_fleet, field_call
 
     require_field_root()
     spec = load_field_spec(field_path)
@@ -310,7 +310,9 @@ def run_field_trial(field_path: str, opts: TrialOptions, console: Console | None
     opts = replace(opts, config_path=str(spec.fleet_path), poll_s=min(opts.poll_s, POLL_S))
     prepare_out(Path(opts.out), opts.force)
     t0 = time.monotonic()
-    up = field_up(spec, progress=progress)
+    # A field that will not come up (another description up, a taken subnet, a missing tool, a
+    # daemon that fails) is one line, as with `field up`.
+    up = field_call("up", lambda: field_up(spec, progress=progress))
     brought_up = not up.already_up
     progress(f"[field] {up.plan.name} {'up' if brought_up else 'already up (reused)'}: "
              f"{len(up.plan.boards)} boards in {len(up.plan.sites)} site(s), hub {up.plan.hub} "
@@ -322,7 +324,7 @@ def run_field_trial(field_path: str, opts: TrialOptions, console: Console | None
         return runner.run()
     finally:
         if brought_up:
-            field_down(spec, progress=progress)
+            field_call("down", lambda: field_down(spec, progress=progress))
             progress(f"[field] {up.plan.name} taken down (the trial brought it up)")
 
 
