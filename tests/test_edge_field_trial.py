@@ -10,6 +10,8 @@ two rounds.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -74,10 +76,13 @@ def trial(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     plan = plan_field(spec)
     out = root / "out"
     try:
-        code = main(["trial", str(field_file), "--out", str(out), "--plain"])
+        console = io.StringIO()
+        with contextlib.redirect_stderr(console):
+            code = main(["trial", str(field_file), "--out", str(out), "--plain"])
         left = leftovers(plan, [])
         procs = _field_pids(name)
         yield {"code": code, "out": out, "plan": plan, "left": left, "procs": procs,
+               "console": console.getvalue(),
                "doc": json.loads((out / "summary.json").read_text()),
                "report": (out / "report.md").read_text(),
                "rows": [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]}
@@ -100,7 +105,9 @@ def test_four_boards_two_sites_flashed_over_ssh_run_to_completion_and_leave_noth
         assert (prefix / "current").is_symlink() and (prefix / "releases" / info["release"]).is_dir()
     agents = doc["strategies"][doc["trial"]["strategy"]]["agents"]
     assert all(a["rounds_completed"] == ROUNDS for a in agents.values()), agents
-    # Each agent's own files came back from its board.
+    # Each agent's own files came back from its board, over SSH (not read from its prefix).
+    assert "read from its prefix" not in trial["console"]
+    assert "flashed 4 boards" in trial["console"] and "taken down" in trial["console"]
     for board in field["boards"]:
         final = json.loads((trial["out"] / "agents" / board / "final.json").read_text())
         assert final["agent"] == board and final["rounds_completed"] == ROUNDS

@@ -5,8 +5,8 @@ OpenSSH client into each board's sshd, the board's supervisor), aimed at the fie
 bundle per agent whose config names the board's *site* broker, flashed into the board's prefix
 without starting, then every agent started at once (`install.py start --fresh`: a trial starts
 from round 0, never from an earlier trial's checkpoint). Metrics are read from the board's prefix
-while the trial runs (the field's boards share this machine's file system) and copied into the
-trial's folder at the end.
+while the trial runs (the field's boards share this machine's file system: the runner sees a
+round as soon as it is written) and fetched over SSH into the trial's folder at the end.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +36,7 @@ from devices.field.lifecycle import FieldPaths
 from devices.field.plan import SSH_PORT, BoardPlan, FieldPlan
 from devices.field.spec import FieldSpec
 from devices.flash import Board, FlashError, flash, start_agent, stop_agent
-from devices.ssh import SshOptions, SshTarget
+from devices.ssh import SshError, SshOptions, SshSession, SshTarget
 from devices.wheel import build_wheel
 from edge.config.schema import FleetConfig
 from edge.deploy import BundleRequest, bundle_spec
@@ -211,18 +211,39 @@ class FieldBoards:
             self.log(f"[field] {agent_id}: stop: {exc}")
 
     def collect(self, out: Path) -> None:
-        """Copy each board's metrics.jsonl, final.json and agent log into `out/agents/<id>/`."""
-        for agent_id, fb in self.boards.items():
-            dest = out / "agents" / agent_id
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in AGENT_FILES:
-                if (fb.agent_dir / name).is_file():
-                    shutil.copyfile(fb.agent_dir / name, dest / name)
-            if fb.log_path.is_file():
-                # After the runner's own lines: the failure tail in the report is the board's.
-                with fb.log_path.open("rb") as src, (dest / "agent.log").open("ab") as log:
-                    src.seek(fb.log_offset)
-                    log.write(src.read())
+        """Fetch each board's metrics.jsonl, final.json and agent log into `out/agents/<id>/`.
+
+        Over SSH, as from a real board (`cat`, and `tail -c` for the part of the log this trial
+        wrote); a board that cannot be reached is read from its prefix instead, and says so.
+        """
+        with ThreadPoolExecutor(max_workers=FLASH_WORKERS) as pool:
+            list(pool.map(lambda agent_id: self._collect_one(agent_id, out), list(self.boards)))
+
+    def _collect_one(self, agent_id: str, out: Path) -> None:
+        fb = self.boards[agent_id]
+        dest = out / "agents" / agent_id
+        dest.mkdir(parents=True, exist_ok=True)
+        wanted = [(["cat", str(fb.agent_dir / name)], dest / name, fb.agent_dir / name, 0)
+                  for name in AGENT_FILES]
+        # After the runner's own lines in agent.log: the failure tail in the report is the board's.
+        wanted.append((["tail", "-c", f"+{fb.log_offset + 1}", str(fb.log_path)],
+                       dest / "agent.log", fb.log_path, fb.log_offset))
+        try:
+            with SshSession(fb.board.target, self.options) as ssh:
+                for remote, local, _, _ in wanted:
+                    done = ssh.run(remote, timeout_s=60)
+                    if done.returncode == 0:
+                        with local.open("ab" if local.name == "agent.log" else "wb") as f:
+                            f.write(done.stdout)
+            return
+        except (SshError, subprocess.TimeoutExpired) as exc:
+            self.log(f"[field] {agent_id}: files read from its prefix (SSH: {exc})")
+        for _, local, source, offset in wanted:
+            if source.is_file():
+                with source.open("rb") as src, local.open("ab" if local.name == "agent.log"
+                                                          else "wb") as f:
+                    src.seek(offset)
+                    f.write(src.read())
 
 
 class BoardHandle:
