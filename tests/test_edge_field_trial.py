@@ -139,10 +139,11 @@ def test_link_down_for_two_rounds_shows_as_missed_mixes_of_those_rounds(trial):
     (fault,) = [f for f in trial["doc"]["trial"]["field"]["faults"] if f["target"] == CUT]
     assert fault["kind"] == "link-down" and fault["status"] == "injected", fault
     r, u = OUTAGE
-    # The exchanges mixed in rounds r..u-1 miss the board; none before. Round u's may too, when
-    # TCP's retransmission back-off after the outage outlasts the deadline (docs/field.md).
+    # The exchanges mixed in rounds r..u-1 miss the board; none before. Round u's and u+1's may
+    # too, when TCP's retransmission back-off after the outage outlasts the deadline
+    # (docs/field.md: [2, 3] or [2, 3, 4] on an idle machine, [2, 3, 4, 5] beside other load).
     missed = fault["missed_mix_rounds"]
-    assert set(range(r, u)) <= set(missed) <= set(range(r, u + 1)), missed
+    assert set(range(r, u)) <= set(missed) <= set(range(r, u + 2)), missed
     assert not [x for x in trial["doc"]["trial"]["field"]["boards"][CUT]["missed_mix_rounds"]
                 if x < r]
     rows = {(x["agent"], int(x["round"])): x for x in trial["rows"]}
