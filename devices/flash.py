@@ -241,6 +241,35 @@ def rollback(board: Board, options: SshOptions, *, start: bool = True,
                        time.perf_counter() - started)
 
 
+def start_agent(board: Board, options: SshOptions, *, fresh: bool = False,
+                log: Log = print) -> str:
+    """Start the agent of the board's current release under its supervisor (or systemd).
+
+    `fresh` removes the agent's state first (a new trial from round 0). Returns the board's
+    answer: 'started', or 'running' when the agent was already running (left alone).
+
+    Raises
+    ------
+    FlashError
+        Unreachable board, no current release, or a supervisor that does not start.
+    """
+    with BoardSession(board, options, log) as session:
+        lines = session.action("start", *(["--fresh"] if fresh else []))
+    return "running" if any("already runs" in ln for ln in lines) else "started"
+
+
+def stop_agent(board: Board, options: SshOptions, log: Log = print) -> None:
+    """Stop the agent of the board's current release (SIGTERM through its supervisor).
+
+    Raises
+    ------
+    FlashError
+        When the board cannot be reached.
+    """
+    with BoardSession(board, options, log) as session:
+        session.action("stop")
+
+
 def board_status(board: Board, options: SshOptions) -> dict[str, Any]:
     """Ask the board for its current release, whether its agent runs, its last metrics line."""
     with BoardSession(board, options, lambda line: None) as session:

@@ -32,6 +32,7 @@ from devices.board.release import (
     rollback,
     running,
     say,
+    start_current,
     status,
     stop,
 )
@@ -274,10 +275,10 @@ def _build(prefix: Path, name: str, tar: tarfile.TarFile, members: list[tarfile.
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: probe | install | activate | rollback | status | stop."""
+    """Command line: probe | install | activate | rollback | status | start | stop."""
     parser = argparse.ArgumentParser(prog="install.py", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["probe", "install", "activate", "rollback", "status",
-                                           "stop"])
+                                           "start", "stop"])
     parser.add_argument("--prefix", required=True, type=Path)
     parser.add_argument("--bundle", type=Path, help="install: the bundle file on this board")
     parser.add_argument("--name", default=None, help="release name")
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter for venvs")
     parser.add_argument("--no-start", action="store_true")
     parser.add_argument("--health-s", type=float, default=HEALTH_S)
+    parser.add_argument("--fresh", action="store_true",
+                        help="start: remove the agent's state (metrics, checkpoint) first")
     args = parser.parse_args(argv)
     prefix = args.prefix.absolute()
     try:
@@ -292,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(probe(prefix, args.name)))
         elif args.action == "status":
             print(json.dumps(status(prefix)))
+        elif args.action == "start":
+            with locked(prefix):
+                start_current(prefix, args.python, args.fresh)
         elif args.action == "stop":
             with locked(prefix):
                 stop(prefix, link_target(prefix / "current"), init_system(), args.python)

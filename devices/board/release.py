@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -209,6 +210,34 @@ def activate(prefix: Path, name: str, start: bool, health_s: float, python: str)
     switch_link(prefix, "current", name)
     say("switch", f"current -> releases/{name}" + (f" (previous: {old})" if old else ""))
     return "switched"
+
+
+def start_current(prefix: Path, python: str, fresh: bool = False) -> str:
+    """Start the agent of the ``current`` release (a trial starting a flashed fleet at once).
+
+    `fresh` first removes ``<prefix>/state`` (the agent's metrics, checkpoint and final.json), so
+    the agent starts from round 0 instead of resuming or refusing a finished folder. Returns
+    'started', or 'running' when the agent already runs (nothing is touched then).
+
+    Raises
+    ------
+    BoardError
+        When there is no current release, or the supervisor does not start.
+    """
+    name = link_target(prefix / "current")
+    if not name:
+        raise BoardError(f"{prefix}: no current release to start (flash one first)")
+    if running(prefix):
+        say("start", f"release {name} already runs; left alone")
+        return "running"
+    if fresh:
+        shutil.rmtree(prefix / "state", ignore_errors=True)
+    (prefix / "log").mkdir(parents=True, exist_ok=True)
+    with (prefix / "log" / "agent.log").open("a") as log:
+        log.write(f"[trial] starting release {name}{' with a fresh state' if fresh else ''}\n")
+    _start(prefix, name, init_system(), python)
+    say("start", f"agent of release {name} runs under {init_system()}")
+    return "started"
 
 
 def rollback(prefix: Path, start: bool, health_s: float, python: str) -> str:

@@ -7,11 +7,16 @@ This is the surface a trial runner uses (docs/field.md, "Driving a field"):
   in the namespace, so does everything started through it, the deploy's supervisor included.
 - `outage_steps(plan, round_idx)` — which links go down and which come back when the fleet
   enters round `round_idx`; `apply_step` does it.
+- `reboots_due(plan, round_idx)` — the boards to "reboot" on entering `round_idx`;
+  `reboot_board` kills the agent process its supervisor runs (the supervisor restarts it).
 - `board_counters` — the bytes the board's ``eth0`` sent and received (kernel counters).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -91,3 +96,30 @@ def set_board_loss(plan: FieldPlan, board_id: str, loss_percent: float) -> None:
 def board_counters(plan: FieldPlan, board_id: str) -> iproute.LinkCounters:
     """Kernel counters of the board's eth0: tx = what the board sent, rx = what reached it."""
     return iproute.link_counters(plan.board(board_id).near)
+
+
+def reboots_due(plan: FieldPlan, round_idx: int) -> list[str]:
+    """List the boards whose agent is killed on entering round `round_idx` (pure)."""
+    return [b.id for b in plan.boards if round_idx in b.reboots]
+
+
+def reboot_board(plan: FieldPlan, board_id: str) -> int | None:
+    """Kill (SIGKILL) the agent process the board's supervisor runs, as a power cut would.
+
+    The supervisor (``<prefix>/run``, devices/board/supervisor.py) sees its child die from a
+    signal and restarts it after its backoff; the agent resumes from its checkpoint. The pid is
+    read from the supervisor's state file in the board's prefix (the field's boards share this
+    machine's file system and process table). Returns the killed pid, None when no agent ran.
+    """
+    state_file = plan.board(board_id).prefix / "run" / "state.json"
+    try:
+        pid = json.loads(state_file.read_text()).get("child_pid")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return None
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    return pid

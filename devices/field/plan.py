@@ -69,6 +69,7 @@ class BoardPlan:
     far: VethEnd             # its port on the site bridge
     link: Link
     prefix: Path             # where releases are installed (the deploy's --prefix)
+    reboots: tuple[int, ...] = ()   # rounds on entering which a trial kills its agent
 
     @property
     def broker_url(self) -> str:
@@ -198,7 +199,7 @@ def plan_field(spec: FieldSpec, run_root: Path = RUN_ROOT) -> FieldPlan:
                 far=VethEnd(netns, f"b{j}"),
                 link=resolve_link(doc.links.default,
                                   doc.links.kinds[b.kind] if b.kind else LinkSpec(), b.link),
-                prefix=spec.prefixes / b.id)
+                prefix=spec.prefixes / b.id, reboots=b.reboots)
             for j, b in enumerate(site.boards))
         sites.append(SitePlan(
             name=site_name, index=i, netns=netns, lan=lan, gateway=gateway,

@@ -105,6 +105,16 @@ class BoardSpec(_Strict):
     id: BoardId
     kind: KindName | None = None
     link: LinkSpec = LinkSpec()
+    # Rounds on entering which the board "reboots" in a trial: its agent process is killed
+    # (SIGKILL) and its supervisor restarts it; the agent resumes from its checkpoint.
+    reboots: tuple[Round, ...] = ()
+
+    @field_validator("reboots")
+    @classmethod
+    def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("reboots must be strictly increasing rounds")
+        return value
 
 
 class SiteSpec(_Strict):

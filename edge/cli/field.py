@@ -108,7 +108,7 @@ def check_fleet(spec: FieldSpec) -> None:
                         f"({spec.fleet_path}); {', '.join(extra)} are not")
 
 
-def _field_call(action: str, call: Callable[[], T]) -> T:
+def field_call(action: str, call: Callable[[], T]) -> T:
     """Run a devices.field call; its errors end as one line (exit 2: input, 1: the system)."""
     from devices.field.daemons import DaemonError
     from devices.field.iproute import FieldCommandError
@@ -131,10 +131,10 @@ def run_up(args: argparse.Namespace) -> int:
     """Bring the field up and say how to reach it."""
     from devices.field.lifecycle import field_up, require_root
 
-    _field_call("up", lambda: require_root("field up"))
+    field_call("up", lambda: require_root("field up"))
     spec = _load(args.field)
     check_fleet(spec)
-    result = _field_call("up", lambda: field_up(spec, progress=_progress))
+    result = field_call("up", lambda: field_up(spec, progress=_progress))
     if args.inventory:
         shutil.copyfile(result.paths.inventory, Path(args.inventory))
     plan = result.plan
@@ -153,9 +153,9 @@ def run_down(args: argparse.Namespace) -> int:
     """Remove the field."""
     from devices.field.lifecycle import field_down, require_root
 
-    _field_call("down", lambda: require_root("field down"))
+    field_call("down", lambda: require_root("field down"))
     spec = _load(args.field)
-    result = _field_call("down", lambda: field_down(spec, progress=_progress))
+    result = field_call("down", lambda: field_down(spec, progress=_progress))
     print(f"field {spec.name}: nothing to remove" if result.nothing else f"field {spec.name} is down")
     return 0
 
@@ -165,9 +165,9 @@ def run_status(args: argparse.Namespace) -> int:
     from devices.field.lifecycle import require_root
     from devices.field.status import field_status
 
-    _field_call("status", lambda: require_root("field status"))
+    field_call("status", lambda: require_root("field status"))
     spec = _load(args.field)
-    report = _field_call("status", lambda: field_status(spec))
+    report = field_call("status", lambda: field_status(spec))
     print(report.render())
     return 0 if report.up else 1
 
@@ -178,7 +178,7 @@ def run_link(args: argparse.Namespace) -> int:
     from devices.field.lifecycle import require_root
     from devices.field.plan import plan_field
 
-    _field_call("link", lambda: require_root("field link"))
+    field_call("link", lambda: require_root("field link"))
     spec = _load(args.field)
     plan = plan_field(spec)
     up = args.state == "up"
@@ -188,11 +188,11 @@ def run_link(args: argparse.Namespace) -> int:
         if site not in spec.doc.sites:
             raise UserError(f"target: expected backhaul:SITE with a site of {spec.source}, "
                             f"got {target}")
-        _field_call("link", lambda: control.set_backhaul(plan, site, up))
+        field_call("link", lambda: control.set_backhaul(plan, site, up))
     else:
         if target not in spec.board_ids:
             raise UserError(f"target: expected a board of {spec.source} or backhaul:SITE, "
                             f"got {target}")
-        _field_call("link", lambda: control.set_board_link(plan, target, up))
+        field_call("link", lambda: control.set_board_link(plan, target, up))
     print(f"{target}: link {args.state}")
     return 0

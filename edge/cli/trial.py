@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                     "DIR/plots/*.png. Rounds are numbered 0 to rounds-1 everywhere. Without CONFIG "
                     "it runs the built-in basic-motions example (8 agents, rounds 0-11).")
     parser.add_argument("config", metavar="CONFIG", nargs="?", default=None,
-                        help="fleet config (YAML); default: the built-in basic-motions example")
+                        help="fleet config (YAML), or a field file (FIELD.yaml, docs/field.md: "
+                             "root; every agent flashed over SSH onto its board of a virtual "
+                             "field); default: the built-in basic-motions example")
     parser.add_argument("--broker", default=None,
                         help="'embedded' or mqtt://host:port (default: the config's broker.url)")
     parser.add_argument("--strategy", default=None, choices=strategy_names(networked=True),
@@ -66,9 +68,14 @@ def run(args: argparse.Namespace) -> int:
     """Validate, run the trial, print where the record is; the exit status says how it went."""
     from edge.config.overrides import parse_quorum
     from edge.trial.console import make_console
+    from edge.trial.field import field_file_fleet
     from edge.trial.runner import TrialOptions, run_trial
 
-    cfg = load_config(args.config)
+    # A field file (docs/field.md) runs its fleet on the field's boards (edge.trial.field).
+    fleet_of_field = field_file_fleet(args.config) if args.config is not None else None
+    if fleet_of_field is not None and args.broker is not None:
+        raise UserError("--broker: a field trial's boards use their site brokers; expected no --broker")
+    cfg = load_config(fleet_of_field or args.config)
     if args.broker is not None and args.broker != "embedded":
         from broker.client import parse_broker_url
 
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout: expected seconds > 0, got {args.timeout}")
     out = Path(args.out) if args.out is not None else _new_run_folder(DEFAULT_ROOT)
-    opts = TrialOptions(out=out, config_path=args.config, broker=args.broker,
+    opts = TrialOptions(out=out, config_path=fleet_of_field or args.config, broker=args.broker,
                         strategy=args.strategy, rounds=args.rounds, timeout_s=args.timeout,
                         max_restarts=args.max_restarts, plots=not args.no_plots,
                         energy=args.energy, isolated=args.isolated, force=args.force,
@@ -95,7 +102,13 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM to the runner stops the trial like Ctrl-C: every agent is stopped, the record written.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        result = run_trial(cfg, opts, console=make_console(sys.stderr, plain=args.plain))
+        console = make_console(sys.stderr, plain=args.plain)
+        if fleet_of_field is not None:
+            from edge.trial.field import run_field_trial
+
+            result = run_field_trial(args.config, opts, console, progress=console.line)
+        else:
+            result = run_trial(cfg, opts, console=console)
     finally:
         signal.signal(signal.SIGTERM, previous)
     block = result.summary["strategies"][result.summary["trial"]["strategy"]]

@@ -157,7 +157,31 @@ def write_plots(doc: SummaryDoc, rows: list[MetricsRow], folder: Path) -> dict[s
 
     agents = doc["strategies"][doc["trial"]["strategy"]]["agents"]
     paths["energy"] = _energy_plot(plt, agents, doc, folder / "energy.png")
+    field = doc["trial"].get("field")
+    if field:
+        paths["field_bytes"] = _field_bytes_plot(plt, field, doc, folder / "field_bytes.png")
     return paths
+
+
+def _field_bytes_plot(plt: Any, field: dict[str, Any], doc: SummaryDoc, path: Path) -> Path:
+    """Per board of a virtual field: MB its eth0 counted beside its MQTT layer's, each way."""
+    boards = [b for b, v in field["boards"].items() if v.get("interface") and v.get("mqtt")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    width = 0.2
+    for k, (label, part, key) in enumerate((("eth0 sent", "interface", "tx_bytes"),
+                                            ("MQTT sent", "mqtt", "sent_bytes"),
+                                            ("eth0 received", "interface", "rx_bytes"),
+                                            ("MQTT received", "mqtt", "received_bytes"))):
+        xs = [i + (k - 1.5) * width for i in range(len(boards))]
+        ax.bar(xs, [field["boards"][b][part][key] / 1e6 for b in boards], width,
+               label=label, color=f"C{k // 2}", alpha=1.0 if part == "interface" else 0.5)
+    ax.set_xticks(range(len(boards)), boards)
+    ax.set(xlabel="board", ylabel="MB (10^6 B) over the agent's life")
+    ax.set_title(f"Bytes on each board's eth0 beside the MQTT layer: {doc['fleet']}",
+                 fontsize="medium")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="x-small")
+    return _save(plt, fig, path)
 
 
 def _energy_plot(plt: Any, agents: dict[str, dict[str, Any]], doc: SummaryDoc, path: Path) -> Path:

@@ -48,6 +48,7 @@ def render_report(doc: SummaryDoc) -> str:
     out += _startup(trial)
     out += _accuracy(doc, block)
     out += _bandwidth(block, trial)
+    out += _field(trial)
     out += _energy(doc, block)
     out += _faults(trial, block)
     out += _failures(trial)
@@ -282,6 +283,53 @@ def _faults(trial: dict[str, Any], block: StrategyBlock) -> list[str]:
     return out
 
 
+def _kbit(rate: float | None) -> str:
+    return "uncapped" if rate is None else f"{rate:g} kbit/s"
+
+
+def _field(trial: dict[str, Any]) -> list[str]:
+    """The virtual field: per board its link and the bytes the OS counted beside MQTT's."""
+    info = trial.get("field")
+    if not info:
+        return []
+    sites = ", ".join(f"{name} ({len(s['boards'])} boards, broker {s['broker']}, backhaul "
+                      f"{_kbit(s['backhaul']['rate_kbit'])})" for name, s in info["sites"].items())
+    out = ["## Virtual field", "",
+           f"Field `{info['name']}` ({info['source']}): sites {sites}; hub {info['hub']}. Every "
+           "board is a network namespace flashed over SSH; rate caps (tc tbf), loss (nftables) and "
+           "link outages are real, delay and jitter are not (no netem).", "",
+           "Bytes the OS counted on each board's eth0 over its agent's life, beside the MQTT "
+           f"layer's counters. {info['protocol_overhead']}.", ""]
+    rows = []
+    for board, b in info["boards"].items():
+        link = b["link"]
+        iface, mqtt = b.get("interface") or {}, b.get("mqtt") or {}
+        tx, rx = b.get("tx") or {}, b.get("rx") or {}
+        rows.append([board, b["site"], _kbit(link["rate_kbit"]), f"{link['loss_percent']:g}%",
+                     _mb(iface["tx_bytes"]) if iface else "-",
+                     _mb(mqtt["sent_bytes"]) if mqtt else "-",
+                     f"{tx['overhead_ratio']:.3f}" if tx.get("overhead_ratio") else "-",
+                     _mb(iface["rx_bytes"]) if iface else "-",
+                     _mb(mqtt["received_bytes"]) if mqtt else "-",
+                     f"{rx['overhead_ratio']:.3f}" if rx.get("overhead_ratio") else "-",
+                     _rounds(b["missed_mix_rounds"]) if b["missed_mix_rounds"] else "none"])
+    out += _table(["board", "site", "rate", "loss", "eth0 tx MB", "MQTT sent MB", "tx/MQTT",
+                   "eth0 rx MB", "MQTT recv MB", "rx/MQTT", "missed mixes (rounds)"], rows)
+    faults = info.get("faults") or []
+    if faults:
+        out += ["Faults of the field file. A link outage of rounds r-(u-1) keeps the board out of "
+                "the exchanges mixed in those rounds: its port goes down once every agent reported "
+                "round r-2 (before round r-1's updates are sent) and comes back as the fleet "
+                "enters round u; a reboot kills the board's agent as it enters its round (its "
+                "supervisor restarts it).", ""]
+        out += _table(["fault", "target", "rounds", "status", "what happened"],
+                      [[f["kind"], f["target"],
+                        f"{f['round']}-{f['up_round'] - 1}" if f["up_round"] is not None
+                        else f"{f['round']}", f["status"], f["outcome"] or f["note"]]
+                       for f in faults])
+    return out
+
+
 def _failures(trial: dict[str, Any]) -> list[str]:
     failed = trial.get("failed_agents", [])
     if not failed:
@@ -298,7 +346,8 @@ def _plots(trial: dict[str, Any]) -> list[str]:
     if not plots:
         return [trial["plots_error"], ""] if trial.get("plots_error") else []
     titles = {"accuracy": "Accuracy per round by agent kind (mean, min-max band)",
-              "bytes": "Cumulative MB on the wire per agent, by agent kind", "energy": "Energy per agent"}
+              "bytes": "Cumulative MB on the wire per agent, by agent kind", "energy": "Energy per agent",
+              "field_bytes": "MB on each board's eth0 beside the MQTT layer's"}
     out = ["## Plots", ""]
     for key, path in plots.items():
         out += [f"![{titles.get(key, key)}]({path})", ""]

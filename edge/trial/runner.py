@@ -128,7 +128,7 @@ class TrialRunner:
         try:
             # The fork server first: it must start before this process runs any other thread.
             self.narrator.launching()
-            self.launcher = make_launcher(self.opts.isolated, self.opts.python)
+            self.launcher = self._make_launcher()
             self._start_broker()
             env = agent_env(len(self.ids))
             for agent_id in self.ids:
@@ -159,6 +159,21 @@ class TrialRunner:
         finally:
             self._shutdown()
         return self._finish()
+
+    # --- hooks for other ways of running agents (edge.trial.field: boards of a virtual field) --
+
+    def _make_launcher(self) -> Launcher:
+        """The launcher agents start from: the fork server, or isolated interpreters."""
+        return make_launcher(self.opts.isolated, self.opts.python)
+
+    def _on_poll(self) -> None:
+        """Called once per watch-loop pass, after the fault plan's actions."""
+
+    def _before_record(self) -> None:
+        """Called once the agents ended, before the record is built from their files."""
+
+    def _extend_record(self, doc: SummaryDoc) -> None:
+        """Add to summary.json's document before it (and the report) is written."""
 
     def _copy_config(self, config_path: str) -> None:
         """DIR/config.yaml: the config the agents read, headed by the overrides passed to them."""
@@ -228,6 +243,7 @@ class TrialRunner:
             self._narrate()
             for action in self.plan.due(self.watch.completed):
                 self._act(action)
+            self._on_poll()
             if self._finished():
                 finished = all(p.exit_kind == ExitKind.FINISHED for p in self.agents.values()
                                if p.starts and not self._left_for_good(p.agent_id))
@@ -399,6 +415,7 @@ class TrialRunner:
                 f"{why}")
 
     def _finish(self) -> TrialResult:
+        self._before_record()
         self.watch.poll()
         self.narrator.flush_rounds(self.watch)
         self.plan.close()
@@ -425,6 +442,7 @@ class TrialRunner:
             bad_lines=self.watch.bad_lines, started_utc=self.started_utc.isoformat(timespec="seconds"),
             startup=self.narrator.startup.to_dict(), quorum=self.quorum,
             security=self._security()))
+        self._extend_record(doc)
         write_record(self.out, doc, self.watch.rows, plots=self.opts.plots, progress=self.progress)
         return TrialResult(self.status, exit_code, self.out, doc, failed)
 
