@@ -205,7 +205,8 @@ TOPK_CONSENSUS_STEP = 0.3
 class CommConfig:
     """How updates are coded and exchanged (`comm`): codec, keyframes, chunks, deadline, gamma."""
 
-    codec: Literal["fp32", "fp16", "int8", "topk"] = "fp32"
+    # stc: sparse ternary compression (broker.codecs.encode_stc); keeps topk_fraction too.
+    codec: Literal["fp32", "fp16", "int8", "topk", "stc"] = "fp32"
     topk_fraction: Annotated[float, Interval(gt=0.0, le=1.0)] = 0.02
     error_feedback: bool = True
     difference_coding: bool = False
@@ -354,11 +355,11 @@ def consensus_step(comm: CommConfig) -> float:
     """Return the CHOCO consensus step gamma in effect.
 
     The configured one, else 1 (plain gossip) for the dense codecs and TOPK_CONSENSUS_STEP for
-    top-k, whose lagging public copies need damping.
+    the sparse ones (top-k, stc), whose lagging public copies need damping.
     """
     if comm.consensus_step is not None:
         return comm.consensus_step
-    return TOPK_CONSENSUS_STEP if comm.codec == "topk" else 1.0
+    return TOPK_CONSENSUS_STEP if comm.codec in ("topk", "stc") else 1.0
 
 
 def fleet_modalities(data: DataConfig, source: str) -> tuple[str, ...]:
