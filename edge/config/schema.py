@@ -172,12 +172,23 @@ class TrainingConfig:
     start_timeout_s: Annotated[float, Interval(gt=0.0, le=MAX_DEADLINE_S)] = 600.0
 
 
+# Where s_m is averaged (`model.synergy_scope`, resolved): see edge.learning.sharing.scope_of.
+ScopeName = Literal["combination", "modality"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The model every agent builds (`model`): architecture, slice split, fusion, combiner, heads."""
 
     arch: Literal["sliced", "plain"] = "sliced"
-    split: tuple[Annotated[float, Interval(gt=0.0, le=MAX_WEIGHT)], ...] = (1.0, 1.0, 1.0)
+    # redundant:unique:synergy, or "auto": widths from the fleet's PID estimate, resolved once
+    # before round 0 (edge.learning.auto_model) and written into the effective config.
+    split: tuple[Annotated[float, Interval(gt=0.0, le=MAX_WEIGHT)], ...] | Literal["auto"] = (
+        1.0, 1.0, 1.0)
+    # With whom s_m (and the fusion) is averaged, for strategies that share it by combination
+    # (parse): "combination", "modality", "auto" (per modality from the PID estimate, resolved
+    # like split) or a mapping modality -> "combination" | "modality" (what auto resolves to).
+    synergy_scope: Literal["combination", "modality", "auto"] | dict[str, ScopeName] = "combination"
     fusion: Literal["concat", "sum", "gated", "tensor"] = "concat"
     tensor_rank: Annotated[int, Interval(ge=1, le=64)] = 4
     combiner: Literal["sum", "mean", "gate", "fusion"] = "sum"
