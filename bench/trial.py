@@ -56,16 +56,17 @@ CODECS = {"fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec"
                       "keyframe_every": 0, "keyframe_codec": "int8"},
           # The config default: an fp32 keyframe every 10 rounds, which dominates the bytes.
           "topk+EF-kf10": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True},
-          # Sparse ternary compression (Sattler et al. 2019; broker.codecs.encode_stc) of 8% of
-          # the entries with error feedback, an int8 keyframe on first contact, consensus step
-          # 0.5 (0.3 lost 0.5 points more, 0.7 no better: bench/RESULTS.md).
-          "stc+EF": STC,
-          "stc+EF x2": STC,
+          # Sparse ternary compression (Sattler et al. 2019; broker.codecs.encode_stc) of 8% or 15%
+          # of the entries with error feedback, an int8 keyframe on first contact, consensus step
+          # 0.5 (0.3 lost 0.6 points more, 0.7 no better: bench/RESULTS.md).
+          "stc8+EF": STC,
+          "stc8+EF x2": STC,
+          "stc15+EF x2": {**STC, "topk_fraction": 0.15},
           "fp32 x2": {"codec": "fp32"}}
 # Local epochs per exchange of a codec row ("x2": rounds halved, two local epochs a round).
-LOCAL_EPOCHS = {"stc+EF x2": 2, "fp32 x2": 2}
+LOCAL_EPOCHS = {"stc8+EF x2": 2, "stc15+EF x2": 2, "fp32 x2": 2}
 # The codec sweep (section 4) by default: fp32 is the reference every row is paired with.
-SWEEP = ("fp32", "topk+EF", "stc+EF", "fp32 x2", "stc+EF x2")
+SWEEP = ("fp32", "topk+EF", "stc8+EF", "fp32 x2", "stc8+EF x2", "stc15+EF x2")
 
 
 def write_config(folder: Path, name: str, agents: int | None, rounds: int, comm: dict,
@@ -245,13 +246,15 @@ def sweep_one(seed: int, names: list[str], rounds: int) -> list[dict]:
     return out
 
 
-def codec_sweep(names: list[str], seeds: int, rounds: int, workers: int) -> list[dict]:
+def codec_sweep(names: list[str], seeds: int, rounds: int, workers: int,
+                first_seed: int = 0) -> list[dict]:
     """Per codec: accuracy difference from fp32 (mean, paired SE) and update bytes ratio."""
     from concurrent.futures import ProcessPoolExecutor
 
     names = ["fp32", *[n for n in names if n != "fp32"]]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        runs = [r for rs in pool.map(sweep_one, range(seeds), [names] * seeds, [rounds] * seeds)
+        runs = [r for rs in pool.map(sweep_one, range(first_seed, first_seed + seeds), [names] * seeds,
+                                     [rounds] * seeds)
                 for r in rs]
     ref = {r["seed"]: r for r in runs if r["codec"] == "fp32"}
     rows = []
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seeds of the simulator codec sweep (default %(default)s; 0 skips)")
     parser.add_argument("--sweep-codecs", default=",".join(SWEEP),
                         help="codecs of the sweep, each paired with fp32 (default %(default)s)")
+    parser.add_argument("--sweep-first-seed", type=int, default=0,
+                        help="first seed of the sweep (a fresh range checks a setting chosen on others)")
     parser.add_argument("--workers", type=int, default=2, help="processes of the sweep")
     parser.add_argument("--quick", action="store_true", help="8 agents only, 4 + 8 rounds, 2 sweep seeds")
     parser.add_argument("--keep", default=None, help="keep the trial folders here")
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     if sweep_seeds > 0:
         print(f"# codec sweep: simulator, {sweep_seeds} seeds", file=sys.stderr, flush=True)
         sweep = codec_sweep([c for c in args.sweep_codecs.split(",") if c.strip()], sweep_seeds,
-                            codec_rounds, args.workers)
+                            codec_rounds, args.workers, args.sweep_first_seed)
 
     failed = [r for r in startup + scaling + codecs if "error" in r]
     startup = [r for r in startup if "error" not in r]
@@ -365,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['wire_over_update_mean']:.2f} |")
     if sweep:
         print(f"\n## Codec sweep (simulator, mfeat example, parse, {codec_rounds} local epochs, "
-              f"{sweep[0]['seeds']} seeds, paired with fp32 {codec_rounds} x 1)\n")
+              f"seeds {args.sweep_first_seed}-{args.sweep_first_seed + sweep_seeds - 1}, paired with "
+              f"fp32 {codec_rounds} x 1)\n")
         print("| codec | local epochs per exchange | accuracy | vs fp32 (points, paired SE) "
               "| update MB | x fewer update bytes |")
         print("|---|---|---|---|---|---|")
