@@ -56,7 +56,6 @@ class Resolved:
                                     for p in self.estimate.pairs]}
         return doc
 
-
     def agent_argv(self) -> list[str]:
         """`parse-edge agent` options carrying the resolved values (empty when nothing was auto)."""
         from edge.config.overrides import format_split, format_synergy_scope
