@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {r['mb_wire_per_round']:.2f} | {r['wire_over_update_mean']:.2f}, "
                   f"{r['wire_over_update_max']:.2f} | {r['accuracy']:.3f} | {r['trial_wall_s']:.0f} |")
     if codecs:
-        print(f"\n## Codecs (mfeat example, parse, {codec_rounds} rounds)\n")
+        print(f"\n## Codecs (mfeat example, parse, {codec_rounds} rounds; x2 rows "
+              f"{codec_rounds // 2} rounds x 2 local epochs)\n")
         print("| codec | accuracy | vs fp32 (points) | MB sent (all topics) | x fewer | MB of updates "
               "| x fewer | update kB | wire / update |")
         print("|---|---|---|---|---|---|---|---|---|")
