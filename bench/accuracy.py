@@ -1,8 +1,18 @@
 """Accuracy benchmark: every strategy on both architectures, paired over seeds (not a test).
 
-    python bench/accuracy.py [--seeds 5] [--settings mfeat-chordal,...] [--workers 2]
+    python bench/accuracy.py [--seeds 5] [--settings mfeat-chordal,...] [--workers 2] [--quick]
 
 Each (setting, seed) runs every strategy on the same partitions, so differences are paired.
+
+PID-guided slices (the settings of SPLIT_SETTINGS: mfeat fou+zer, the synergy-heavy synthetic
+set, and mfeat fou+zer+kar with unimodal, bimodal and trimodal agents): parse also runs with
+every fixed ratio of RATIOS and with `model.split: auto` (widths from the fleet's decentralized
+PID estimate, resolved per seed by simulate before round 0: edge.learning.auto_model); with
+three modalities also with the synergy projections s_m shared by modality and with
+`synergy_scope: auto` (per modality from the estimate). "best fixed" is the ratio with the best
+mean over the same seeds, so "auto - best fixed" is, if anything, biased against auto.
+
+`--quick`: only parse and those variants on the SPLIT_SETTINGS, 3 seeds unless --seeds is given.
 Prints a markdown table per setting and writes bench/results/accuracy.json.
 """
 
@@ -58,6 +68,18 @@ def _basic_motions() -> dict:
     return yaml.safe_load((EXAMPLES / "basic-motions.yaml").read_text())
 
 
+def _mfeat3() -> dict:
+    # Three views, unimodal, bimodal and trimodal agents: a modality's synergy projection has
+    # more partners by modality (dsgd-hybrid) than by combination (parse).
+    raw = _mfeat({"kind": "chordal-ring", "chords": [1, 3]},
+                 {"fou": 2, "zer": 2, "kar": 2, "fou+zer": 2, "fou+kar": 2, "zer+kar": 2,
+                  "fou+zer+kar": 3})
+    raw["fleet"] = "mfeat-fou-zer-kar"
+    raw["data"]["modalities"] = ["fou", "zer", "kar"]
+    raw["families"]["kar"] = {"kind": "mlp", "hidden": [64], "latent": 48}
+    return raw
+
+
 SETTINGS = {
     "mfeat-chordal": lambda: _mfeat({"kind": "chordal-ring", "chords": [1, 3]}),
     "mfeat-ring": lambda: _mfeat({"kind": "ring"}),
@@ -65,7 +87,38 @@ SETTINGS = {
                                   {"fou": 5, "zer": 5, "fou+zer": 2}),
     "synthetic-synergy": _synthetic_synergy,
     "basic-motions": _basic_motions,
+    "mfeat-3": _mfeat3,
 }
+
+# Fixed redundant:unique:synergy ratios swept beside `split: auto` (1:1:1 is parse's default).
+RATIOS: dict[str, tuple[int, int, int]] = {
+    "1:1:1": (1, 1, 1), "2:1:1": (2, 1, 1), "1:2:1": (1, 2, 1), "1:1:2": (1, 1, 2),
+    "3:2:1": (3, 2, 1), "1:1:4": (1, 1, 4),
+}
+SPLIT_SETTINGS = ("mfeat-chordal", "synthetic-synergy", "mfeat-3")
+# Settings run on the sliced architecture only (the budget: 40 minutes on 2 cores): with three
+# modalities the question is parse against dsgd-hybrid, which differ only there.
+SLICED_ONLY = ("mfeat-3",)
+PARSE = "parse/sliced"  # parse with the config's split 1:1:1 and s_m by combination
+
+
+def _split_label(ratio: str) -> str:
+    return PARSE if ratio == "1:1:1" else f"parse[split {ratio}]/sliced"
+
+
+def _pid_variants(setting: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """parse with every fixed ratio and auto; with three modalities, the synergy scopes too."""
+    if setting not in SPLIT_SETTINGS:
+        return {}
+    out: dict[str, tuple[str, dict[str, Any]]] = {
+        f"split {name}": ("parse", {"split": tuple(float(v) for v in ratio)})
+        for name, ratio in RATIOS.items() if name != "1:1:1"}
+    out["split auto"] = ("parse", {"split": "auto"})
+    if len(SETTINGS[setting]()["data"].get("modalities", [])) > 2:
+        out["scope modality"] = ("parse", {"synergy_scope": "modality"})
+        out["scope auto"] = ("parse", {"synergy_scope": "auto"})
+        out["split auto, scope auto"] = ("parse", {"split": "auto", "synergy_scope": "auto"})
+    return out
 
 
 # Design ablations run beside the strategies: parse with another combiner or shared heads.
@@ -100,16 +153,20 @@ def run_one(setting: str, seed: int, strategies: tuple[str, ...]) -> dict[str, A
     torch.set_num_threads(1)
     cfg = parse_config(SETTINGS[setting](), f"<bench {setting}>")
     out: dict[str, Any] = {}
-    for arch in ("sliced", "plain"):
+    for arch in ("sliced",) if setting in SLICED_ONLY else ("sliced", "plain"):
         names = [s for s in strategy_names(arch=arch) if s in strategies]
+        if not names:
+            continue
         summary = simulate_fleet(cfg, names, arch, seed=seed)
         for name, block in summary["strategies"].items():
             out[f"{name}/{arch}"] = _row(block)
-    for label, (base, model_overrides) in VARIANTS.get(setting, {}).items():
+    variants = {**VARIANTS.get(setting, {}), **_pid_variants(setting)}
+    for label, (base, model_overrides) in variants.items():
         if base in strategies:
             variant = replace(cfg, model=replace(cfg.model, **model_overrides))
-            block = simulate_fleet(variant, [base], "sliced", seed=seed)["strategies"][base]
-            out[f"{base}[{label}]/sliced"] = _row(block)
+            summary = simulate_fleet(variant, [base], "sliced", seed=seed)
+            out[f"{base}[{label}]/sliced"] = {**_row(summary["strategies"][base]),
+                                              "model": summary.get("model", {})}
     return {"setting": setting, "seed": seed, "runs": out}
 
 
@@ -153,12 +210,47 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             "local (sliced)": ["local/sliced"],
         }
         for label, candidates in groups.items():
+            candidates = [c for c in candidates if c in table]
+            if not candidates:  # --strategies left them out
+                continue
             best = max(candidates, key=lambda n: table[n]["overall"])
             diffs = [p - r["runs"][best]["overall"] for p, r in zip(parse, rows, strict=True)]
             mean, se = _mean_se(diffs)
             paired[label] = {"against": best, "mean_diff": mean, "se": se}
-        report[setting] = {"seeds": [r["seed"] for r in rows], "table": table, "paired": paired}
+        report[setting] = {"seeds": [r["seed"] for r in rows], "table": table, "paired": paired,
+                           "pid": _pid_paired(rows, table)}
     return report
+
+
+def _pid_paired(rows: list[dict[str, Any]], table: dict[str, Any]) -> dict[str, Any]:
+    """split auto against 1:1:1 and the best fixed ratio; the synergy scopes (three modalities)."""
+    auto = "parse[split auto]/sliced"
+    if auto not in table:
+        return {}
+
+    def diff(a: str, b: str) -> dict[str, Any]:
+        mean, se = _mean_se([r["runs"][a]["overall"] - r["runs"][b]["overall"] for r in rows])
+        return {"a": a, "b": b, "mean_diff": mean, "se": se}
+
+    fixed = [_split_label(n) for n in RATIOS if _split_label(n) in table]
+    best = max(fixed, key=lambda n: table[n]["overall"])
+    out: dict[str, Any] = {
+        "auto widths per seed": [r["runs"][auto]["model"].get("split") for r in rows],
+        "split auto - best fixed ratio": diff(auto, best),
+        "split auto - 1:1:1": diff(auto, PARSE),
+    }
+    scoped = "parse[scope modality]/sliced"
+    if scoped in table:
+        out["auto scopes per seed"] = [r["runs"]["parse[scope auto]/sliced"]["model"].get(
+            "synergy_scope") for r in rows]
+        best_scope = max((PARSE, scoped), key=lambda n: table[n]["overall"])
+        out["s by modality - by combination (1:1:1)"] = diff(scoped, PARSE)
+        out["scope auto - best scope (1:1:1)"] = diff("parse[scope auto]/sliced", best_scope)
+        everything = [*fixed, scoped, auto, "parse[scope auto]/sliced"]
+        best_all = max(everything, key=lambda n: table[n]["overall"])
+        out["split auto, scope auto - best of the sweep"] = diff(
+            "parse[split auto, scope auto]/sliced", best_all)
+    return out
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -179,17 +271,33 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- parse − {label} ({p['against']}): "
                          f"{100 * p['mean_diff']:+.2f} ± {100 * p['se']:.2f} points (paired SE)")
         lines.append("")
+        for label, p in rep.get("pid", {}).items():
+            if isinstance(p, dict) and "mean_diff" in p:
+                lines.append(f"- {label} ({p['a']} − {p['b']}): "
+                             f"{100 * p['mean_diff']:+.2f} ± {100 * p['se']:.2f} points (paired SE)")
+            else:
+                lines.append(f"- {label}: {p}")
+        lines.append("")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--seeds", type=int, default=None, help="default 5 (--quick: 3)")
+    parser.add_argument("--settings", default=None, help="default all (--quick: SPLIT_SETTINGS)")
+    parser.add_argument("--strategies", default=None, help="default all (--quick: parse)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "accuracy.json"))
+    parser.add_argument("--quick", action="store_true",
+                        help="only parse with the fixed ratios, split: auto and the synergy scopes")
+    parser.add_argument("--out", default=None,
+                        help="default bench/results/accuracy.json (--quick: accuracy_quick.json)")
     args = parser.parse_args()
+    quick = args.quick
+    args.seeds = args.seeds or (3 if quick else 5)
+    args.settings = args.settings or ",".join(SPLIT_SETTINGS if quick else SETTINGS)
+    args.strategies = args.strategies or ("parse" if quick else ",".join(STRATEGIES))
+    args.out = args.out or str(REPO / "bench" / "results" /
+                               ("accuracy_quick.json" if quick else "accuracy.json"))
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:

@@ -8,11 +8,20 @@
 2. scaling: 8, 16 and 32 agents (one process each) on mfeat: wall seconds per round split into
    training and everything else, peak RSS per agent process, MB per round, and bytes on the wire
    per agent-round as a multiple of that agent's encoded update;
-3. accuracy versus bytes for parse with codecs fp32 / fp16 / int8 / topk+EF on mfeat (the
-   example fleet: 12 agents, fou + zer, Dirichlet 0.5), side by side in one run.
+3. accuracy versus bytes for parse with codecs fp32 / fp16 / int8 / topk+EF / stc+EF on mfeat
+   (the example fleet: 12 agents, fou + zer, Dirichlet 0.5), side by side in one run; "x2" rows
+   exchange every second local epoch (half the rounds, two local epochs each: the same 30
+   epochs of training as fp32's 30 x 1);
+4. the codec sweep over seeds: the same codecs in the simulator, paired with fp32 on the same
+   partitions (mean and paired standard error of the accuracy difference, update bytes ratio).
+   The simulator runs every agent's real round loop and real codec state (edge.learning.simulate;
+   tests/test_edge_trial.py checks that a trial's per-agent accuracies equal the simulator's),
+   so a seed sweep need not start processes; its bytes are the update messages in our wire
+   format (header included) without MQTT's own headers, so its ratios read higher than a
+   trial's "MB of updates" ratio (which counts them).
 
     python bench/trial.py [--startup 8,16,32] [--agents 8,16,32] [--rounds 6] [--codec-rounds 30]
-                          [--quick] [--out bench/results/trial.json]
+                          [--sweep-seeds 10] [--quick] [--out bench/results/trial.json]
 
 A section given '' is skipped; the JSON keeps the sections of earlier runs that were skipped.
 """
@@ -37,6 +46,8 @@ from edge.config.load import load_config  # noqa: E402
 from edge.trial.runner import TrialOptions, run_trial  # noqa: E402
 
 MFEAT = REPO / "edge" / "examples" / "mfeat.yaml"
+STC = {"codec": "stc", "topk_fraction": 0.08, "error_feedback": True, "keyframe_every": 0,
+       "keyframe_codec": "int8", "consensus_step": 0.5}
 CODECS = {"fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec": "int8"},
           # Top-k deltas against the copy receivers hold (error feedback), keyframes only on
           # first contact or request, sent as int8 (topk's damped consensus step by default):
@@ -44,13 +55,25 @@ CODECS = {"fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec"
           "topk+EF": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True,
                       "keyframe_every": 0, "keyframe_codec": "int8"},
           # The config default: an fp32 keyframe every 10 rounds, which dominates the bytes.
-          "topk+EF-kf10": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True}}
+          "topk+EF-kf10": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True},
+          # Sparse ternary compression (Sattler et al. 2019; broker.codecs.encode_stc) of 8% or 15%
+          # of the entries with error feedback, an int8 keyframe on first contact, consensus step
+          # 0.5 (0.3 lost 0.6 points more, 0.7 no better: bench/RESULTS.md).
+          "stc8+EF": STC,
+          "stc8+EF x2": STC,
+          "stc15+EF x2": {**STC, "topk_fraction": 0.15},
+          "fp32 x2": {"codec": "fp32"}}
+# Local epochs per exchange of a codec row ("x2": rounds halved, two local epochs a round).
+LOCAL_EPOCHS = {"stc8+EF x2": 2, "stc15+EF x2": 2, "fp32 x2": 2}
+# The codec sweep (section 4) by default: fp32 is the reference every row is paired with.
+SWEEP = ("fp32", "topk+EF", "stc8+EF", "fp32 x2", "stc8+EF x2", "stc15+EF x2")
 
 
 def write_config(folder: Path, name: str, agents: int | None, rounds: int, comm: dict,
-                 topology: dict | None = None) -> Path:
-    """The mfeat example with another agent count, round count, codec (and topology)."""
+                 topology: dict | None = None, local_epochs: int = 1) -> Path:
+    """The mfeat example with another agent count, round count, codec (and topology, epochs)."""
     doc = yaml.safe_load(MFEAT.read_text())
+    doc["training"]["local_epochs"] = local_epochs
     if topology is not None:
         doc["topology"] = topology
     doc["fleet"] = f"bench-{name}-{int(time.time())}"
@@ -196,6 +219,57 @@ def codec_row(name: str, summary: dict) -> dict:
     }
 
 
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan"))
+
+
+def sweep_one(seed: int, names: list[str], rounds: int) -> list[dict]:
+    """Every codec row of `names` in the simulator on one seed's partitions (paired)."""
+    from dataclasses import replace
+
+    import torch
+
+    from edge.config.overrides import with_overrides
+    from edge.learning.simulate import simulate_fleet
+
+    torch.set_num_threads(1)
+    base = with_overrides(load_config(MFEAT), seed=seed)
+    out = []
+    for name in names:
+        epochs = LOCAL_EPOCHS.get(name, 1)
+        cfg = replace(base, comm=replace(base.comm, **CODECS[name]),
+                      training=replace(base.training, rounds=rounds // epochs, local_epochs=epochs))
+        block = simulate_fleet(cfg, ["parse"], "sliced")["strategies"]["parse"]
+        out.append({"codec": name, "seed": seed, "accuracy": block["accuracy"]["overall"],
+                    "update_bytes": block["bytes_sent"]["total"]})
+    return out
+
+
+def codec_sweep(names: list[str], seeds: int, rounds: int, workers: int,
+                first_seed: int = 0) -> list[dict]:
+    """Per codec: accuracy difference from fp32 (mean, paired SE) and update bytes ratio."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = ["fp32", *[n for n in names if n != "fp32"]]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        runs = [r for rs in pool.map(sweep_one, range(first_seed, first_seed + seeds), [names] * seeds,
+                                     [rounds] * seeds)
+                for r in rs]
+    ref = {r["seed"]: r for r in runs if r["codec"] == "fp32"}
+    rows = []
+    for name in names:
+        mine = [r for r in runs if r["codec"] == name]
+        diff = _mean_se([100 * (r["accuracy"] - ref[r["seed"]]["accuracy"]) for r in mine])
+        ratio = _mean_se([ref[r["seed"]]["update_bytes"] / r["update_bytes"] for r in mine])
+        rows.append({"codec": name, "local_epochs": LOCAL_EPOCHS.get(name, 1), "seeds": len(mine),
+                     "accuracy": statistics.fmean(r["accuracy"] for r in mine),
+                     "accuracy_vs_fp32_points": diff[0], "paired_se_points": diff[1],
+                     "update_bytes_vs_fp32": ratio[0], "update_mb": statistics.fmean(
+                         r["update_bytes"] for r in mine) / 1e6, "runs": mine})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--startup", default="8,16,32",
@@ -205,7 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="rounds of the scaling trials")
     parser.add_argument("--codec-rounds", type=int, default=30, help="rounds of the codec trials")
     parser.add_argument("--codecs", default=",".join(CODECS), help="codecs (default %(default)s; '' skips)")
-    parser.add_argument("--quick", action="store_true", help="8 agents only, 4 + 8 rounds")
+    parser.add_argument("--sweep-seeds", type=int, default=10,
+                        help="seeds of the simulator codec sweep (default %(default)s; 0 skips)")
+    parser.add_argument("--sweep-codecs", default=",".join(SWEEP),
+                        help="codecs of the sweep, each paired with fp32 (default %(default)s)")
+    parser.add_argument("--sweep-first-seed", type=int, default=0,
+                        help="first seed of the sweep (a fresh range checks a setting chosen on others)")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the sweep")
+    parser.add_argument("--quick", action="store_true", help="8 agents only, 4 + 8 rounds, 2 sweep seeds")
     parser.add_argument("--keep", default=None, help="keep the trial folders here")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "trial.json"))
     args = parser.parse_args(argv)
@@ -236,11 +317,20 @@ def main(argv: list[str] | None = None) -> int:
         codecs = []
         for name in [c for c in args.codecs.split(",") if c.strip()]:
             print(f"# codec {name}: mfeat example, {codec_rounds} rounds", file=sys.stderr, flush=True)
-            config = write_config(work, f"codec-{name.replace('+', '')}", None, codec_rounds, CODECS[name])
+            epochs = LOCAL_EPOCHS.get(name, 1)
+            config = write_config(work, f"codec-{name.replace('+', '').replace(' ', '')}", None,
+                                  codec_rounds // epochs, CODECS[name], local_epochs=epochs)
             try:
-                codecs.append(codec_row(name, run(config, work / f"codec-{name.replace('+', '')}")[0]))
+                codecs.append(codec_row(name, run(config, config.with_suffix(""))[0]))
             except RuntimeError as exc:
                 codecs.append({"codec": name, "error": str(exc)})
+
+    sweep_seeds = 2 if args.quick else args.sweep_seeds
+    sweep = []
+    if sweep_seeds > 0:
+        print(f"# codec sweep: simulator, {sweep_seeds} seeds", file=sys.stderr, flush=True)
+        sweep = codec_sweep([c for c in args.sweep_codecs.split(",") if c.strip()], sweep_seeds,
+                            codec_rounds, args.workers, args.sweep_first_seed)
 
     failed = [r for r in startup + scaling + codecs if "error" in r]
     startup = [r for r in startup if "error" not in r]
@@ -269,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {r['mb_wire_per_round']:.2f} | {r['wire_over_update_mean']:.2f}, "
                   f"{r['wire_over_update_max']:.2f} | {r['accuracy']:.3f} | {r['trial_wall_s']:.0f} |")
     if codecs:
-        print(f"\n## Codecs (mfeat example, parse, {codec_rounds} rounds)\n")
+        print(f"\n## Codecs (mfeat example, parse, {codec_rounds} rounds; x2 rows "
+              f"{codec_rounds // 2} rounds x 2 local epochs)\n")
         print("| codec | accuracy | vs fp32 (points) | MB sent (all topics) | x fewer | MB of updates "
               "| x fewer | update kB | wire / update |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -278,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['mb_sent']:.2f} | {c['bytes_vs_fp32']:.1f} | {c['mb_updates']:.2f} | "
                   f"{c['update_bytes_vs_fp32']:.1f} | {c['update_kb_mean']:.1f} | "
                   f"{c['wire_over_update_mean']:.2f} |")
+    if sweep:
+        print(f"\n## Codec sweep (simulator, mfeat example, parse, {codec_rounds} local epochs, "
+              f"seeds {args.sweep_first_seed}-{args.sweep_first_seed + sweep_seeds - 1}, paired with "
+              f"fp32 {codec_rounds} x 1)\n")
+        print("| codec | local epochs per exchange | accuracy | vs fp32 (points, paired SE) "
+              "| update MB | x fewer update bytes |")
+        print("|---|---|---|---|---|---|")
+        for c in sweep:
+            print(f"| {c['codec']} | {c['local_epochs']} | {c['accuracy']:.3f} | "
+                  f"{c['accuracy_vs_fp32_points']:+.2f} ± {c['paired_se_points']:.2f} | "
+                  f"{c['update_mb']:.3f} | {c['update_bytes_vs_fp32']:.1f} |")
     for r in failed:
         print(f"\nFAILED: {r['error']}")
     out = Path(args.out)
@@ -289,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         doc.update(scaling=scaling, rounds=rounds)
     if args.codecs.strip():
         doc.update(codecs=codecs, codec_rounds=codec_rounds)
+    if sweep:
+        doc.update(codec_sweep=sweep)
     doc["failed"] = failed
     out.write_text(json.dumps(doc, indent=2))
     print(f"\nwrote {out}")

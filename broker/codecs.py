@@ -10,6 +10,12 @@ Error bounds (x the input, x̂ = decode(encode(x)), all float32):
   and its magnitude is <= the smallest kept magnitude. Indices are delta-coded as LEB128 varints.
   Error feedback lives in the sender (broker.sender): it difference-codes against what receivers
   hold, so whatever a lossy codec dropped goes out again in later messages.
+- `stc`: sparse ternary compression (Sattler, Wiedemann, Müller and Samek 2019, "Robust and
+  Communication-Efficient Federated Learning from Non-IID Data", IEEE TNNLS 31:3400): the same k
+  entries as `topk`, each sent as its sign times one shared magnitude mu = mean |kept entries|,
+  positions Golomb-Rice coded. Kept entries decode to ±mu, every other one to 0; about
+  b + 1 / (1 - (1 - p)^(2^b)) + 1 bits per kept entry (p = k / n), e.g. ~6.8 at p = 0.05, where
+  `topk` spends ~16 (an int8 value and a one-byte varint gap).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ DEFAULT_BLOCK = 256
 DEFAULT_K_FRACTION = 0.01
 _U32 = struct.Struct(">I")
 _U32X2 = struct.Struct(">II")
+# stc header: k, Golomb-Rice parameter b, bytes of the unary (quotient) stream, mu.
+_STC = struct.Struct(">IBIf")
+_GOLDEN = (1 + math.sqrt(5)) / 2
 
 
 class CodecId(IntEnum):
@@ -34,6 +43,7 @@ class CodecId(IntEnum):
     FP16 = 2
     INT8 = 3
     TOPK = 4
+    STC = 5
 
 
 class CodecError(ValueError):
@@ -222,6 +232,105 @@ def decode_topk(payload: bytes | bytearray | memoryview, n_elements: int) -> np.
     return out
 
 
+# --- sparse ternary (STC) ------------------------------------------------------------------------
+
+def golomb_parameter(p: float) -> int:
+    """Golomb-Rice parameter b for gaps between kept positions at density p in (0, 1].
+
+    b* = 1 + floor(log2(log(phi - 1) / log(1 - p))), phi the golden ratio: the optimal Golomb code
+    of geometric gaps (Gallager and van Voorhis 1975), as used by Sattler et al. 2019 (eq. 13);
+    clipped to [0, 31].
+    """
+    if p >= 1.0:
+        return 0
+    if p <= 0.0:
+        return 31
+    ratio = math.log(_GOLDEN - 1) / math.log(1 - p)
+    return int(min(31, max(0, 1 + math.floor(math.log2(ratio)))))
+
+
+def encode_stc(vector: np.ndarray, k_fraction: float = DEFAULT_K_FRACTION) -> bytes:
+    """Sparse ternary compression: the top-k entries' signs, one magnitude mu, Golomb-Rice positions.
+
+    Layout: `_STC` header (u32 k, u8 b, u32 unary bytes, float32 mu), then the unary stream
+    (per kept entry, quotient q = gap >> b as q one-bits and a zero-bit, padded with one-bits to
+    a byte), then per kept entry b remainder bits (gap & (2^b - 1)) and a sign bit (1: negative),
+    padded with zero-bits. The first gap is the first index, later gaps are index differences - 1.
+    Bits are packed most significant first.
+
+    Parameters
+    ----------
+    vector : np.ndarray
+        Any shape; flattened to float32, must be finite.
+    k_fraction : float
+        Fraction of entries kept, in (0, 1].
+
+    Returns
+    -------
+    bytes
+        The payload.
+
+    Raises
+    ------
+    ValueError
+        On a non-finite vector.
+    """
+    flat = _as_vector(vector)
+    k = topk_count(flat.size, k_fraction)
+    indices = topk_indices(np.abs(flat), k)
+    mu = float(np.abs(flat[indices]).mean()) if k else 0.0
+    b = golomb_parameter(k / flat.size) if k else 0
+    gaps = np.diff(indices, prepend=-1).astype(np.int64) - 1  # the first is the first index
+    quotients = gaps >> b
+    unary = np.ones(int(quotients.sum()) + k, dtype=np.uint8)
+    unary[np.cumsum(quotients + 1) - 1] = 0
+    unary_bytes = np.packbits(np.concatenate([unary, np.ones(-unary.size % 8, dtype=np.uint8)]))
+    shifts = np.arange(b - 1, -1, -1, dtype=np.int64)
+    fixed = np.concatenate([(gaps[:, None] >> shifts) & 1,
+                            (flat[indices] < 0)[:, None].astype(np.int64)], axis=1)
+    fixed_bytes = np.packbits(fixed.reshape(-1).astype(np.uint8))
+    return (_STC.pack(k, b, unary_bytes.size, mu) + unary_bytes.tobytes() + fixed_bytes.tobytes())
+
+
+def decode_stc(payload: bytes | bytearray | memoryview, n_elements: int) -> np.ndarray:
+    """Inverse of `encode_stc`: ±mu at the kept positions, zeros elsewhere.
+
+    Raises
+    ------
+    CodecError
+        On a short or long payload, k > n, b > 31, a non-finite or negative mu, a unary stream
+        without exactly k terminators or with bad padding, or positions out of range.
+    """
+    if len(payload) < _STC.size:
+        raise CodecError("stc: payload shorter than its header")
+    k, b, n_unary, mu = _STC.unpack_from(payload)
+    if k > n_elements or b > 31 or not (math.isfinite(mu) and mu >= 0):
+        raise CodecError(f"stc: k={k} b={b} mu={mu} for {n_elements} elements")
+    n_fixed = -(-k * (b + 1) // 8)
+    if len(payload) != _STC.size + n_unary + n_fixed:
+        raise CodecError(f"stc: {len(payload)} bytes, expected {_STC.size + n_unary + n_fixed}")
+    raw = np.frombuffer(payload, dtype=np.uint8)
+    unary = np.unpackbits(raw[_STC.size:_STC.size + n_unary])
+    ends = np.flatnonzero(unary == 0)
+    if ends.size != k or (k and unary.size - ends[-1] - 1 >= 8) or (not k and n_unary):
+        raise CodecError(f"stc: unary stream holds {ends.size} terminators, expected {k}")
+    fixed_bits = np.unpackbits(raw[_STC.size + n_unary:])
+    if fixed_bits[k * (b + 1):].any():
+        raise CodecError("stc: non-zero padding bits")
+    out = np.zeros(n_elements, dtype=np.float32)
+    if not k:
+        return out
+    quotients = np.diff(ends, prepend=-1) - 1
+    fixed = fixed_bits[: k * (b + 1)].reshape(k, b + 1).astype(np.int64)
+    remainders = (fixed[:, :b] << np.arange(b - 1, -1, -1, dtype=np.int64)).sum(axis=1)
+    gaps = (quotients.astype(np.int64) << b) + remainders
+    indices = np.cumsum(gaps + 1) - 1
+    if indices[-1] >= n_elements:
+        raise CodecError("stc: positions out of range")
+    out[indices] = np.where(fixed[:, b] == 1, -mu, mu).astype(np.float32)
+    return out
+
+
 # --- one interface ----------------------------------------------------------------------------------
 
 def encode(codec: CodecId, vector: np.ndarray, *, block_size: int = DEFAULT_BLOCK,
@@ -237,7 +346,7 @@ def encode(codec: CodecId, vector: np.ndarray, *, block_size: int = DEFAULT_BLOC
     block_size : int
         Elements per int8 scale (int8 and topk).
     k_fraction : float
-        Fraction of entries topk keeps, in (0, 1].
+        Fraction of entries topk and stc keep, in (0, 1].
 
     Returns
     -------
@@ -257,6 +366,8 @@ def encode(codec: CodecId, vector: np.ndarray, *, block_size: int = DEFAULT_BLOC
         return encode_int8(vector, block_size)
     if codec is CodecId.TOPK:
         return encode_topk(vector, k_fraction, block_size)
+    if codec is CodecId.STC:
+        return encode_stc(vector, k_fraction)
     raise ValueError(f"codec: unknown {codec!r}")
 
 
@@ -270,4 +381,6 @@ def decode(codec: CodecId, payload: bytes | bytearray | memoryview, n_elements: 
         return decode_int8(payload, n_elements)
     if codec is CodecId.TOPK:
         return decode_topk(payload, n_elements)
+    if codec is CodecId.STC:
+        return decode_stc(payload, n_elements)
     raise CodecError(f"codec: unknown {codec!r}")

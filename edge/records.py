@@ -195,4 +195,6 @@ class _SummaryRequired(TypedDict):
 class SummaryDoc(_SummaryRequired, total=False):
     """summary.json of `parse-edge simulate` and `parse-edge trial` (the latter adds `trial`)."""
 
+    # The slice split and synergy scopes as they ran (auto resolved: edge.learning.auto_model).
+    model: dict[str, Any]
     trial: dict[str, Any]

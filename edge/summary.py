@@ -185,6 +185,8 @@ def fleet_header(cfg: FleetConfig, agents: dict[str, AgentInfo],
         "fleet": cfg.fleet,
         "dataset": cfg.data.dataset,
         "seed": cfg.training.seed,
+        "model": {"split": cfg.model.split if isinstance(cfg.model.split, str)
+                  else list(cfg.model.split), "synergy_scope": cfg.model.synergy_scope},
         "agents": agents,
         "strategies": strategies,
     }

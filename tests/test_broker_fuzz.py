@@ -27,7 +27,7 @@ def _valid_messages() -> list[tuple[str, bytes]]:
     """Genuine traffic of several kinds: keyframes and deltas, multi-chunk, signed."""
     rng = np.random.default_rng(0)
     out = []
-    for agent, spec in (("a1", "fp32"), ("a2", "topk:0.05"), ("a3", "int8")):
+    for agent, spec in (("a1", "fp32"), ("a2", "topk:0.05"), ("a3", "int8"), ("a4", "stc:0.05")):
         sender = UpdateSender(FLEET, agent, spec, keyframe_every=0, hmac_key=KEY, chunk_bytes=4096,
                               run_id=RUN)
         for round_idx in range(2):

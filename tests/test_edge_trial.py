@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_config(folder: Path, fleet: str, rounds: int = 4, faults: list[dict] | None = None,
-                 deadline_s: float = 30.0) -> Path:
+                 deadline_s: float = 30.0, model: dict | None = None) -> Path:
     """A small synthetic-pid fleet: 4 agents (a, b, a+b, a+b) on a ring."""
     doc = {
         "fleet": fleet,
@@ -39,6 +39,7 @@ def write_config(folder: Path, fleet: str, rounds: int = 4, faults: list[dict] |
         "training": {"rounds": rounds, "local_epochs": 2, "batch_size": 16, "lr": 0.01, "seed": 0},
         "comm": {"codec": "fp32", "deadline_s": deadline_s},
         "faults": faults or [],
+        **({"model": model} if model else {}),
     }
     path = folder / "fleet.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -110,8 +111,9 @@ def check_record(out: Path, rounds: int, finishers: list[str]) -> dict:
 
 def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path: Path,
                                                                          fleet_name: str) -> None:
-    # Prepare
-    config = write_config(tmp_path, fleet_name, rounds=4)
+    # Prepare: slice widths and synergy scopes left to the fleet's PID estimate
+    config = write_config(tmp_path, fleet_name, rounds=4,
+                          model={"split": "auto", "synergy_scope": "auto"})
     cfg = load_config(config)
     out = tmp_path / "trial"
     lines: list[str] = []
@@ -119,10 +121,17 @@ def test_embedded_trial_writes_a_consistent_record_and_matches_simulate(tmp_path
     result = run_trial(cfg, TrialOptions(out=out, config_path=str(config)), progress=lines.append)
     from edge.learning.simulate import simulate_fleet
 
-    simulated = simulate_fleet(cfg, ["parse"], "sliced")["strategies"]["parse"]["accuracy"]["per_agent"]
+    simulation = simulate_fleet(cfg, ["parse"], "sliced")
+    simulated = simulation["strategies"]["parse"]["accuracy"]["per_agent"]
     # Assert
     assert (result.status, result.exit_code) == ("completed", 0)
     summary = check_record(out, 4, ["a0", "a1", "a2", "a3"])
+    # auto was resolved once, before round 0: the record's config holds what the agents ran
+    # with, the same values simulate resolved to.
+    effective = load_config(out / "config.yaml").model
+    assert list(effective.split) == simulation["model"]["split"] == summary["model"]["split"]
+    assert effective.synergy_scope == simulation["model"]["synergy_scope"]
+    assert simulation["model"]["split_from"] == "auto"
     assert summary["trial"]["broker"]["kind"] == "embedded"
     assert summary["trial"]["mix_coverage"]["overall"] == 1.0  # generous deadline: nothing missed
     networked = summary["strategies"]["parse"]["accuracy"]["per_agent"]

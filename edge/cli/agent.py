@@ -33,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                         help=f"one of {', '.join(strategy_names(networked=True))}")
     parser.add_argument("--arch", choices=["sliced", "plain"], default=None)
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
+    parser.add_argument("--split", default=None, metavar="R,U,S",
+                        help="override model.split (a trial passes what split: auto resolved to)")
+    parser.add_argument("--synergy-scope", default=None, metavar="SCOPE",
+                        help="override model.synergy_scope: combination, modality or "
+                             "m=combination|modality,... (a trial passes what auto resolved to)")
     parser.add_argument("--energy", choices=["auto", "measured", "estimated"], default="auto",
                         help="energy source: a power sensor when readable (auto), required "
                              "(measured), or the device profile's estimate (estimated; use it when "
@@ -89,13 +94,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the agent to its last round."""
     from broker.probe import PublishProbeError
     from broker.refusals import BrokerRefusedError
-    from edge.config.overrides import parse_quorum, with_overrides
+    from edge.config.overrides import parse_quorum, parse_split, parse_synergy_scope, with_overrides
     from edge.net.agent import run_agent
     from edge.net.quorum import QuorumTimeout
 
     quorum = parse_quorum(args.quorum) if args.quorum is not None else None
+    split = parse_split(args.split) if args.split is not None else None
+    synergy = parse_synergy_scope(args.synergy_scope) if args.synergy_scope is not None else None
     cfg = with_overrides(load_config(args.config), rounds=args.rounds, quorum=quorum,
-                         start_timeout_s=args.start_timeout)
+                         start_timeout_s=args.start_timeout, split=split, synergy_scope=synergy)
     run_id = parse_run_id(args.run_id)
     url = args.broker or cfg.broker.url
     if url == "embedded":

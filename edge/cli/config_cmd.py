@@ -73,9 +73,12 @@ def summary(cfg: FleetConfig, sizes: dict[str, tuple[int, int]]) -> str:
     lines.append("")
     strategy = get_strategy(cfg.strategy)
     lines.append("agent        device            data (train/test)  neighbours -> branches")
+    # synergy_scope: auto is decided when the fleet starts (edge.learning.auto_model); until then
+    # the keys shown are parse's own (by combination).
+    synergy = "combination" if cfg.model.synergy_scope == "auto" else cfg.model.synergy_scope
     for a in cfg.agent_specs:
         keys = branches_for(strategy.sharing, a.modalities, strategy.arch(cfg.model.arch),
-                            cfg.model.share_heads)
+                            cfg.model.share_heads, synergy)
         n_train, n_test = sizes.get(a.id, (0, 0))
         data_text = f"{n_train}/{n_test}" if a.id in sizes else "-"
         lines.append(f"  {a.id:<10} {a.device:<17} {data_text:>17}  "

@@ -169,7 +169,15 @@ def _complete_families(cfg: FleetConfig, modalities: tuple[str, ...]) -> dict[st
 
 
 def _check_model(cfg: FleetConfig) -> None:
+    scope = cfg.model.synergy_scope
+    if isinstance(scope, dict):
+        for name in scope:
+            if name not in cfg.families:
+                raise ConfigError(cfg.source, f"model.synergy_scope.{name}",
+                                  f"unknown modality; expected some of {', '.join(cfg.families)}")
     split = cfg.model.split
+    if split == "auto":  # resolved before round 0 (edge.learning.auto_model)
+        return
     if len(split) != 3:
         raise ConfigError(cfg.source, "model.split",
                           f"expected three positive numbers (redundant:unique:synergy), got {split}")

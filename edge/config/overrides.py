@@ -1,14 +1,18 @@
 """Command-line overrides of a loaded config, checked once.
 
-`--rounds`, `--seed`, `--strategy`, `--quorum` and `--start-timeout`.
+`--rounds`, `--seed`, `--strategy`, `--quorum` and `--start-timeout`; `--split` and
+`--synergy-scope` carry what `model: {split: auto, synergy_scope: auto}` resolved to (a trial
+passes them to its agents: edge.learning.auto_model).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import cast
 
-from edge.config.schema import FleetConfig, Quorum
+from edge.config.schema import FleetConfig, Quorum, ScopeName
 from edge.errors import UserError
 from edge.learning.strategies import get_strategy
 
@@ -36,9 +40,57 @@ def parse_quorum(text: str) -> Quorum:
     return value
 
 
+def parse_split(text: str) -> tuple[float, float, float]:
+    """Parse a `--split` value: three positive numbers "R,U,S" (slice widths or a ratio).
+
+    Raises
+    ------
+    UserError
+        For anything else.
+    """
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"--split: expected three positive numbers R,U,S, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+def format_split(split: tuple[float, ...]) -> str:
+    """Write a split for `--split` (inverse of `parse_split`)."""
+    return ",".join(f"{v:g}" for v in split)
+
+
+def parse_synergy_scope(text: str) -> ScopeName | dict[str, ScopeName]:
+    """Parse `--synergy-scope`: "combination", "modality" or "m=combination,n=modality,...".
+
+    Raises
+    ------
+    UserError
+        For anything else.
+    """
+    if text in ("combination", "modality"):
+        return cast(ScopeName, text)
+    out: dict[str, ScopeName] = {}
+    for item in text.split(","):
+        name, _, scope = item.partition("=")
+        if not name or scope not in ("combination", "modality") or name in out:
+            raise UserError(f"--synergy-scope: expected combination, modality or "
+                            f"m=combination|modality,..., got {text!r}")
+        out[name] = cast(ScopeName, scope)
+    return out
+
+
+def format_synergy_scope(scope: str | Mapping[str, str]) -> str:
+    """Write a resolved synergy scope for `--synergy-scope` (inverse of `parse_synergy_scope`)."""
+    return scope if isinstance(scope, str) else ",".join(f"{m}={s}" for m, s in scope.items())
+
+
 def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | None = None,
                    strategy: str | None = None, quorum: Quorum | None = None,
-                   start_timeout_s: float | None = None) -> FleetConfig:
+                   start_timeout_s: float | None = None, split: tuple[float, ...] | None = None,
+                   synergy_scope: ScopeName | dict[str, ScopeName] | None = None) -> FleetConfig:
     """Return the config with the given overrides applied (None leaves a value as configured).
 
     A new seed also re-draws the partition.
@@ -47,7 +99,8 @@ def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | N
     ------
     UserError
         For a round count below one or one that a configured fault does not fit in, an unknown
-        strategy, a quorum count outside [1, agents], or a start timeout that is not > 0.
+        strategy, a quorum count outside [1, agents], a start timeout that is not > 0, a split
+    that leaves a slice empty, or a synergy scope naming a modality the fleet lacks.
     """
     training = cfg.training
     if rounds is not None:
@@ -71,6 +124,19 @@ def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | N
             raise UserError(f"--start-timeout: expected seconds > 0, got {start_timeout_s}")
         training = replace(training, start_timeout_s=start_timeout_s)
     cfg = replace(cfg, training=training)
+    if split is not None:
+        for name, fam in cfg.families.items():
+            if min(fam.latent * s / sum(split) for s in split) < 0.5:
+                raise UserError(f"--split {format_split(split)}: leaves a slice of latent "
+                                f"{fam.latent} ({name}) with zero width")
+        cfg = replace(cfg, model=replace(cfg.model, split=split))
+    if synergy_scope is not None:
+        unknown = [m for m in synergy_scope if m not in cfg.modalities] if isinstance(
+            synergy_scope, dict) else []
+        if unknown:
+            raise UserError(f"--synergy-scope: unknown modality {unknown[0]!r}; expected some of "
+                            f"{', '.join(cfg.modalities)}")
+        cfg = replace(cfg, model=replace(cfg.model, synergy_scope=synergy_scope))
     if strategy is not None:
         cfg = replace(cfg, strategy=get_strategy(strategy).name)
     return cfg

@@ -172,12 +172,23 @@ class TrainingConfig:
     start_timeout_s: Annotated[float, Interval(gt=0.0, le=MAX_DEADLINE_S)] = 600.0
 
 
+# Where s_m is averaged (`model.synergy_scope`, resolved): see edge.learning.sharing.scope_of.
+ScopeName = Literal["combination", "modality"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The model every agent builds (`model`): architecture, slice split, fusion, combiner, heads."""
 
     arch: Literal["sliced", "plain"] = "sliced"
-    split: tuple[Annotated[float, Interval(gt=0.0, le=MAX_WEIGHT)], ...] = (1.0, 1.0, 1.0)
+    # redundant:unique:synergy, or "auto": widths from the fleet's PID estimate, resolved once
+    # before round 0 (edge.learning.auto_model) and written into the effective config.
+    split: tuple[Annotated[float, Interval(gt=0.0, le=MAX_WEIGHT)], ...] | Literal["auto"] = (
+        1.0, 1.0, 1.0)
+    # With whom s_m (and the fusion) is averaged, for strategies that share it by combination
+    # (parse): "combination", "modality", "auto" (per modality from the PID estimate, resolved
+    # like split) or a mapping modality -> "combination" | "modality" (what auto resolves to).
+    synergy_scope: Literal["combination", "modality", "auto"] | dict[str, ScopeName] = "combination"
     fusion: Literal["concat", "sum", "gated", "tensor"] = "concat"
     tensor_rank: Annotated[int, Interval(ge=1, le=64)] = 4
     combiner: Literal["sum", "mean", "gate", "fusion"] = "sum"
@@ -205,7 +216,8 @@ TOPK_CONSENSUS_STEP = 0.3
 class CommConfig:
     """How updates are coded and exchanged (`comm`): codec, keyframes, chunks, deadline, gamma."""
 
-    codec: Literal["fp32", "fp16", "int8", "topk"] = "fp32"
+    # stc: sparse ternary compression (broker.codecs.encode_stc); keeps topk_fraction too.
+    codec: Literal["fp32", "fp16", "int8", "topk", "stc"] = "fp32"
     topk_fraction: Annotated[float, Interval(gt=0.0, le=1.0)] = 0.02
     error_feedback: bool = True
     difference_coding: bool = False
@@ -354,11 +366,11 @@ def consensus_step(comm: CommConfig) -> float:
     """Return the CHOCO consensus step gamma in effect.
 
     The configured one, else 1 (plain gossip) for the dense codecs and TOPK_CONSENSUS_STEP for
-    top-k, whose lagging public copies need damping.
+    the sparse ones (top-k, stc), whose lagging public copies need damping.
     """
     if comm.consensus_step is not None:
         return comm.consensus_step
-    return TOPK_CONSENSUS_STEP if comm.codec == "topk" else 1.0
+    return TOPK_CONSENSUS_STEP if comm.codec in ("topk", "stc") else 1.0
 
 
 def fleet_modalities(data: DataConfig, source: str) -> tuple[str, ...]:

@@ -139,6 +139,20 @@ def describe(errors: list[ErrorDetails], cls: Any) -> tuple[str, str]:
         if _is_union(hint):
             prefix = loc[:i]
             arms = [e for e in errors if e["loc"][:i] == prefix]
+            # pydantic tags each arm's errors (loc[i]) in the order of the union's arms. When
+            # the value got inside exactly one arm (a list into the tuple arm), report from
+            # there: ``model.split[1]: expected a number > 0``.
+            tags = list(dict.fromkeys(e["loc"][i] for e in arms if len(e["loc"]) > i))
+            choices = [a for a in typing.get_args(hint) if a is not type(None)]
+            deeper = {e["loc"][i] for e in arms if len(e["loc"]) > i + 1}
+            if len(deeper) == 1 and len(tags) == len(choices):
+                tag = deeper.pop()
+                errors = [e for e in arms if len(e["loc"]) > i + 1 and e["loc"][i] == tag]
+                errors = [{**e, "loc": e["loc"][:i] + e["loc"][i + 1:]} for e in errors]
+                first = errors[0]
+                loc = first["loc"]
+                hint, meta = choices[tags.index(tag)], []
+                continue
             expected = " or ".join(dict.fromkeys(_expected(e, None, [])[0] for e in arms))
             return field, f"{expected}, got {_value(first.get('input'))}"
         part = loc[i]

@@ -15,10 +15,11 @@ from torch import Tensor
 
 from edge.config.schema import AgentSpec, FleetConfig, consensus_step
 from edge.data.fleet_data import AgentData, DataInfo
+from edge.errors import UserError
 from edge.learning.gossip import Holdings, Mixing, robust_step, screen
 from edge.learning.losses import objective
 from edge.learning.model import AgentModel, ModelSpec
-from edge.learning.sharing import SharingRow, branch_key, scope_of
+from edge.learning.sharing import SharingRow, SynergySetting, branch_key, scope_of
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,19 @@ class Evaluation:
 
 def model_spec(cfg: FleetConfig, modalities: tuple[str, ...], input_shapes: dict[str, tuple[int, ...]],
                n_classes: int, arch: str) -> ModelSpec:
-    """Return the model spec an agent holding `modalities` builds under `cfg`."""
+    """Return the model spec an agent holding `modalities` builds under `cfg`.
+
+    Raises
+    ------
+    UserError
+        For `model.split: auto` or `model.synergy_scope: auto` not resolved before round 0
+        (edge.learning.auto_model).
+    """
     m = cfg.model
+    if isinstance(m.split, str) or m.synergy_scope == "auto":
+        raise UserError(f"{cfg.source}: model: split/synergy_scope 'auto' is resolved fleet-wide "
+                        "before round 0 by `parse-edge trial` or `parse-edge simulate`; an agent "
+                        "started alone needs --split R,U,S and --synergy-scope (as a trial passes them)")
     return ModelSpec(modalities=modalities,
                      input_shapes={k: input_shapes[k] for k in modalities},
                      families=dict(cfg.families), n_classes=n_classes, arch=arch, split=m.split,
@@ -84,13 +96,14 @@ def build_model(spec: ModelSpec, seed: int) -> AgentModel:
     return model
 
 
-def branches_of(model: AgentModel, row: SharingRow, share_heads: bool) -> dict[str, Branch]:
-    """Cut a model's parameters into branches by a strategy's sharing row."""
+def branches_of(model: AgentModel, row: SharingRow, share_heads: bool,
+                synergy: SynergySetting = "combination") -> dict[str, Branch]:
+    """Cut a model's parameters into branches by a strategy's sharing row (and `model.synergy_scope`)."""
     mods = model.spec.modalities
     names: dict[str, list[str]] = {}
     for name, _ in model.named_parameters():
         unit = model.unit_of(name)
-        key = branch_key(unit, scope_of(row, unit, share_heads), mods)
+        key = branch_key(unit, scope_of(row, unit, share_heads, synergy), mods)
         if key is not None:
             names.setdefault(key, []).append(name)
     params = dict(model.named_parameters())
@@ -260,7 +273,7 @@ def make_learner(cfg: FleetConfig, spec: AgentSpec, data: AgentData, info: DataI
     seed = cfg.training.seed
     model = build_model(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels), arch),
                         seed)
-    branches = branches_of(model, row, cfg.model.share_heads)
+    branches = branches_of(model, row, cfg.model.share_heads, cfg.model.synergy_scope)
     agent_seed = seed * 1000 + cfg.agent_ids.index(spec.id)
     return Learner(cfg, data, model, branches, agent_seed)
 
@@ -271,7 +284,7 @@ def agent_branches(cfg: FleetConfig, spec: AgentSpec, info: DataInfo, row: Shari
     with torch.device("meta"):
         model = AgentModel(model_spec(cfg, spec.modalities, info.input_shapes, len(info.labels),
                                       arch))
-    return branches_of(model, row, cfg.model.share_heads)
+    return branches_of(model, row, cfg.model.share_heads, cfg.model.synergy_scope)
 
 
 def holdings(cfg: FleetConfig, info: DataInfo, row: SharingRow, arch: str) -> Holdings:

@@ -5,6 +5,7 @@ The per-strategy rows of the sharing table live in edge.learning.strategies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 from typing import NamedTuple
 
@@ -55,12 +56,34 @@ def units_for(modalities: tuple[str, ...], arch: str) -> list[Unit]:
     return units
 
 
-def scope_of(row: SharingRow, unit: Unit, share_heads: bool) -> Scope:
-    """How widely a strategy with sharing row `row` shares `unit`."""
+# `model.synergy_scope` as resolved: "combination", "modality", or modality -> one of the two.
+SynergySetting = str | Mapping[str, str]
+
+
+def scope_of(row: SharingRow, unit: Unit, share_heads: bool,
+             synergy: SynergySetting = "combination") -> Scope:
+    """How widely a strategy with sharing row `row` shares `unit`.
+
+    `synergy` (`model.synergy_scope`) re-scopes the synergy projections s_m of a row that shares
+    them by combination (parse): by modality for "modality" or for the modalities a mapping says
+    so; a row sharing them otherwise keeps its own scope.
+
+    Raises
+    ------
+    ValueError
+        For "auto" (resolved before round 0, edge.learning.auto_model) or an unknown setting.
+    """
     cell = row[KINDS.index(unit.kind)]
     if cell.endswith("?") and not share_heads:
         return Scope.PRIVATE
-    return _SCOPE_CODES[cell.rstrip("?")]
+    scope = _SCOPE_CODES[cell.rstrip("?")]
+    if unit.kind != "syn" or scope is not Scope.COMBINATION:
+        return scope
+    wanted = synergy if isinstance(synergy, str) else synergy.get(unit.modality, "combination")
+    if wanted not in ("combination", "modality"):
+        raise ValueError(f"model.synergy_scope: expected combination or modality (auto is resolved "
+                         f"before round 0), got {wanted!r}")
+    return Scope(wanted)
 
 
 def branch_key(unit: Unit, scope: Scope, modalities: tuple[str, ...]) -> str | None:
@@ -85,11 +108,11 @@ def branch_key(unit: Unit, scope: Scope, modalities: tuple[str, ...]) -> str | N
 
 
 def branches_for(row: SharingRow, modalities: tuple[str, ...], arch: str,
-                 share_heads: bool) -> dict[str, list[Unit]]:
+                 share_heads: bool, synergy: SynergySetting = "combination") -> dict[str, list[Unit]]:
     """Branch key -> the units it carries, for one agent (private units left out)."""
     out: dict[str, list[Unit]] = {}
     for unit in units_for(modalities, arch):
-        key = branch_key(unit, scope_of(row, unit, share_heads), modalities)
+        key = branch_key(unit, scope_of(row, unit, share_heads, synergy), modalities)
         if key is not None:
             out.setdefault(key, []).append(unit)
     return out

@@ -18,6 +18,7 @@ from edge.config.overrides import with_overrides
 from edge.config.schema import FleetConfig
 from edge.config.topology import build_graph
 from edge.data.fleet_data import AgentData, DataInfo, agent_data, fleet_info
+from edge.learning.auto_model import resolve_model
 from edge.learning.centralized import pooled_training
 from edge.learning.checkpoint import save_checkpoint
 from edge.learning.diagnostics import gradient_conflict
@@ -129,9 +130,16 @@ def _progress_line(name: str, round_idx: int, rounds: int, rows: list[MetricsRow
 def simulate_fleet(cfg: FleetConfig, strategies: list[str], arch: str, rounds: int | None = None,
                    seed: int | None = None, progress: Progress | None = None,
                    checkpoint_dir: Path | None = None) -> SummaryDoc:
-    """Every requested strategy on the same partitions; the whole summary.json document."""
+    """Every requested strategy on the same partitions; the whole summary.json document.
+
+    `model.split: auto` and `model.synergy_scope: auto` are resolved first, from the fleet's
+    decentralized PID estimate (edge.learning.auto_model); the summary's `model` block says what
+    they resolved to.
+    """
     cfg = with_overrides(cfg, rounds=rounds, seed=seed)
     data = agent_data(cfg)
+    resolved = resolve_model(cfg, data, progress=progress)
+    cfg = resolved.cfg
     info = fleet_info(cfg)
     blocks = {}
     for name in strategies:
@@ -143,4 +151,6 @@ def simulate_fleet(cfg: FleetConfig, strategies: list[str], arch: str, rounds: i
                "device": a.device, "n_train": len(data[a.id].train.y),
                "n_test": len(data[a.id].test.y)}
         for a in cfg.agent_specs}
-    return fleet_header(cfg, agents, blocks)
+    doc = fleet_header(cfg, agents, blocks)
+    doc["model"] = resolved.as_dict()
+    return doc

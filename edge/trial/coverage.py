@@ -25,7 +25,8 @@ def agent_branch_keys(cfg: FleetConfig, strategy: str) -> dict[str, set[str]]:
     """Branch keys each agent shares under `strategy`."""
     row = get_strategy(strategy)
     arch = row.arch(cfg.model.arch)
-    return {a.id: set(branches_for(row.sharing, a.modalities, arch, cfg.model.share_heads))
+    return {a.id: set(branches_for(row.sharing, a.modalities, arch, cfg.model.share_heads,
+                                   cfg.model.synergy_scope))
             for a in cfg.agent_specs}
 
 

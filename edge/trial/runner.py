@@ -71,6 +71,12 @@ class TrialRunner:
     def __init__(self, cfg: FleetConfig, opts: TrialOptions, progress: Progress | None = None,
                  console: Console | None = None) -> None:
         self.cfg = effective_config(cfg, opts)
+        # split / synergy_scope "auto": fixed here, fleet-wide, before any agent starts; the
+        # agents get the values on their command line (edge.learning.auto_model).
+        from edge.learning.auto_model import resolve_model
+
+        self.resolved = resolve_model(self.cfg)
+        self.cfg = self.resolved.cfg
         self.opts = opts
         self.out = Path(opts.out)
         self.console = console or CallbackConsole(progress or (lambda line: None))
@@ -134,7 +140,7 @@ class TrialRunner:
             for agent_id in self.ids:
                 argv = agent_argv(config_path, agent_id, self.url, self.out, self.opts, self.quorum,
                                   self.cfg.training.start_timeout_s, self.run_id,
-                                  "3.1.1" if self.embedded else "auto")
+                                  "3.1.1" if self.embedded else "auto") + self.resolved.agent_argv()
                 self.agents[agent_id] = AgentProcess(agent_id, argv, self.out / "agents" / agent_id,
                                                      env, self.launcher)
             self.progress(f"[trial] {len(self.ids)} agents, rounds {round_span(self.cfg.training.rounds)}, "
@@ -176,11 +182,15 @@ class TrialRunner:
         """Add to summary.json's document before it (and the report) is written."""
 
     def _copy_config(self, config_path: str) -> None:
-        """DIR/config.yaml: the config the agents read, headed by the overrides passed to them."""
+        """DIR/config.yaml: the config the agents read, headed by the overrides passed to them.
+
+        With `auto` in the model section, the values it resolved to replace it (what the agents ran).
+        """
         overrides = [f"--{k} {v}" for k, v in (("rounds", self.opts.rounds), ("strategy", self.opts.strategy))
                      if v is not None]
         head = f"# parse-edge trial ran {config_path}" + (f" with {' '.join(overrides)}" if overrides else "")
-        (self.out / "config.yaml").write_text(head + "\n" + Path(config_path).read_text())
+        text = self.resolved.config_text(Path(config_path).read_text())
+        (self.out / "config.yaml").write_text(head + "\n" + text)
 
     def _start_broker(self) -> None:
         if self.embedded:
