@@ -166,3 +166,17 @@ def test_simulate_resolves_auto_and_says_so_and_runs_as_the_resolved_config() ->
     assert fixed["model"]["split_from"] == "config" and fixed["model"]["split"] == model["split"]
     assert (auto["strategies"]["parse"]["accuracy"]["per_agent"]
             == fixed["strategies"]["parse"]["accuracy"]["per_agent"])
+
+
+def test_a_field_board_is_bundled_the_resolved_model_not_auto() -> None:
+    # Prepare: the runner resolved `auto`; a board bundle starts from the user's config text.
+    from edge.trial.field_boards import board_config_text
+
+    raw, path = _auto("synthetic.yaml")
+    resolved = resolve_model(parse_config(raw, str(path)))
+    # Act
+    text = board_config_text(yaml.safe_dump(raw), resolved.cfg, quorum=2)
+    # Assert: the board loads the same model as the runner (a board refuses to build `auto`).
+    board = parse_config(yaml.safe_load(text), "board.yaml")
+    assert board.model == resolved.cfg.model
+    assert board.training.quorum == 2

@@ -95,9 +95,18 @@ def board_config_text(text: str, cfg: FleetConfig, quorum: int) -> str:
     """The bundled config with the trial's effective settings the agents must agree on.
 
     Rounds, strategy, quorum and start timeout as the runner computed them (its overrides and
-    the quorum it waits for), so every board runs what the report says ran.
+    the quorum it waits for), and the model's `auto` split and synergy scope as the runner
+    resolved them before round 0 (edge.learning.auto_model: a board cannot build `auto`), so
+    every board runs what the report says ran.
     """
     doc: dict[str, Any] = yaml.safe_load(text) or {}
+    model = doc.get("model")
+    if isinstance(model, dict):
+        if model.get("split") == "auto" and not isinstance(cfg.model.split, str):
+            model["split"] = [float(w) for w in cfg.model.split]
+        scope = cfg.model.synergy_scope
+        if model.get("synergy_scope") == "auto" and scope != "auto":
+            model["synergy_scope"] = dict(scope) if isinstance(scope, dict) else scope
     doc["strategy"] = cfg.strategy
     training = doc.setdefault("training", {}) or {}
     doc["training"] = training
