@@ -24,6 +24,9 @@ from broker.envelope import Kind, Signer, envelope_overhead
 from broker.sender import UpdateSender
 
 NONCE_BYTES = 16
+# The slowest board link the start-up probe allows for when a full chunk travels to the broker
+# and back: 128 kbit/s, half the virtual field's LTE kind (examples/field-basic-motions.yaml).
+SLOWEST_LINK_BYTES_PER_S = 16_000
 
 
 class PublishProbeError(RuntimeError):
@@ -84,12 +87,17 @@ def prove_publish_path(client: MqttClient, signer: Signer, sender: UpdateSender,
         raise PublishProbeError(f"{where}: {_cause(client, topic, len(small), timeout_s)}")
     padding = chunk_bytes - envelope_overhead(signer) - NONCE_BYTES
     full = signer.seal(Kind.PROBE, os.urandom(NONCE_BYTES) + bytes(max(0, padding)))
-    if not client.echo(topic, full, timeout_s):
-        cause = _cause(client, topic, len(full), timeout_s)
+    # A full chunk goes out and comes back over the board's link: on a slow link that alone
+    # outlasts `timeout_s` (256 KiB each way at 256 kbit/s is 16 s), so allow for the transfer.
+    full_timeout_s = timeout_s + 2 * len(full) / SLOWEST_LINK_BYTES_PER_S
+    if not client.echo(topic, full, full_timeout_s):
+        cause = _cause(client, topic, len(full), full_timeout_s)
         if not client.refusals and client.is_connected:
-            cause = (f"a {len(full)}-byte message did not come back within {timeout_s:g} s though a "
-                     f"{len(small)}-byte one did: the broker's max_packet_size is most likely below "
-                     f"{len(full)} bytes (lower the chunk size or raise max_packet_size)")
+            cause = (f"a {len(full)}-byte message did not come back within {full_timeout_s:.0f} s "
+                     f"though a {len(small)}-byte one did: the broker's max_packet_size is most "
+                     f"likely below {len(full)} bytes (lower the chunk size or raise "
+                     f"max_packet_size), or the link is slower than "
+                     f"{SLOWEST_LINK_BYTES_PER_S * 8 // 1000} kbit/s")
         raise PublishProbeError(f"{where}: {cause}")
     client.raise_for_refusals()  # e.g. a SUBACK refused for one of the agent's subscriptions
     return chunk_bytes
