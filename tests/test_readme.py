@@ -27,3 +27,15 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
     # Assert
     assert _code_blocks()[1] in ci_lines
+
+
+def test_the_inference_only_install_installs_the_board_extra() -> None:
+    # Prepare: the README's pip line for boards that only serve predictions, and pyproject's
+    # `board` extra (what the board path imports: a missing one is a traceback on the board).
+    import tomllib
+
+    line = next(b for b in _code_blocks() if b.startswith("pip install --no-deps parse-edge"))
+    named = {re.split(r"[<>=]", q)[0] for q in re.findall(r"'([^']+)'", line.splitlines()[0])}
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # Assert
+    assert named == {re.split(r"[<>=]", q)[0] for q in extra["board"]}
