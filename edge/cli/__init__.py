@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from edge.cli.output import guarded_output
 from edge.errors import as_user_error
@@ -29,9 +30,22 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the project's error shape: a bad flag is one line and exit status 2.
+
+    argparse's own `error` prints the whole usage block before the message; every other bad input
+    of parse-edge is one `error: <where>: <field>: <expected>` line. Subcommand parsers inherit the
+    class (`add_subparsers` uses the parent's type).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print `error: <command>: <message> (see <command> --help)` and exit with status 2."""
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="parse-edge",
         description="PARSE decentralized multimodal federated learning on edge boards.",
     )

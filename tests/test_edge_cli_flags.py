@@ -1,0 +1,28 @@
+"""A bad command-line flag is bad input like any other: one `error:` line, exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.cli import main
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["trial", "--strategy", "bogus"],
+     "error: parse-edge trial: argument --strategy: invalid choice: 'bogus'"),
+    (["simulate", "examples/mfeat.yaml", "--rounds", "abc"],
+     "error: parse-edge simulate: argument --rounds: invalid int value: 'abc'"),
+    (["broker", "credentials"],
+     "error: parse-edge broker credentials: the following arguments are required: CONFIG, --out"),
+    (["no-such-command"], "error: parse-edge: argument COMMAND: invalid choice: 'no-such-command'"),
+])
+def test_a_bad_flag_is_one_error_line_and_exit_status_2(
+        argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    # Assert: no usage block, one line naming the command and the flag, and where to look
+    assert exited.value.code == 2
+    assert err.count("\n") == 1 and err.startswith(expected), err
+    assert err.rstrip().endswith("--help)")
