@@ -20,6 +20,7 @@ the ACL denies; MQTT 5 clients learn it from the PUBACK reason code, MQTT 3.1.1 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -191,12 +192,30 @@ def write_mosquitto_config(settings: MosquittoSettings, out_dir: Path) -> Mosqui
     """
     settings.check()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.persistence:
+        _prepare_persistence_dir(Path(settings.persistence_dir))
     acl = out_dir / "acl"
     acl.write_text(render_acl(settings.fleet, settings.agent_ids, settings.operator,
                               settings.readable_updates))
     conf = out_dir / "mosquitto.conf"
     conf.write_text(render_conf(settings, acl))
     return MosquittoFiles(conf, acl)
+
+
+def _prepare_persistence_dir(path: Path) -> None:
+    """Create the folder mosquitto keeps its database in, writable by the `mosquitto` user.
+
+    Mosquitto started as root drops to that user before it writes `mosquitto.db`.
+    """
+    if path.exists():
+        return
+    path.mkdir(parents=True, mode=0o750)
+    if os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return
+        os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 class MosquittoProcess:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -56,6 +57,15 @@ def test_default_mosquitto_conf_is_secure_and_runs_under_mosquitto(
     # a second run keeps the secrets already handed out
     assert main(["broker", "mosquitto-conf", str(config), "--out", str(out)]) == 0
     assert (out / "credentials" / "passwd").read_text() == passwd
+    # with persistence (the default), its database lives under --out, never in the machine's
+    # own broker's /var/lib/mosquitto, and the broker (dropped to user mosquitto) may write it
+    conf = (out / "mosquitto.conf").read_text()
+    store = (out / "persistence").resolve()
+    assert f"persistence_location {store}/" in conf and "/var/lib/mosquitto" not in conf
+    assert store.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
+    with MosquittoProcess(out / "mosquitto.conf", port):
+        pass
+    assert (store / "mosquitto.db").exists()
 
 
 def test_credentials_certs_and_a_certificate_only_broker(tmp_path: Path,

@@ -89,8 +89,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                       help="server key (default: --certs, else broker.tls.key_file)")
     conf.add_argument("--max-packet-kib", type=int, default=None, metavar="KIB",
                       help="largest MQTT packet the broker accepts (default 264 KiB: a 256 KiB chunk)")
-    conf.add_argument("--persistence-dir", default="/var/lib/mosquitto/",
-                      help="where mosquitto keeps retained messages (default /var/lib/mosquitto/)")
+    conf.add_argument("--persistence-dir", default=None, metavar="DIR",
+                      help="where mosquitto keeps retained messages (default OUT/persistence: "
+                           "not /var/lib/mosquitto/, the database of the machine's own broker)")
     conf.add_argument("--no-persistence", action="store_true", help="keep nothing across restarts")
     conf.set_defaults(run=run_mosquitto_conf)
 
@@ -266,7 +267,9 @@ def run_mosquitto_conf(args: argparse.Namespace) -> int:
         fleet=cfg.fleet, agent_ids=agent_ids, port=port, bind_address=args.bind,
         password_file=password_file, tls=tls, require_client_certificate=args.client_certs,
         use_identity_as_username=args.client_certs, persistence=not args.no_persistence,
-        persistence_dir=args.persistence_dir, max_packet_bytes=max_packet,
+        persistence_dir=(args.persistence_dir if args.persistence_dir is not None
+                         else str(Path(out).resolve() / "persistence")),
+        max_packet_bytes=max_packet,
     )
     try:
         files = write_mosquitto_config(settings, out)
