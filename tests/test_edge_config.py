@@ -123,6 +123,30 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path, capsys: pytest.Captur
     assert broken_code == 2 and f"{broken}: line " in broken_err and "valid YAML" in broken_err
 
 
+def test_a_key_given_twice_is_refused_not_silently_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: the second `strategy:` would silently win under plain PyYAML; merges stay legal
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("fleet: x\nstrategy: parse\ndata: {dataset: synthetic-pid}\n"
+                     "agents: {count: 4}\nstrategy: local\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("fleet: x\ndata: {dataset: synthetic-pid}\nagents: {count: 4, count: 6}\n")
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("fleet: x\ndata: {dataset: synthetic-pid}\nbase: &b {count: 4}\n"
+                      "agents: {<<: *b, count: 6}\n")
+    # Execute
+    codes = [main(["config", "check", str(p)]) for p in (twice, nested)]
+    err = capsys.readouterr().err
+    # Assert
+    assert codes == [2, 2]
+    assert f"error: {twice}: line 5: expected valid YAML (found the key 'strategy' twice" in err
+    assert f"error: {nested}: line 3: " in err and "'count' twice" in err
+    assert len(err.strip().splitlines()) == 2
+    # a merge then an explicit key is YAML's override, not a duplicate (rejected only for `base`)
+    assert main(["config", "check", str(merged)]) == 2
+    assert "base" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["basic-motions", "mfeat", "synthetic"])
 def test_examples_load(name: str) -> None:
     # Execute

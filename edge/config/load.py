@@ -53,7 +53,7 @@ def load_config(path: str | Path | None = None) -> FleetConfig:
         raise ConfigError(source, "<file>", f"expected UTF-8 text, byte {exc.start} is "
                           f"0x{data[exc.start]:02x}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "<file>"
@@ -65,6 +65,29 @@ def load_config(path: str | Path | None = None) -> FleetConfig:
         raise ConfigError(source, "<file>", f"expected valid YAML values "
                           f"({type(exc).__name__}: {str(exc)[:80]})") from None
     return parse_config(raw, source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    YAML 1.2 requires keys to be unique, but PyYAML keeps the last value silently: a second
+    `strategy:` further down a fleet file would quietly replace the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` merges are overridden by explicit keys on purpose
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"found the key {key!r} twice in one mapping",
+                        key_node.start_mark)
+                if isinstance(key, (str, int, float, bool)):
+                    seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def parse_config(raw: Any, source: str) -> FleetConfig:
