@@ -334,6 +334,31 @@ def test_checkpoint_loader_never_reads_a_zip_bomb_as_weights(tmp_path: Path,
     _one_line_error(err, path, "<file>")
 
 
+class _Payload:
+    """An object torch.save pickles as code to run (weights_only refuses it)."""
+
+
+def test_empty_truncated_and_pickled_checkpoints_are_named_not_torch_advice(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": 1, "x": _Payload()}, pickled)
+    cases = [(empty, "got an empty file"), (truncated, "truncated, corrupt or another format"),
+             (pickled, "holds other Python objects, which are never loaded")]
+    for path, words in cases:
+        # Execute
+        code = main(["export", str(path), "--out", str(tmp_path / "bundle")])
+        err = capsys.readouterr().err
+        # Assert: our words, never torch's advice to load with weights_only=False
+        assert code == 2, err
+        _one_line_error(err, path, "<file>")
+        assert words in err and "weights_only" not in err
+
+
 def test_lower_wing_errors_become_one_line_user_errors() -> None:
     # Prepare
     from devices.energy import EnergyUnavailable

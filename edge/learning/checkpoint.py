@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,11 +131,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if size > MAX_CHECKPOINT_BYTES:
         raise ConfigError(source, "<file>", f"expected a checkpoint of at most "
                           f"{MAX_CHECKPOINT_BYTES} bytes, got {size}")
+    if size == 0:
+        raise ConfigError(source, "<file>", "expected a parse-edge checkpoint, got an empty file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own text suggests weights_only=False, i.e. running the file's code: never.
+        raise ConfigError(source, "<file>", "expected a parse-edge checkpoint (tensors and plain "
+                          "data); the file holds other Python objects, which are never loaded") \
+            from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        text = " ".join(str(exc).split())[:200]
-        raise ConfigError(source, "<file>", f"expected a parse-edge checkpoint ({text})") from None
+        text = " ".join(str(exc).split())[:120]
+        raise ConfigError(source, "<file>", f"expected a parse-edge checkpoint, a torch archive; "
+                          f"this one is truncated, corrupt or another format "
+                          f"({type(exc).__name__}: {text})") from None
     doc = check_document(raw, source)
     spec = spec_from_dict(dict(doc["spec"]))
     check_state(doc["model_state"], spec, source)
