@@ -61,9 +61,19 @@ def tls_problem(address: BrokerAddress, tls: TlsFiles, timeout_s: float = 5.0) -
     except (OSError, ssl.SSLError) as exc:
         return f"cannot load the TLS files ({exc})"
     try:
-        with socket.create_connection((address.host, address.port), timeout_s) as sock, \
-                context.wrap_socket(sock, server_hostname=address.host):
+        sock = socket.create_connection((address.host, address.port), timeout_s)
+    except OSError:
+        return None
+    try:
+        with sock, context.wrap_socket(sock, server_hostname=address.host):
             return None
+    except TimeoutError:
+        return (f"the broker accepted the TCP connection but did not answer the TLS handshake "
+                f"within {timeout_s:g} s (a plain mqtt:// listener on port {address.port}?)")
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+        # An MQTT listener reads the ClientHello as a malformed packet and hangs up.
+        return (f"the broker closed the connection during the TLS handshake (a plain mqtt:// "
+                f"listener on port {address.port}?)")
     except ssl.SSLCertVerificationError as exc:
         trusted = tls.ca_file or "the system CAs"
         return (f"the broker's certificate does not verify against {trusted} for host "
@@ -72,6 +82,23 @@ def tls_problem(address: BrokerAddress, tls: TlsFiles, timeout_s: float = 5.0) -
         return f"{exc.reason or exc} (a client certificate the broker does not accept?)"
     except OSError:
         return None
+
+
+def reach_problem(address: BrokerAddress, timeout_s: float = 3.0) -> str | None:
+    """Say why the broker's address cannot be reached (name, refusal, silence), or None if it can."""
+    try:
+        socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"the host name {address.host!r} does not resolve ({exc.strerror})"
+    try:
+        with socket.create_connection((address.host, address.port), timeout_s):
+            return None
+    except ConnectionRefusedError:
+        return f"nothing listens on {address.host} port {address.port} (connection refused)"
+    except TimeoutError:
+        return f"no answer from {address.host} port {address.port} within {timeout_s:g} s"
+    except OSError as exc:
+        return f"cannot reach {address.host} port {address.port} ({exc.strerror or exc})"
 
 
 class Inbound(NamedTuple):
@@ -260,7 +287,7 @@ class MqttClient:
         self.stop(publish_will=False, flush_timeout_s=0)
         if problem is not None:
             raise ConnectionError(f"broker {self.address.url}: {problem}")
-        detail = self.last_connect_error or "no CONNACK"
+        detail = self.last_connect_error or reach_problem(self.address) or "no CONNACK"
         raise ConnectionError(f"broker {self.address.url}: not connected after {timeout_s:g} s "
                               f"({detail})")
 

@@ -196,9 +196,30 @@ def test_stop_publishes_offline_status_and_flush_waits_for_acks(broker: Broker) 
 def test_unreachable_broker_fails_with_a_clear_error() -> None:
     from broker.embedded import free_port
 
-    client = MqttClient(f"mqtt://127.0.0.1:{free_port()}", "lonely")
-    with pytest.raises(ConnectionError, match="not connected after"):
+    port = free_port()
+    client = MqttClient(f"mqtt://127.0.0.1:{port}", "lonely")
+    with pytest.raises(ConnectionError, match=rf"not connected after 0.5 s \(nothing listens on "
+                                              rf"127.0.0.1 port {port} \(connection refused\)\)"):
         client.start(timeout_s=0.5)
+    unknown = MqttClient("mqtt://no-such-broker.invalid:1883", "lost")
+    with pytest.raises(ConnectionError, match=r"the host name 'no-such-broker\.invalid' does not resolve"):
+        unknown.start(timeout_s=0.5)
+
+
+def test_tls_to_a_plain_listener_says_so(tmp_path: Path) -> None:
+    # Prepare: a real CA and client certificate, and the plain Mosquitto on 127.0.0.1:1883
+    from broker.certs import write_pki
+    from broker.client import TlsFiles
+
+    pki = write_pki(tmp_path / "pki", ["a0"])
+    cert, key = pki.clients["a0"]
+    client = MqttClient("mqtts://127.0.0.1:1883", "tls-on-plain",
+                        tls=TlsFiles(str(pki.ca_cert), str(cert), str(key)))
+    # Execute / Assert: one line naming the likely cause, well before the timeout
+    with pytest.raises(ConnectionError, match=r"(did not answer|closed the connection during) "
+                                              r"the TLS handshake .*plain mqtt:// listener on "
+                                              r"port 1883"):
+        client.start(timeout_s=30)
 
 
 @pytest.mark.parametrize("url,match", [("http://h:1", "expected mqtt"), ("mqtt://", "no host"),
