@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from edge.cli.options import add_start_options
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -42,12 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                         help="energy source: a power sensor when readable (auto), required "
                              "(measured), or the device profile's estimate (estimated; use it when "
                              "several agents share one host)")
-    parser.add_argument("--quorum", default=None, metavar="Q",
-                        help="agents online before round 0: 'all', a count or a fraction "
-                             "(default: the config's training.quorum)")
-    parser.add_argument("--start-timeout", type=float, default=None, metavar="S",
-                        help="give up (exit status 4) when the quorum is not reached within S "
-                             "seconds (default: the config's training.start_timeout_s)")
+    add_start_options(parser, "give up (exit status 4)")
     parser.add_argument("--force", action="store_true",
                         help="start over in a finished agent's folder (deletes its metrics, "
                              "checkpoint and final.json); without it a finished folder is refused")

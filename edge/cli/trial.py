@@ -8,6 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.cli.options import add_start_options
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -43,12 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
     parser.add_argument("--energy", choices=["auto", "measured", "estimated"], default="estimated",
                         help="agents' energy source (default %(default)s: agents sharing this host "
                              "cannot tell their own share of a package-wide power meter apart)")
-    parser.add_argument("--quorum", default=None, metavar="Q",
-                        help="agents online before round 0: 'all', a count or a fraction "
-                             "(default: the config's training.quorum)")
-    parser.add_argument("--start-timeout", type=float, default=None, metavar="S",
-                        help="agents give up when the quorum is not reached within S seconds "
-                             "(default: the config's training.start_timeout_s)")
+    add_start_options(parser, "agents give up")
     parser.add_argument("--isolated", action="store_true",
                         help="start every agent as a fresh Python interpreter (each imports torch) "
                              "instead of forking it from the fork server")

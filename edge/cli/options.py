@@ -1,0 +1,23 @@
+"""Command-line options shared by several subcommands (one wording, one default)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_start_options(parser: argparse.ArgumentParser, who_gives_up: str) -> None:
+    """Add `--quorum Q` and `--start-timeout S` (edge.net.quorum), defaulting to the config.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser (`agent`, `trial`).
+    who_gives_up : str
+        How the help names what happens at the timeout, e.g. "agents give up".
+    """
+    parser.add_argument("--quorum", default=None, metavar="Q",
+                        help="agents online before round 0: 'all', a count or a fraction "
+                             "(default: the config's training.quorum)")
+    parser.add_argument("--start-timeout", type=float, default=None, metavar="S",
+                        help=f"{who_gives_up} when the quorum is not reached within S seconds "
+                             "(default: the config's training.start_timeout_s)")
