@@ -23,8 +23,11 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from broker.address import DEFAULT_PORTS, BrokerAddress, TlsFiles, parse_broker_url
+from broker.carrier import CarrierWatch, interface_of
 from broker.counters import ByteCounters, publish_overhead
 from broker.reach import reach_problem, tls_problem
 from broker.refusals import BrokerRefusedError, Refusal, RefusalLog, describe_refusal
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 AUTO_CONNACK_S = 3.0
 # TLS: how long to wait for a connection before checking the handshake ourselves.
 TLS_CHECK_S = 2.0
+# After a carrier return (broker.carrier) the link is back: retry the connection every 50 ms
+# (not the configured back-off) for up to 5 s.
+CARRIER_RETRY_S = 0.05
+CARRIER_RETRY_FOR_S = 5.0
 # CONNACK refusals that retrying with the same login cannot change (MQTT 3.1.1 and 5 wording).
 FINAL_REFUSALS = frozenset({"Bad user name or password", "Not authorized",
                             "Bad authentication method", "Client identifier not valid"})
@@ -58,7 +65,7 @@ InboundCallback = Callable[[Inbound], None]
 Will = tuple[str, bytes]
 
 
-def _set_nodelay(client: paho.Client, userdata: object, sock: Any) -> None:
+def _set_nodelay(sock: Any) -> None:
     # Chunks are written back to back; Nagle would hold small tails (PUBACKs, last chunks).
     with contextlib.suppress(OSError, AttributeError):  # unix/websocket sockets: no TCP options
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -94,6 +101,11 @@ class MqttClient:
         Reconnect backoff.
     max_inflight : int
         QoS 1 messages in flight.
+    reconnect_on_carrier : bool
+        Reconnect at once when the carrier of the interface reaching the broker comes back
+        (broker.carrier: TCP's back-off would hold queued data for seconds). On MQTT 5 the
+        session outlives a connection by `keepalive_s` (Session Expiry Interval), so the broker
+        hands the new connection the old one's subscriptions and unacknowledged messages.
     """
 
     def __init__(self, url: str, client_id: str, *, on_message: MessageCallback | None = None,
@@ -101,7 +113,8 @@ class MqttClient:
                  username: str | None = None, password: str | None = None,
                  tls: TlsFiles | None = None, protocol: int = 4, keepalive_s: int = 30,
                  will: Will | Callable[[], Will] | None = None, reconnect_min_s: float = 0.5,
-                 reconnect_max_s: float = 30.0, max_inflight: int = 64) -> None:
+                 reconnect_max_s: float = 30.0, max_inflight: int = 64,
+                 reconnect_on_carrier: bool = True) -> None:
         address = parse_broker_url(url)
         if protocol not in (0, 4, 5):
             raise ValueError(f"protocol: expected 4 (MQTT 3.1.1), 5 (MQTT 5) or 0 (5, else 3.1.1), "
@@ -140,6 +153,7 @@ class MqttClient:
         self._password = password if password is not None else address.password
         self._tls = tls if tls is not None else (TlsFiles() if address.tls else None)
         self._paho_settings = (max_inflight, reconnect_min_s, reconnect_max_s)
+        self._carrier = CarrierWatch(self._carrier_returned) if reconnect_on_carrier else None
         self._paho = self._make_paho()
 
     def _make_paho(self) -> paho.Client:
@@ -156,7 +170,7 @@ class MqttClient:
             client.tls_set(ca_certs=self._tls.ca_file, certfile=self._tls.cert_file,
                            keyfile=self._tls.key_file)
         client.on_pre_connect = self._handle_pre_connect
-        client.on_socket_open = _set_nodelay
+        client.on_socket_open = self._handle_socket_open
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -182,7 +196,8 @@ class MqttClient:
             self._started = True
             self._connack.clear()
             self.last_connect_error = None
-            self._paho.connect_async(self.address.host, self.address.port, self.keepalive_s)
+            self._paho.connect_async(self.address.host, self.address.port, self.keepalive_s,
+                                     properties=self._connect_properties())
             self._paho.loop_start()
         if wait and self._auto and self.protocol == 5:
             # amqtt answers an MQTT 5 CONNECT carrying a username with silence (no CONNACK):
@@ -198,6 +213,21 @@ class MqttClient:
         if wait:
             self._wait_connected_or_raise(timeout_s)
         return self
+
+    def _connect_properties(self) -> Properties | None:
+        """MQTT 5: a session that outlives its connection by one keepalive.
+
+        paho reconnects with Clean Start 0; with a Session Expiry Interval of 0 (the default)
+        the broker would end the session with the old connection, and the messages it had sent
+        on it unacknowledged (a neighbour's update, during an outage) would be lost. One
+        keepalive covers a link that returns before the broker gives up on the old connection;
+        the first connection of a process still starts clean.
+        """
+        if self.protocol != 5:
+            return None
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.keepalive_s
+        return properties
 
     def _wait_connected_or_raise(self, timeout_s: float) -> None:
         """Wait for the connection; stop early on a refusal that retrying will not change.
@@ -244,6 +274,8 @@ class MqttClient:
                 self.publish(topic, payload, retain=True)
             if flush_timeout_s > 0:
                 self.flush(flush_timeout_s)
+        if self._carrier is not None:
+            self._carrier.stop()
         self._paho.disconnect()
         self._paho.loop_stop()
         self._started = False
@@ -261,6 +293,11 @@ class MqttClient:
     def is_connected(self) -> bool:
         """Whether a CONNACK with success arrived and the connection has not dropped since."""
         return self._connected.is_set()
+
+    @property
+    def carrier_returns(self) -> int:
+        """How often the link to the broker came back and the client reconnected at once."""
+        return self._carrier.returns if self._carrier is not None else 0
 
     @property
     def max_packet_bytes(self) -> int | None:
@@ -407,6 +444,32 @@ class MqttClient:
 
     # --- paho callbacks (network thread) ----------------------------------------------------------
 
+    def _handle_socket_open(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        _set_nodelay(sock)
+        if self._carrier is not None:
+            with contextlib.suppress(OSError, AttributeError, IndexError):
+                self._carrier.watch(interface_of(str(sock.getsockname()[0])))
+
+    def _carrier_returned(self, interface: str) -> None:
+        # Watch thread: end the stalled connection; paho's loop sees it closed and reconnects on
+        # a fresh socket instead of waiting for TCP's next backed-off retransmission. The first
+        # tries may fail at once (EHOSTUNREACH while the neighbour entry is re-resolved after
+        # the outage), so retry every CARRIER_RETRY_S, not with the configured back-off, for
+        # CARRIER_RETRY_FOR_S (then the configured back-off again; a connection restores it too).
+        sock: Any = self._paho.socket()
+        if sock is None or not self._started:
+            return
+        log.info("link %s is back: reconnecting to %s now", interface, self.address.url)
+        self._paho.reconnect_delay_set(CARRIER_RETRY_S, CARRIER_RETRY_S)  # type: ignore[arg-type]
+        restore = threading.Timer(CARRIER_RETRY_FOR_S, self._restore_backoff)
+        restore.daemon = True
+        restore.start()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _restore_backoff(self) -> None:
+        self._paho.reconnect_delay_set(*self._paho_settings[1:])  # type: ignore[arg-type]
+
     def _handle_pre_connect(self, client: paho.Client, userdata: object) -> None:
         # Before every (re)connect: a will factory signs a fresh offline status each time.
         if self.will is not None:
@@ -431,6 +494,7 @@ class MqttClient:
         if subscriptions:
             self._track_subscribe(client.subscribe(subscriptions), [f for f, _ in subscriptions])
         self.connect_count += 1
+        self._restore_backoff()  # a carrier return may have shortened it
         self._connected.set()
         self._connack.set()
         log.debug("connected to %s as %s (%d)", self.address.url, self.client_id, self.connect_count)

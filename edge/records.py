@@ -123,6 +123,8 @@ class FinalDoc(_FinalDocRequired, total=False):
     quorum_wait_s: float               # time at the start barrier
     peak_uss_mib: float                # MiB: pages only this process held
     peak_pss_mib: float                # MiB: shared pages divided among their users
+    connections: int                   # successful MQTT connections of this process
+    link_returns: int                  # carrier returns that made it reconnect (broker.carrier)
 
 
 class AccuracyBlock(TypedDict):

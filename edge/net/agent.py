@@ -178,6 +178,8 @@ def run_agent(cfg: FleetConfig, agent_id: str, url: str, out_dir: Path,
         "started_utc": started_utc,
         "first_round": first_round,
         "missed_rounds": decision.missed_rounds if decision is not None else [],
+        "connections": mqtt.client.connect_count,
+        "link_returns": mqtt.client.carrier_returns,
         "quorum_wait_s": decision.waited_s if decision is not None else 0.0,
         "peak_uss_mib": usage.peak_uss_mib, "peak_pss_mib": usage.peak_pss_mib,
     }

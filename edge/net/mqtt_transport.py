@@ -97,6 +97,7 @@ class MqttTransport:
         self._seen_offline: set[str] = set()   # neighbours we saw leave (for "back" events)
         self._returning: set[str] = set()      # back online, not yet running a round
         self._broker_lost = False
+        self._link_returns = 0
         self._announcements: list[RunAnnouncement] = []
         self._accepted_on: dict[str, bytes] = {}  # status/control topic -> last accepted payload
         self.metrics_dropped = 0
@@ -304,6 +305,10 @@ class MqttTransport:
     def _watch_broker(self) -> None:
         # Narrate the connection: paho reconnects by itself, the agent only says what happens.
         connected = self.client.is_connected
+        if self.client.carrier_returns != self._link_returns:
+            self._link_returns = self.client.carrier_returns
+            self.say("link back after an outage: reconnected at once instead of waiting out "
+                     "TCP's retransmission back-off")
         if not connected and not self._broker_lost:
             self._broker_lost = True
             self.say(f"broker connection lost ({self.client.address.url}); reconnecting")

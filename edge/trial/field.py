@@ -10,12 +10,14 @@ fleet enters their round, with the runner's trigger rule (edge.trial.faults):
 - a link outage ``{round: r, up_round: u}`` of a board (or a site's backhaul) keeps the board
   out of the exchanges mixed in rounds r .. u-1. A round mixes the updates sent at the end of
   the round before, so the switch port goes down once the fleet is through round r-2's exchange
-  (every running agent reported round r-2, and the link carried nothing for one poll: those
-  updates are through) - before round r-1's updates are sent - and comes back as the fleet
-  enters round u (every agent reported round u-1). The updates of rounds r-1 .. u-2 cannot cross
-  it. Round u-1's, sent just before the link comes back, are delivered late by TCP's
-  retransmission, in time for round u's mix when `comm.deadline_s` exceeds TCP's back-off. The
-  interface is down, not the agent: it trains alone meanwhile;
+  (every running agent reported round r-2, and neither the link nor a site's backhaul carried
+  anything for one poll: those updates are through) - before round r-1's updates are sent - and
+  comes back as the fleet enters round u (every agent reported round u-1). The updates of rounds
+  r-1 .. u-2 cannot cross it. Round u-1's, sent just before the link comes back, cross it in
+  time for round u's mix: the board's MQTT client sees its carrier return and reconnects at once
+  (broker.carrier) rather than waiting for TCP's backed-off retransmission, and the broker
+  resends what it had in flight on the old connection. The interface is down, not the agent: it
+  trains alone meanwhile;
 - a board reboot at round r: when the board has reported round r-1 its agent process is killed
   (SIGKILL) and its supervisor restarts it; it resumes from its checkpoint and rejoins.
 
@@ -95,7 +97,7 @@ class FieldTrialRunner(TrialRunner):
         super().__init__(cfg, replace(opts, broker=plan.site(plan.hub).broker_url), console=console)
         self.spec, self.field_plan, self.boards = spec, plan, boards
         self.field_faults = field_faults(plan)
-        self._last_bytes: dict[str, tuple[int, int]] = {}
+        self._last_bytes: dict[str, tuple[tuple[int, int], ...]] = {}
         # The record is read where each board's agent writes it: its prefix.
         for agent_id in self.ids:
             self.watch.tails[agent_id] = JsonlTail(boards.boards[agent_id].agent_dir / "metrics.jsonl")
@@ -132,19 +134,23 @@ class FieldTrialRunner(TrialRunner):
                            f"round {fault.up_round} (every agent reported round {reached})")
 
     def _quiet(self, fault: FieldFault) -> bool:
-        """Whether the fault's link carried nothing since the last look.
+        """Whether the fault's link, and every site's backhaul, carried nothing since the last look.
 
         Round r-1's updates may still be on a capped link after every agent reported the
         round (a 60 kB update takes 0.24 s at 2000 kbit/s); cutting them would make round r's
-        mix miss them too. The link is idle once they are through: the agents train.
+        mix miss them too. The link is idle once they are through: the agents train. The
+        backhauls count too: a neighbour's update from another site crosses the backhaul (and
+        the bridge between the brokers) before it reaches the board's link, which can look idle
+        meanwhile.
         """
-        end = (self.field_plan.board(fault.target).near if fault.kind == "link-down"
-               else self.field_plan.site(fault.target).near)
+        ends = [self.field_plan.board(fault.target).near if fault.kind == "link-down"
+                else self.field_plan.site(fault.target).near]
+        if len(self.field_plan.sites) > 1:
+            ends += [site.near for site in self.field_plan.sites if site.near not in ends]
         try:
-            now = link_counters(end)
+            seen = tuple((c.tx_bytes, c.rx_bytes) for c in map(link_counters, ends))
         except FieldCommandError:
             return True
-        seen = (now.tx_bytes, now.rx_bytes)
         quiet = self._last_bytes.get(fault.target) == seen
         self._last_bytes[fault.target] = seen
         return quiet
