@@ -1,8 +1,19 @@
 """Accuracy benchmark: every strategy on both architectures, paired over seeds (not a test).
 
-    python bench/accuracy.py [--seeds 5] [--settings mfeat-chordal,...] [--workers 2] [--quick]
+    python bench/accuracy.py [--seeds 5] [--first-seed 0] [--settings mfeat-chordal,...]
+                             [--workers 2] [--quick]
 
 Each (setting, seed) runs every strategy on the same partitions, so differences are paired.
+One job is one run (setting, seed, strategy or variant, architecture): every run seeds torch
+itself (edge.learning.simulate.simulate_strategy) and the partitions depend on the seed only, so
+a run gives the same figures in whichever job or order it runs. Jobs are submitted longest first
+(estimated from COST_S) so that no worker idles at the end behind one long (setting, seed).
+Runs that are identical by construction (same model config, architecture and schedule, and every
+agent averaging the same units with the same agents: parse and dsgd-hybrid on the sliced
+architecture with one modality pair, parse with shared heads and monolithic, parse with s_m by
+modality and dsgd-hybrid) are trained once; the report marks the copy "same run" (`same_as`).
+Every job's wall and CPU time is printed and written into the JSON (`jobs`), with the sums per
+setting (`budget`).
 
 PID-guided slices (the settings of SPLIT_SETTINGS: mfeat fou+zer, the synergy-heavy synthetic
 set, and mfeat fou+zer+kar with unimodal, bimodal and trimodal agents): parse also runs with
@@ -13,6 +24,7 @@ three modalities also with the synergy projections s_m shared by modality and wi
 mean over the same seeds, so "auto - best fixed" is, if anything, biased against auto.
 
 `--quick`: only parse and those variants on the SPLIT_SETTINGS, 3 seeds unless --seeds is given.
+`--first-seed N`: seeds N .. N + seeds - 1 (held-out seeds for trying rules).
 Prints a markdown table per setting and writes bench/results/accuracy.json.
 """
 
@@ -23,9 +35,9 @@ import json
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -141,8 +153,73 @@ def _row(block: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_one(setting: str, seed: int, strategies: tuple[str, ...]) -> dict[str, Any]:
-    """All strategies x both architectures for one (setting, seed); returns per-run results."""
+class Job(NamedTuple):
+    """One run: a strategy (or a variant of one) on one architecture, for one (setting, seed)."""
+
+    setting: str
+    seed: int
+    label: str                  # the report's row, e.g. "parse[split auto]/sliced"
+    strategy: str
+    arch: str                   # sliced | plain
+    overrides: tuple[tuple[str, Any], ...]  # model overrides of a variant (empty: the config's)
+
+
+# CPU seconds per run, mean over a setting's runs (`--seeds 1 --workers 1`, bench/RESULTS.md
+# "Job plan and timing"); only the order of submission depends on them, never a result.
+COST_S = {"mfeat-chordal": 2.6, "mfeat-ring": 2.0, "mfeat-2-5-5": 2.1,
+          "synthetic-synergy": 5.6, "basic-motions": 1.5, "mfeat-3": 4.6}
+AUTO_COST_S = 1.5  # the fleet PID estimate a `split: auto` / `synergy_scope: auto` run makes first
+
+
+def plan(setting: str, seed: int, strategies: tuple[str, ...]) -> list[Job]:
+    """Every run of one (setting, seed), in report order: strategies per architecture, then variants."""
+    jobs = []
+    for arch in ("sliced",) if setting in SLICED_ONLY else ("sliced", "plain"):
+        jobs += [Job(setting, seed, f"{name}/{arch}", name, arch, ())
+                 for name in strategy_names(arch=arch) if name in strategies]
+    variants = {**VARIANTS.get(setting, {}), **_pid_variants(setting)}
+    jobs += [Job(setting, seed, f"{base}[{label}]/sliced", base, "sliced",
+                 tuple(overrides.items()))
+             for label, (base, overrides) in variants.items() if base in strategies]
+    return jobs
+
+
+def run_key(job: Job) -> tuple[Any, ...] | None:
+    """What a run's figures depend on besides the seed: equal keys, identical runs.
+
+    The model config, the architecture trained, the schedule, and for every agent its branches
+    as the units each carries and the agents it is averaged with (those holding the same branch
+    key, edge.learning.gossip.mixing_plan). The strategy reaches training only through these
+    (edge.learning.learner.branches_of and holdings, simulate_strategy), and the key's name does
+    not matter: with one modality pair, s_m by modality and by combination group the same
+    agents. None (compare with nothing) when something is resolved per seed from the PID estimate.
+    """
+    from dataclasses import replace
+
+    from edge.config.load import parse_config
+    from edge.learning.auto_model import is_auto
+    from edge.learning.sharing import branches_for
+
+    cfg = parse_config(SETTINGS[job.setting](), f"<bench {job.setting}>")
+    model = replace(cfg.model, **dict(job.overrides))
+    if is_auto(model):
+        return None
+    strategy = STRATEGIES[job.strategy]
+    arch = strategy.arch(job.arch)
+    branches = {spec.id: branches_for(strategy.sharing, spec.modalities, arch, model.share_heads,
+                                      model.synergy_scope) for spec in cfg.agent_specs}
+    groups = tuple(
+        (agent, tuple(sorted((tuple(units), tuple(sorted(a for a, b in branches.items() if key in b)))
+                             for key, units in own.items())))
+        for agent, own in branches.items())
+    # share_heads and synergy_scope act only through the branches, compared above.
+    model = replace(model, share_heads=False, synergy_scope="combination")
+    return (repr(model), arch, strategy.pooled,
+            strategy.schedule(cfg.training.rounds, cfg.training.local_epochs), groups)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one run; its report row plus the job's wall time (data, PID estimate and training)."""
     from dataclasses import replace
 
     import torch
@@ -150,24 +227,105 @@ def run_one(setting: str, seed: int, strategies: tuple[str, ...]) -> dict[str, A
     from edge.config.load import parse_config
     from edge.learning.simulate import simulate_fleet
 
+    started, cpu = time.perf_counter(), time.process_time()
     torch.set_num_threads(1)
-    cfg = parse_config(SETTINGS[setting](), f"<bench {setting}>")
-    out: dict[str, Any] = {}
-    for arch in ("sliced",) if setting in SLICED_ONLY else ("sliced", "plain"):
-        names = [s for s in strategy_names(arch=arch) if s in strategies]
-        if not names:
+    cfg = parse_config(SETTINGS[job.setting](), f"<bench {job.setting}>")
+    if job.overrides:
+        cfg = replace(cfg, model=replace(cfg.model, **dict(job.overrides)))
+    summary = simulate_fleet(cfg, [job.strategy], job.arch, seed=job.seed)
+    row = _row(summary["strategies"][job.strategy])
+    if job.overrides:
+        row["model"] = summary.get("model", {})
+    # CPU seconds too: on cores shared with other work they, not wall seconds, say what the job
+    # costs on a free core (one torch thread: wall ~ CPU there).
+    return {"row": row, "job_wall_s": time.perf_counter() - started,
+            "job_cpu_s": time.process_time() - cpu}
+
+
+def _model_block(job: Job) -> dict[str, Any]:
+    """The summary's `model` block of a variant with nothing auto (no estimate to run)."""
+    from dataclasses import replace
+
+    from edge.config.load import parse_config
+    from edge.learning.auto_model import resolve_model
+
+    cfg = parse_config(SETTINGS[job.setting](), f"<bench {job.setting}>")
+    return resolve_model(replace(cfg, model=replace(cfg.model, **dict(job.overrides)))).as_dict()
+
+
+def _cost(job: Job) -> float:
+    auto = any(v == "auto" for _, v in job.overrides)
+    return COST_S.get(job.setting, 5.0) + (AUTO_COST_S if auto else 0.0)
+
+
+def run_all(jobs: list[Job], workers: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the jobs (duplicates once), longest first; per (setting, seed) results and the job log.
+
+    Returns
+    -------
+    results : list of dict
+        One {"setting", "seed", "runs"} per (setting, seed), runs in plan order; a run identical
+        by construction to an earlier one of the same (setting, seed) is a copy of it with
+        `same_as` naming it.
+    log : list of dict
+        One entry per planned run: setting, seed, label, wall_s (None for a copy), same_as.
+    """
+    same_as: dict[Job, Job] = {}
+    first: dict[tuple[Any, ...], Job] = {}
+    for job in jobs:
+        key = run_key(job)
+        if key is None:
             continue
-        summary = simulate_fleet(cfg, names, arch, seed=seed)
-        for name, block in summary["strategies"].items():
-            out[f"{name}/{arch}"] = _row(block)
-    variants = {**VARIANTS.get(setting, {}), **_pid_variants(setting)}
-    for label, (base, model_overrides) in variants.items():
-        if base in strategies:
-            variant = replace(cfg, model=replace(cfg.model, **model_overrides))
-            summary = simulate_fleet(variant, [base], "sliced", seed=seed)
-            out[f"{base}[{label}]/sliced"] = {**_row(summary["strategies"][base]),
-                                              "model": summary.get("model", {})}
-    return {"setting": setting, "seed": seed, "runs": out}
+        full = (job.setting, job.seed, key)
+        if full in first:
+            same_as[job] = first[full]
+        else:
+            first[full] = job
+    todo = sorted((j for j in jobs if j not in same_as), key=_cost, reverse=True)
+    done: dict[Job, dict[str, Any]] = {}
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_job, job): job for job in todo}
+        for i, future in enumerate(as_completed(futures)):
+            job = futures[future]
+            done[job] = future.result()
+            print(f"[{i + 1}/{len(todo)}] {job.setting} seed {job.seed} {job.label}: "
+                  f"{done[job]['job_wall_s']:.1f} s wall, {done[job]['job_cpu_s']:.1f} s CPU "
+                  f"({time.perf_counter() - started:.0f} s)",
+                  file=sys.stderr, flush=True)
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    log = []
+    for job in jobs:
+        source = same_as.get(job, job)
+        row = dict(done[source]["row"])
+        if job in same_as:
+            row["same_as"] = source.label
+            if job.overrides:  # a variant's row says how its model was set, as a trained one does
+                row["model"] = _model_block(job)
+        results.setdefault((job.setting, job.seed), {"setting": job.setting, "seed": job.seed,
+                                                     "runs": {}})["runs"][job.label] = row
+        log.append({"setting": job.setting, "seed": job.seed, "label": job.label,
+                    "wall_s": None if job in same_as else done[job]["job_wall_s"],
+                    "cpu_s": None if job in same_as else done[job]["job_cpu_s"],
+                    "same_as": source.label if job in same_as else None})
+    return list(results.values()), log
+
+
+def budget(log: list[dict[str, Any]]) -> dict[str, Any]:
+    """Job seconds per setting and in all, runs trained and copied (the 40-minute budget)."""
+    out: dict[str, Any] = {}
+    for entry in log:
+        per = out.setdefault(entry["setting"], {"runs": 0, "copies": 0, "job_s": 0.0,
+                                                "cpu_s": 0.0})
+        if entry["wall_s"] is None:
+            per["copies"] += 1
+        else:
+            per["runs"] += 1
+            per["job_s"] += entry["wall_s"]
+            per["cpu_s"] += entry["cpu_s"]
+    out["total job_s"] = sum(v["job_s"] for v in out.values() if isinstance(v, dict))
+    out["total cpu_s"] = sum(v["cpu_s"] for v in out.values() if isinstance(v, dict))
+    return out
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -202,6 +360,8 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
                              for h in rows[0]["runs"][name]["per_head"]},
                 "bytes_per_round": _mean_se([r["runs"][name]["bytes_per_round"] for r in rows])[0],
             }
+            if rows[0]["runs"][name].get("same_as"):
+                table[name]["same_as"] = rows[0]["runs"][name]["same_as"]
         paired = {}
         parse = [r["runs"]["parse/sliced"]["overall"] for r in rows]
         groups = {
@@ -263,6 +423,8 @@ def markdown(report: dict[str, Any]) -> str:
                   "| strategy/arch | overall | " + " | ".join(kinds) + " | KB/round |",
                   "|---|---|" + "---|" * len(kinds) + "---|"]
         for name, row in sorted(table.items(), key=lambda kv: -kv[1]["overall"]):
+            if row.get("same_as"):
+                name = f"{name} (= {row['same_as']}, same run)"
             cells = " | ".join(f"{100 * row['by_kind'][k]:.1f}" for k in kinds)
             lines.append(f"| {name} | {100 * row['overall']:.1f} ± {100 * row['overall_se']:.1f} | "
                          f"{cells} | {row['bytes_per_round'] / 1024:.0f} |")
@@ -284,6 +446,8 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=None, help="default 5 (--quick: 3)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST .. FIRST + seeds - 1 (default 0; e.g. 100 held out)")
     parser.add_argument("--settings", default=None, help="default all (--quick: SPLIT_SETTINGS)")
     parser.add_argument("--strategies", default=None, help="default all (--quick: parse)")
     parser.add_argument("--workers", type=int, default=2)
@@ -303,22 +467,22 @@ def main() -> int:
     if unknown:
         parser.error(f"--settings: unknown {unknown}; expected some of {', '.join(SETTINGS)}")
     strategies = tuple(args.strategies.split(","))
-    jobs = [(s, seed) for s in settings for seed in range(args.seeds)]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [job for s in settings for seed in seeds for job in plan(s, seed, strategies)]
     started = time.perf_counter()
-    results = []
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(run_one, s, seed, strategies) for s, seed in jobs]
-        for i, future in enumerate(futures):
-            result = future.result()
-            results.append(result)
-            print(f"[{i + 1}/{len(jobs)}] {result['setting']} seed {result['seed']} "
-                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    results, log = run_all(jobs, args.workers)
     report = aggregate(results)
     print(markdown(report))
+    spent = budget(log)
+    print(f"job seconds: {spent['total job_s']:.0f} wall, {spent['total cpu_s']:.0f} CPU in all; "
+          + "; ".join(f"{k} {v['job_s']:.0f} wall, {v['cpu_s']:.0f} CPU ({v['runs']} runs, "
+                      f"{v['copies']} copies)"
+        for k, v in spent.items() if isinstance(v, dict)), file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"wall_s": time.perf_counter() - started, "report": report,
-                               "runs": results}, indent=2))
+    out.write_text(json.dumps({"wall_s": time.perf_counter() - started, "workers": args.workers,
+                               "budget": spent, "jobs": log, "report": report, "runs": results},
+                              indent=2))
     print(f"wrote {out} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
 
