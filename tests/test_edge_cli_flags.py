@@ -9,7 +9,13 @@ from edge.cli import main
 
 @pytest.mark.parametrize(("argv", "expected"), [
     (["trial", "--strategy", "bogus"],
-     "error: parse-edge trial: argument --strategy: invalid choice: 'bogus'"),
+     "error: parse-edge trial: argument --strategy: expected one of parse, local, "),
+    # centralized exists, but only in simulation: the error says so and where it runs.
+    (["trial", "--strategy", "centralized"],
+     "error: parse-edge trial: argument --strategy: 'centralized' trains one model on pooled "
+     "data, so it runs only in simulation (parse-edge simulate --strategy centralized)"),
+    (["agent", "fleet.yaml", "--agent", "a0", "--strategy", "centralized"],
+     "error: parse-edge agent: argument --strategy: 'centralized' trains one model"),
     (["simulate", "examples/mfeat.yaml", "--rounds", "abc"],
      "error: parse-edge simulate: argument --rounds: invalid int value: 'abc'"),
     (["broker", "credentials"],

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.cli.options import add_start_options
+from edge.cli.options import add_start_options, networked_strategy
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                         help="mqtt://host:port (default: the config's broker.url)")
     parser.add_argument("--out", default="runs/agent", metavar="DIR",
                         help="writes DIR/agents/<id>/{metrics.jsonl,checkpoint.pt,final.json}")
-    parser.add_argument("--strategy", default=None,
+    parser.add_argument("--strategy", default=None, type=networked_strategy, metavar="NAME",
                         help=f"one of {', '.join(strategy_names(networked=True))}")
     parser.add_argument("--arch", choices=["sliced", "plain"], default=None)
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")

@@ -21,3 +21,26 @@ def add_start_options(parser: argparse.ArgumentParser, who_gives_up: str) -> Non
     parser.add_argument("--start-timeout", type=float, default=None, metavar="S",
                         help=f"{who_gives_up} when the quorum is not reached within S seconds "
                              "(default: the config's training.start_timeout_s)")
+
+
+def networked_strategy(name: str) -> str:
+    """Check `--strategy` of `agent` and `trial` (an argparse type): a strategy agents can run.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For an unknown name, or `centralized`, which trains one model on pooled data and so
+        exists only in `parse-edge simulate`.
+    """
+    from edge.learning.strategies import STRATEGIES, strategy_names
+
+    strategy = STRATEGIES.get(name)
+    if strategy is not None and not strategy.networked:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} trains one model on pooled data, so it runs only in simulation "
+            f"(parse-edge simulate --strategy {name}); agents run one of "
+            f"{', '.join(strategy_names(networked=True))}")
+    if strategy is None:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(strategy_names(networked=True))}, got {name!r}")
+    return name

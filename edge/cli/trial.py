@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.cli.options import add_start_options
+from edge.cli.options import add_start_options, networked_strategy
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -30,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                              "field); default: the built-in basic-motions example")
     parser.add_argument("--broker", default=None,
                         help="'embedded' or mqtt://host:port (default: the config's broker.url)")
-    parser.add_argument("--strategy", default=None, choices=strategy_names(networked=True),
-                        metavar="NAME", help="strategy (default: the config's)")
+    parser.add_argument("--strategy", default=None, type=networked_strategy, metavar="NAME",
+                        help=f"one of {', '.join(strategy_names(networked=True))} (default: the "
+                             "config's; centralized is simulation-only)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default: a new runs/trial/<UTC time>, with "
                              "runs/trial/latest pointing at it, so no record is ever replaced)")
