@@ -10,7 +10,8 @@ once. A board sees its own link return as the carrier of the interface that reac
 carrier up and stays TCP's to recover.
 
 `CarrierWatch` polls that flag and calls back on every down -> up transition; `interface_of`
-names the interface holding a socket's local address. Loopback is never watched.
+names the interface holding a socket's local address. Loopback is never watched, and nothing is
+without psutil: the inference-only bundle (devices.bundle, Role.INFER) does not ship it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-
-import psutil
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,8 @@ def interface_of(local_address: str) -> str | None:
     try:
         if ipaddress.ip_address(bare).is_loopback:
             return None
-    except ValueError:
+        import psutil
+    except (ValueError, ImportError):
         return None
     for name, addresses in psutil.net_if_addrs().items():
         for address in addresses:
@@ -55,6 +55,8 @@ def interface_of(local_address: str) -> str | None:
 
 def carrier_up(interface: str) -> bool | None:
     """Whether `interface` is up with a carrier (IFF_UP and IFF_RUNNING); None if it is gone."""
+    import psutil
+
     stats = psutil.net_if_stats().get(interface)
     return None if stats is None else stats.isup
 

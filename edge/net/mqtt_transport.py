@@ -99,6 +99,11 @@ class MqttTransport:
         self._broker_lost = False
         self._link_returns = 0
         self._announcements: list[RunAnnouncement] = []
+        # While the publish probe is out a run switch waits: the probe is sealed for the run we
+        # had, and verifying it against another would fail it (edge.net.mqtt_transport._converge).
+        self._switch_lock = threading.Lock()
+        self._probing = False
+        self._pending_switch: RunAnnouncement | None = None
         self._accepted_on: dict[str, bytes] = {}  # status/control topic -> last accepted payload
         self.metrics_dropped = 0
         self.client = MqttClient(
@@ -156,10 +161,19 @@ class MqttTransport:
             log.warning("%s: subscriptions not acknowledged after %g s", self.agent_id, timeout_s)
         if not self.run_fixed:
             self._settle_run()
-        chunk_bytes = prove_publish_path(
-            self.client, self.signer, self.sender,
-            [topics.update_topic(fleet, self.agent_id, key) for key in self.branches],
-            timeout_s=min(timeout_s, 10.0))
+        with self._switch_lock:
+            self._probing = True
+        try:
+            chunk_bytes = prove_publish_path(
+                self.client, self.signer, self.sender,
+                [topics.update_topic(fleet, self.agent_id, key) for key in self.branches],
+                timeout_s=min(timeout_s, 10.0))
+        finally:
+            with self._switch_lock:
+                self._probing, pending = False, self._pending_switch
+                self._pending_switch = None
+        if pending is not None:
+            self._converge(pending)
         limit = self.client.max_packet_bytes
         self.say(f"publish path proven (a signed probe came back on "
                  f"{topics.probe_topic(fleet, self.agent_id)}); update chunks of at most "
@@ -412,10 +426,17 @@ class MqttTransport:
         Every agent that fixed a run of its own thus ends in the smallest one; the switcher
         announces that run again (retained: later agents read it), announces its status signed
         for it, and reads the retained statuses again (those it rejected as another run's).
+        While the publish probe is out the switch is held and made when it is back: the probe
+        was sealed for the run we had.
         """
         if (self.run_given or not self.run_fixed or self.round_idx >= 0
                 or announced.run_id >= self.run_id):
             return
+        with self._switch_lock:
+            if self._probing:  # `start` switches once the probe is back
+                if self._pending_switch is None or announced < self._pending_switch:
+                    self._pending_switch = announced
+                return
         self.say(f"switches to run {announced.run_id.hex()[:8]} (announced by "
                  f"{announced.announced_by}; the smaller run id of two fixed at the same time)")
         self.set_run(announced.run_id)
