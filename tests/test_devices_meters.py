@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -11,10 +12,13 @@ import psutil
 from devices.meters import ResourceMeter, ResourceUsage, kernel_peak_rss_mb, self_peak_rss_mb
 
 
-def _burn_cpu() -> float:
-    total = 0.0
-    for i in range(300_000):
-        total += i * 0.5
+def _burn_cpu(seconds: float = 0.05) -> float:
+    # At least a few clock ticks (10 ms each): psutil's cpu_times counts whole ticks, so a fixed
+    # loop of ~9 ms on a fast core sometimes counted 0.
+    total, start = 0.0, time.process_time()
+    while time.process_time() - start < seconds:
+        for i in range(10_000):
+            total += i * 0.5
     return total
 
 
