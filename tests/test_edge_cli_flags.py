@@ -32,3 +32,16 @@ def test_a_bad_flag_is_one_error_line_and_exit_status_2(
     assert exited.value.code == 2
     assert err.count("\n") == 1 and err.startswith(expected), err
     assert err.rstrip().endswith("--help)")
+
+
+@pytest.mark.parametrize("url", ["http://x", "mqtt://:abc", "mqtt://host:notaport"])
+@pytest.mark.parametrize("command", ["agent", "trial"])
+def test_a_bad_broker_url_is_one_line_for_agent_and_trial(
+        command: str, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # The agent used to pass the URL to the MQTT client unchecked and died with a traceback.
+    argv = [command, "examples/basic-motions.yaml", "--broker", url]
+    argv += ["--agent", "a0"] if command == "agent" else []
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: --broker: broker url '{url}'"), err

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.cli.options import add_start_options, networked_strategy
+from edge.cli.options import add_start_options, check_broker_url, networked_strategy
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if url == "embedded":
         raise UserError("--broker: an agent needs a broker URL (mqtt://host:port); the embedded "
                         "broker is started by `parse-edge trial` or `parse-edge broker run`")
+    check_broker_url(url)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:

@@ -44,3 +44,21 @@ def networked_strategy(name: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected one of {', '.join(strategy_names(networked=True))}, got {name!r}")
     return name
+
+
+def check_broker_url(url: str) -> str:
+    """Check a `--broker` URL (mqtt:// or mqtts://, a host, a port) and return it.
+
+    Raises
+    ------
+    edge.errors.UserError
+        One line naming `--broker` and what was expected.
+    """
+    from broker.address import parse_broker_url
+    from edge.errors import UserError
+
+    try:
+        parse_broker_url(url)
+    except ValueError as exc:
+        raise UserError(f"--broker: {exc}") from None
+    return url

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.cli.options import add_start_options, networked_strategy
+from edge.cli.options import add_start_options, check_broker_url, networked_strategy
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -74,12 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--broker: a field trial's boards use their site brokers; expected no --broker")
     cfg = load_config(fleet_of_field or args.config)
     if args.broker is not None and args.broker != "embedded":
-        from broker.client import parse_broker_url
-
-        try:
-            parse_broker_url(args.broker)
-        except ValueError as exc:
-            raise UserError(f"--broker: {exc}") from None
+        check_broker_url(args.broker)
     if args.max_restarts < 0:
         raise UserError(f"--max-restarts: expected an integer >= 0, got {args.max_restarts}")
     if args.energy == "measured":
