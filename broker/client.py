@@ -46,6 +46,9 @@ TLS_CHECK_S = 2.0
 # (not the configured back-off) for up to 5 s.
 CARRIER_RETRY_S = 0.05
 CARRIER_RETRY_FOR_S = 5.0
+# MQTT 5 Will Delay Interval (s): an agent that is gone shows offline this much later, one that
+# reconnected at once (a link that came back) not at all.
+WILL_DELAY_S = 2
 # CONNACK refusals that retrying with the same login cannot change (MQTT 3.1.1 and 5 wording).
 FINAL_REFUSALS = frozenset({"Bad user name or password", "Not authorized",
                             "Bad authentication method", "Client identifier not valid"})
@@ -227,6 +230,20 @@ class MqttClient:
             return None
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.keepalive_s
+        return properties
+
+    def _will_properties(self) -> Properties | None:
+        """MQTT 5: publish the will only if no new connection resumes the session within WILL_DELAY_S.
+
+        A reconnect after a carrier return takes the session over from a connection the broker
+        still holds; without a delay the broker would publish that connection's will ("offline")
+        although the agent is back at once (MQTT 5, 3.1.3.2.2: a will is not sent when a new
+        connection to the session is made before the Will Delay Interval has passed).
+        """
+        if self.protocol != 5:
+            return None
+        properties = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+        properties.WillDelayInterval = WILL_DELAY_S
         return properties
 
     def _wait_connected_or_raise(self, timeout_s: float) -> None:
@@ -474,7 +491,7 @@ class MqttClient:
         # Before every (re)connect: a will factory signs a fresh offline status each time.
         if self.will is not None:
             topic, payload = self._current_will()
-            client.will_set(topic, payload, qos=1, retain=True)
+            client.will_set(topic, payload, qos=1, retain=True, properties=self._will_properties())
 
     def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
                         reason_code: object, properties: object) -> None:
