@@ -88,25 +88,38 @@ class CarrierWatch:
         """The interface being watched, or None."""
         return self._interface
 
+    @property
+    def running(self) -> bool:
+        """Whether the watch thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def watch(self, interface: str | None) -> None:
-        """Watch `interface` from now on (None: watch nothing); starts the thread when needed."""
+        """Watch `interface` from now on (None: watch nothing); starts the thread when needed.
+
+        After `stop` a new `watch` starts again (a client that reconnects with another protocol
+        version is stopped and started).
+        """
         with self._lock:
             if interface != self._interface:
                 self._interface, self._was_up = interface, None
-            if interface is not None and self._thread is None and not self._stopped.is_set():
-                self._thread = threading.Thread(target=self._run, name="carrier-watch",
-                                                daemon=True)
+            if interface is not None and self._thread is None:
+                self._thread = threading.Thread(target=self._run, args=(self._stopped,),
+                                                name="carrier-watch", daemon=True)
                 self._thread.start()
 
     def stop(self) -> None:
         """Stop watching and end the thread."""
-        self._stopped.set()
-        thread = self._thread
+        with self._lock:
+            stopped, thread = self._stopped, self._thread
+            self._stopped, self._thread = threading.Event(), None
+            self._interface, self._was_up = None, None
+        stopped.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2 * self._poll_s + 1)
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self._poll_s):
+    def _run(self, stopped: threading.Event) -> None:
+        while not stopped.wait(self._poll_s):
             with self._lock:
                 interface = self._interface
             if interface is None:

@@ -92,3 +92,16 @@ def test_no_callback_without_an_interface_or_after_stop() -> None:
     time.sleep(0.05)
     watch.stop()
     assert seen == [] and watch.returns == 0 and watch.interface is None
+
+
+def test_a_stopped_watch_starts_again_on_the_next_watch() -> None:
+    # A client that falls back from MQTT 5 to 3.1.1 stops its watch and connects again.
+    watch = CarrierWatch(lambda name: None, poll_s=0.01)
+    watch.watch("nosuchif0")
+    assert watch.running
+    watch.stop()
+    assert not watch.running and watch.interface is None
+    watch.watch("nosuchif0")
+    assert watch.running and watch.interface == "nosuchif0"
+    watch.stop()
+    assert not watch.running
