@@ -44,7 +44,7 @@ def _row(agent: str, kind: str, round_idx: int, accuracy: float, rejected: int =
         "agent": agent, "kind": kind, "round": round_idx, "rounds": 3, "accuracy": accuracy,
         "head_accuracy": {}, "n_test": 10, "train_loss": 0.1, "train_s": 0.1, "wait_s": 0.0,
         "round_s": 0.2, "mixed_from": {}, "bytes_sent": 1_000_000 * (round_idx + 1),
-        "bytes_received": 0, "dense_bytes_published": 0}
+        "bytes_received": 500_000, "dense_bytes_published": 0}
     if rejected:
         row["rejected"] = {"bad-signature": rejected}
     return row
@@ -75,7 +75,7 @@ def test_narrator_says_each_round_once_when_every_running_agent_reported_it(tmp_
     narrator.watch_rounds(watch, {"a0", "a1"})
     narrator.watch_rounds(watch, {"a0", "a1"})
     assert lines == ["[trial    1.0 s] round 0 of 0-2: 2/2 agents, accuracy 0.600 (a 0.500, b 0.700), "
-                     "2.00 MB on the wire so far"]
+                     "2.00 MB sent so far"]
     # a1 stopped (not running): round 1 is said with a0 alone; rejections become an event.
     append(_row("a0", "a", 1, 0.9, rejected=3))
     narrator.watch_rounds(watch, {"a0"})

@@ -202,15 +202,19 @@ class Narrator:
             self._next_round += 1
 
     def round_line(self, round_idx: int, rows: dict[str, Any], watch: FleetWatch, expected: int) -> str:
-        """`round 3 of 0-11: 8/8 agents, accuracy 0.712 (accel 0.700, ...), 1.23 MB on the wire`."""
+        """`round 3 of 0-11: 8/8 agents, accuracy 0.712 (accel 0.700, ...), 1.23 MB sent so far`.
+
+        Bytes sent by the agents, as in the closing line (what was received is the same
+        traffic counted again at the other end).
+        """
         acc = accuracy_block(rows)
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in sorted(acc["by_kind"].items()))
-        moved = sum(cumulative_total(float(r.get("bytes_sent", 0)) + float(r.get("bytes_received", 0))
-                                     for r in agent_rows if int(r["round"]) <= round_idx)
-                    for agent_rows in watch.rows_by_agent.values())
+        sent = sum(cumulative_total(float(r.get("bytes_sent", 0))
+                                    for r in agent_rows if int(r["round"]) <= round_idx)
+                   for agent_rows in watch.rows_by_agent.values())
         return (f"[trial {self._t():6.1f} s] round {round_idx} of {round_span(self.rounds)}: "
                 f"{len(rows)}/{expected} agents, accuracy {acc['overall']:.3f} ({kinds}), "
-                f"{moved / 1e6:.2f} MB on the wire so far")
+                f"{sent / 1e6:.2f} MB sent so far")
 
     def footer(self, online: int | None, running: int) -> str:
         """Compose the live footer: phase, round, agents online, elapsed time."""
