@@ -242,11 +242,13 @@ def rollback(board: Board, options: SshOptions, *, start: bool = True,
 
 
 def start_agent(board: Board, options: SshOptions, *, fresh: bool = False,
-                log: Log = print) -> str:
+                run_id: str | None = None, log: Log = print) -> str:
     """Start the agent of the board's current release under its supervisor (or systemd).
 
-    `fresh` removes the agent's state first (a new trial from round 0). Returns the board's
-    answer: 'started', or 'running' when the agent was already running (left alone).
+    `fresh` removes the agent's state first (a new trial from round 0). `run_id` (32 hex
+    digits) is the trial's run: the board keeps it and its agent signs for it from the start,
+    restarts included. Returns the board's answer: 'started', or 'running' when the agent was
+    already running (left alone).
 
     Raises
     ------
@@ -254,7 +256,8 @@ def start_agent(board: Board, options: SshOptions, *, fresh: bool = False,
         Unreachable board, no current release, or a supervisor that does not start.
     """
     with BoardSession(board, options, log) as session:
-        lines = session.action("start", *(["--fresh"] if fresh else []))
+        lines = session.action("start", *(["--fresh"] if fresh else []),
+                               *(["--run-id", run_id] if run_id is not None else []))
     return "running" if any("already runs" in ln for ln in lines) else "started"
 
 

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,6 +108,14 @@ def test_four_boards_two_sites_flashed_over_ssh_run_to_completion_and_leave_noth
         assert (prefix / "current").is_symlink() and (prefix / "releases" / info["release"]).is_dir()
     agents = doc["strategies"][doc["trial"]["strategy"]]["agents"]
     assert all(a["rounds_completed"] == ROUNDS for a in agents.values()), agents
+    # The runner's run id went to every board over SSH, which keeps it for its agent's starts
+    # (the agent signs for it from its first message, its will included).
+    found = re.search(r"\brun ([0-9a-f]{32});", trial["report"])   # the report's security line
+    assert found is not None
+    run_id = found.group(1)
+    for board in field["boards"]:
+        state = Path(trial["plan"].board(board).prefix) / "state" / "run_id"
+        assert state.read_text().strip() == run_id, board
     # Each agent's own files came back from its board, over SSH (not read from its prefix).
     assert "read from its prefix" not in trial["console"]
     assert "flashed 4 boards" in trial["console"] and "taken down" in trial["console"]

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-s", type=float, default=HEALTH_S)
     parser.add_argument("--fresh", action="store_true",
                         help="start: remove the agent's state (metrics, checkpoint) first")
+    parser.add_argument("--run-id", default=None,
+                        help="start: the trial's run id (32 hex digits), passed to the agent")
     args = parser.parse_args(argv)
     prefix = args.prefix.absolute()
     try:
@@ -297,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(status(prefix)))
         elif args.action == "start":
             with locked(prefix):
-                start_current(prefix, args.python, args.fresh)
+                if args.run_id is not None and not re.fullmatch(r"[0-9a-f]{32}", args.run_id):
+                    parser.error(f"--run-id: expected 32 hex digits, got {args.run_id!r}")
+                start_current(prefix, args.python, args.fresh, args.run_id)
         elif args.action == "stop":
             with locked(prefix):
                 stop(prefix, link_target(prefix / "current"), init_system(), args.python)

@@ -20,6 +20,9 @@ from typing import Any
 
 import yaml
 
+# <prefix>/state/run_id: the run a trial started this board for (`install.py start --run-id`);
+# the agent signs for it from its first message, so its will is sealed for the right run too.
+RUN_ID_FILE = "run_id"
 # bundle secret file -> the broker field naming it in the runtime config (never the secret itself)
 SECRET_FIELDS = {"broker_password": "password_file", "fleet_key": "key_file"}
 
@@ -54,7 +57,10 @@ def command(release: Path, prefix: Path) -> list[str]:
                  (("profile", "device_profile"), ("provider", "provider")) if meta.get(field)]
         return [python, "-m", "devices.serve", "--model", str(release / "model"), "--config",
                 config, "--agent", agent, "--out", state, *extra]
-    return [python, "-m", "edge", "agent", config, "--agent", agent, "--out", state, "--quiet"]
+    run_id = prefix / "state" / RUN_ID_FILE
+    given = ["--run-id", run_id.read_text().strip()] if run_id.is_file() else []
+    return [python, "-m", "edge", "agent", config, "--agent", agent, "--out", state, "--quiet",
+            *given]
 
 
 def main(argv: list[str] | None = None) -> int:

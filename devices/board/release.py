@@ -212,12 +212,14 @@ def activate(prefix: Path, name: str, start: bool, health_s: float, python: str)
     return "switched"
 
 
-def start_current(prefix: Path, python: str, fresh: bool = False) -> str:
+def start_current(prefix: Path, python: str, fresh: bool = False, run_id: str | None = None) -> str:
     """Start the agent of the ``current`` release (a trial starting a flashed fleet at once).
 
     `fresh` first removes ``<prefix>/state`` (the agent's metrics, checkpoint and final.json), so
-    the agent starts from round 0 instead of resuming or refusing a finished folder. Returns
-    'started', or 'running' when the agent already runs (nothing is touched then).
+    the agent starts from round 0 instead of resuming or refusing a finished folder. `run_id`
+    (32 hex digits, the trial's run) is kept in ``<prefix>/state/run_id`` and passed to the agent
+    on every start by the launcher, restarts included. Returns 'started', or 'running' when the
+    agent already runs (nothing is touched then).
 
     Raises
     ------
@@ -232,6 +234,9 @@ def start_current(prefix: Path, python: str, fresh: bool = False) -> str:
         return "running"
     if fresh:
         shutil.rmtree(prefix / "state", ignore_errors=True)
+    if run_id is not None:
+        (prefix / "state").mkdir(parents=True, exist_ok=True)
+        (prefix / "state" / "run_id").write_text(run_id + "\n")
     (prefix / "log").mkdir(parents=True, exist_ok=True)
     with (prefix / "log" / "agent.log").open("a") as log:
         log.write(f"[trial] starting release {name}{' with a fresh state' if fresh else ''}\n")

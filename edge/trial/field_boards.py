@@ -190,8 +190,10 @@ class FieldBoards:
 
     # --- agents -----------------------------------------------------------------------------
 
-    def start(self, agent_id: str) -> BoardHandle:
+    def start(self, agent_id: str, run_id: str | None = None) -> BoardHandle:
         """Start the board's agent through its supervisor; fresh state on the trial's first start.
+
+        `run_id` (32 hex digits): the trial's run, kept by the board for its agent's starts.
 
         Raises
         ------
@@ -204,7 +206,7 @@ class FieldBoards:
             fb.counters.before_start = fb.read_counters()
             fb.log_offset = fb.log_path.stat().st_size if fb.log_path.is_file() else 0
         try:
-            start_agent(fb.board, self.options, fresh=fresh, log=lambda line: None)
+            start_agent(fb.board, self.options, fresh=fresh, run_id=run_id, log=lambda line: None)
         except FlashError as exc:
             raise RuntimeError(str(exc)) from None
         if fresh:
@@ -331,11 +333,13 @@ class BoardLauncher:
     def start(self, argv: list[str], log_path: Path, env: dict[str, str]) -> BoardHandle:
         """Start the agent named by `--agent` in `argv` on its board.
 
-        The rest of argv is the runner's local command line, unused: the board runs its
-        bundled config.
+        The run id (`--run-id`) goes to the board, which keeps it for its agent's starts; the
+        rest of argv is the runner's local command line, unused: the board runs its bundled
+        config.
         """
         agent_id = argv[argv.index("--agent") + 1]
-        handle = self.boards.start(agent_id)
+        run_id = argv[argv.index("--run-id") + 1] if "--run-id" in argv else None
+        handle = self.boards.start(agent_id, run_id)
         with log_path.open("a") as log:
             log.write(f"[trial] started on board {agent_id} "
                       f"({self.boards.boards[agent_id].board.target}); its log: "
