@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-# <prefix>/state/run_id: the run a trial started this board for (`install.py start --run-id`);
-# the agent signs for it from its first message, so its will is sealed for the right run too.
+# <prefix>/state/run_id: the run a trial started this board for (`install.py start --run-id`,
+# release.keep_run_id, which names the same file); the agent signs for it from its first
+# message, so its will is sealed for the right run too.
 RUN_ID_FILE = "run_id"
 # bundle secret file -> the broker field naming it in the runtime config (never the secret itself)
 SECRET_FIELDS = {"broker_password": "password_file", "fleet_key": "key_file"}

@@ -25,6 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# The launcher (launch.py, run with only its own folder on the path) reads the same file name.
+RUN_ID_FILE = "run_id"
+
 HEALTH_S = 10.0
 TOOLS = Path("tools") / "devices" / "board"  # where a release keeps these scripts
 
@@ -193,6 +196,7 @@ def activate(prefix: Path, name: str, start: bool, health_s: float, python: str)
     if start:
         (prefix / "log").mkdir(parents=True, exist_ok=True)
         stop(prefix, old, init, python)
+        keep_run_id(prefix, None)  # a flashed release is not a trial's start: no trial's run
         with (prefix / "log" / "agent.log").open("a") as log:
             log.write(f"[flash] starting release {name}\n")
         _start(prefix, name, init, python)
@@ -210,6 +214,21 @@ def activate(prefix: Path, name: str, start: bool, health_s: float, python: str)
     switch_link(prefix, "current", name)
     say("switch", f"current -> releases/{name}" + (f" (previous: {old})" if old else ""))
     return "switched"
+
+
+def keep_run_id(prefix: Path, run_id: str | None) -> None:
+    """Keep `run_id` for the launcher (``<prefix>/state/run_id``), or forget the one kept.
+
+    Only a trial's start names a run; every other start (a flash, a start by hand) forgets the
+    last trial's, so a later agent never signs for a run that is over. Supervisor restarts do not
+    come here: a restarted agent keeps its trial's run.
+    """
+    path = prefix / "state" / RUN_ID_FILE
+    if run_id is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
 
 
 def start_current(prefix: Path, python: str, fresh: bool = False, run_id: str | None = None) -> str:
@@ -234,9 +253,7 @@ def start_current(prefix: Path, python: str, fresh: bool = False, run_id: str | 
         return "running"
     if fresh:
         shutil.rmtree(prefix / "state", ignore_errors=True)
-    if run_id is not None:
-        (prefix / "state").mkdir(parents=True, exist_ok=True)
-        (prefix / "state" / "run_id").write_text(run_id + "\n")
+    keep_run_id(prefix, run_id)
     (prefix / "log").mkdir(parents=True, exist_ok=True)
     with (prefix / "log" / "agent.log").open("a") as log:
         log.write(f"[trial] starting release {name}{' with a fresh state' if fresh else ''}\n")
