@@ -255,7 +255,7 @@ def _faults(trial: dict[str, Any], block: StrategyBlock) -> list[str]:
     field_faults = (trial.get("field") or {}).get("faults") or []
     if not faults and field_faults:
         out += [f"No faults in the fleet config; the field file's {len(field_faults)} link "
-                "fault(s) are in the Virtual field section below (and in the timeline).", ""]
+                "fault(s) are in the Virtual field section above (and in the timeline).", ""]
     elif not faults:
         out += ["No faults were configured.", ""]
     else:
