@@ -123,6 +123,28 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2 and err.startswith(message) and err.count("\n") == 1
 
 
+def test_an_earlier_summary_is_kept_unless_force(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    config = _write(tmp_path, {**SMALL, "training": {**SMALL["training"], "rounds": 1}})
+    out = tmp_path / "out"
+    assert main(["simulate", str(config), "--quiet", "--out", str(out)]) == 0
+    earlier = (out / "summary.json").read_text()
+    (out / "summary.json").write_text(earlier + " ")  # marks the earlier record
+    capsys.readouterr()
+    # Execute
+    refused = main(["simulate", str(config), "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    forced = main(["simulate", str(config), "--quiet", "--out", str(out), "--force"])
+    # Assert
+    assert refused == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --out {out}: already holds summary.json")
+    replaced = (out / "summary.json").read_text()
+    assert forced == 0 and not replaced.endswith(" ")  # the marked record was replaced
+    assert json.loads(replaced)["strategies"]["parse"]["accuracy"] == \
+        json.loads(earlier)["strategies"]["parse"]["accuracy"]
+
+
 def test_impossible_split_ratio_is_a_one_line_error(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     # Prepare

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
                         help="writes DIR/agents/<id>/{metrics.jsonl,checkpoint.pt,final.json}")
     parser.add_argument("--strategy", default=None, type=networked_strategy, metavar="NAME",
                         help=f"one of {', '.join(strategy_names(networked=True))}")
-    parser.add_argument("--arch", choices=["sliced", "plain"], default=None)
+    parser.add_argument("--arch", choices=["sliced", "plain"], default=None,
+                        help="model architecture (default: the config's model.arch)")
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
     parser.add_argument("--split", default=None, metavar="R,U,S",
                         help="override model.split (a trial passes what split: auto resolved to)")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from edge.config.load import load_config
+from edge.errors import UserError
 from edge.learning.strategies import get_strategy, strategy_names
 
 
@@ -27,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
     parser.add_argument("--seed", type=int, default=None,
                         help="override training.seed (also re-draws the partition)")
     parser.add_argument("--out", default="runs/simulate", help="output folder (default %(default)s)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an earlier DIR/summary.json (refused otherwise)")
     parser.add_argument("--save-checkpoints", action="store_true",
                         help="write DIR/agents/<id>/checkpoint.pt for every agent")
     parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
@@ -41,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = with_overrides(load_config(args.config), rounds=args.rounds, seed=args.seed)
     names = _strategies(args.strategy, cfg.strategy, args.arch or cfg.model.arch)
     out = Path(args.out)
+    # Checked before training: a simulation can take minutes, and its record is the only output.
+    if (out / "summary.json").exists() and not args.force:
+        raise UserError(f"--out {out}: already holds summary.json of an earlier run; "
+                        "pass --force to replace it or choose another folder")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.perf_counter()
     summary = simulate_fleet(cfg, names, args.arch or cfg.model.arch, progress=progress,
