@@ -37,28 +37,31 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from edge.learning.strategies import STRATEGIES, strategy_names  # noqa: E402
+
+if TYPE_CHECKING:
+    from edge.records import StrategyBlock
 
 EXAMPLES = REPO / "edge" / "examples"
 # Decentralized strategies that share something (the ones parse is compared with).
 DFL = tuple(s.name for s in STRATEGIES.values() if s.networked and set(s.sharing) != {"-"})
 
 
-def _mfeat(topology: dict, counts: dict | None = None) -> dict:
+def _mfeat(topology: dict[str, Any], counts: dict[str, int] | None = None) -> dict[str, Any]:
     import yaml
 
-    raw = yaml.safe_load((EXAMPLES / "mfeat.yaml").read_text())
+    raw: dict[str, Any] = yaml.safe_load((EXAMPLES / "mfeat.yaml").read_text())
     raw["topology"] = topology
     if counts:
         raw["agents"] = {"counts": counts, "device": "rpi4"}
     return raw
 
 
-def _synthetic_synergy() -> dict:
+def _synthetic_synergy() -> dict[str, Any]:
     # 3 label bits: 1 redundant (in both modalities), 2 synergistic (XOR across them): two
     # thirds of the label information is only in the combination; 8 classes.
     return {
@@ -74,13 +77,14 @@ def _synthetic_synergy() -> dict:
     }
 
 
-def _basic_motions() -> dict:
+def _basic_motions() -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load((EXAMPLES / "basic-motions.yaml").read_text())
+    raw: dict[str, Any] = yaml.safe_load((EXAMPLES / "basic-motions.yaml").read_text())
+    return raw
 
 
-def _mfeat3() -> dict:
+def _mfeat3() -> dict[str, Any]:
     # Three views, unimodal, bimodal and trimodal agents: a modality's synergy projection has
     # more partners by modality (dsgd-hybrid) than by combination (parse).
     raw = _mfeat({"kind": "chordal-ring", "chords": [1, 3]},
@@ -142,7 +146,7 @@ VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
 }
 
 
-def _row(block: dict[str, Any]) -> dict[str, Any]:
+def _row(block: StrategyBlock) -> dict[str, Any]:
     return {
         "overall": block["accuracy"]["overall"],
         "by_kind": block["accuracy"]["by_kind"],
@@ -339,14 +343,14 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per setting: mean accuracy per run, by kind, and paired parse-vs-best differences."""
-    by_setting: dict[str, list[dict]] = {}
+    by_setting: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_setting.setdefault(r["setting"], []).append(r)
     report: dict[str, Any] = {}
     for setting, rows in by_setting.items():
         rows.sort(key=lambda r: r["seed"])
         names = list(rows[0]["runs"])
-        table = {}
+        table: dict[str, dict[str, Any]] = {}
         for name in names:
             overall = [r["runs"][name]["overall"] for r in rows]
             kinds = rows[0]["runs"][name]["by_kind"]

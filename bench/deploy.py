@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -28,7 +28,7 @@ from devices.board import supervisor  # noqa: E402
 from devices.bundle import BundleSpec, Role, TargetPlatform, write_bundle  # noqa: E402
 from devices.flash import Board, flash  # noqa: E402
 from devices.fleet import flash_fleet, table  # noqa: E402
-from devices.inventory import parse_inventory  # noqa: E402
+from devices.inventory import Inventory, parse_inventory  # noqa: E402
 from devices.wheel import build_wheel  # noqa: E402
 from tests.deploy_support import Sshd, board_python, local_wheelhouse  # noqa: E402
 
@@ -37,6 +37,21 @@ PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 INFER_REQS = ["numpy>=1.24", "onnxruntime>=1.18", "pyyaml>=6", "paho-mqtt>=2,<3", "msgspec>=0.18"]
 TRAIN_REQS = ["torch==2.13.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2",
               "paho-mqtt>=2,<3", "pyyaml>=6", "psutil>=5.9", "numpy>=1.24", "amqtt>=0.11"]
+
+
+class BundleSize(TypedDict):
+    """One bundle of the size table."""
+
+    bytes: int
+    files: int
+    write_s: float
+
+
+class FleetTiming(TypedDict):
+    """One way of flashing the fleet (sequential or parallel)."""
+
+    wall_s: float
+    per_board_s: list[float]
 
 
 def config(fleet: str, rounds: int) -> str:
@@ -71,7 +86,7 @@ def main() -> int:
         export = toy_bundle("mlp", ("accel", "gyro")).dir
         infer_wh = local_wheelhouse(root / "wh-infer", INFER_REQS)
         train_wh = local_wheelhouse(root / "wh-train", TRAIN_REQS)
-        sizes = {}
+        sizes: dict[str, BundleSize] = {}
         for name, s in {
             "train (board packages)": spec("a0", Role.TRAIN, wheel, fleet),
             "train + wheelhouse": spec("a0", Role.TRAIN, wheel, fleet, wheelhouse=train_wh),
@@ -136,7 +151,7 @@ def run_flashes(root: Path, boards: list[Sshd], py: str, wheel: Path, export: Pa
     out["flash_s"] = single
     print(table(["flash (one board)", "seconds"], [(k, f"{v:.1f}") for k, v in single.items()]))
 
-    def inventory(tag: str) -> Any:
+    def inventory(tag: str) -> Inventory:
         dirs = {f"a{i}": root / f"{tag}-a{i}" for i in range(len(boards))}
         prefixes.extend(dirs.values())
         return parse_inventory({"defaults": {"user": "root", "python": py}, "boards": {
@@ -145,7 +160,7 @@ def run_flashes(root: Path, boards: list[Sshd], py: str, wheel: Path, export: Pa
 
     options = sshd.options(known_hosts=root / "known_hosts")
     (root / "known_hosts").write_text("".join(b.known_hosts.read_text() for b in boards))
-    timings = {}
+    timings: dict[str, FleetTiming] = {}
     for tag, workers in (("sequential", 1), ("parallel", len(boards))):
         started = time.perf_counter()
         outcomes = flash_fleet(inventory(tag), bundles, options, workers=workers,

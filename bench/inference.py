@@ -12,9 +12,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge.learning.checkpoint import Checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "inference.json"
@@ -52,7 +55,7 @@ def make_checkpoint(config: str, workdir: Path) -> Path:
     return candidates[0]
 
 
-def export_bundle(checkpoint: Path, bundle: Path) -> tuple[Any, float]:
+def export_bundle(checkpoint: Path, bundle: Path) -> tuple[Checkpoint, float]:
     """Export with int8 through the same path as `parse-edge export`; returns (ck, seconds)."""
     from edge.learning.checkpoint import load_checkpoint
     from edge.learning.export import export_checkpoint
@@ -73,7 +76,7 @@ def time_calls(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def latency(ck: Any, bundle: Path, iters: int, blocks: int) -> dict[str, dict[str, float]]:
+def latency(ck: Checkpoint, bundle: Path, iters: int, blocks: int) -> dict[str, dict[str, float]]:
     """p50/p99 per variant; variants run in interleaved blocks so drift hits them alike."""
     import onnxruntime as ort
     import torch
@@ -171,13 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         bundle = work / "bundle"
         ck, export_s = export_bundle(checkpoint, bundle)
         npz = work / "one.npz"
-        np.savez(npz, **{m: np.asarray(ck.examples["x"][m][:1]) for m in ck.modalities})
+        arrays = {m: np.asarray(ck.examples["x"][m][:1]) for m in ck.modalities}
+        # allow_pickle at its default, spelled out: mypy cannot tell that no key of **arrays is it.
+        np.savez(npz, allow_pickle=True, **arrays)
         lat = latency(ck, bundle, args.iters, args.blocks)
         cold = {p: cold_start(bundle, npz, p, args.cold_runs) for p in ("fp32", "int8")}
         size = sizes(bundle, checkpoint)
 
     eager = lat["torch eager"]["p50_ms"]
-    result = {
+    result: dict[str, Any] = {
         "agent": ck.agent_id, "modalities": list(ck.modalities),
         "checkpoint": str(checkpoint) if args.checkpoint else f"{args.config} (1 round)",
         "export_s": export_s, "latency_batch1": lat,

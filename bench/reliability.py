@@ -55,7 +55,7 @@ LIAR = "a0"
 
 def _mfeat(agents: int, rounds: int, comm: dict[str, Any], faults: list[dict[str, Any]],
            seed: int = 0) -> dict[str, Any]:
-    doc = yaml.safe_load(MFEAT.read_text())
+    doc: dict[str, Any] = yaml.safe_load(MFEAT.read_text())
     doc["agents"]["count"] = agents
     doc["training"].update(rounds=rounds, seed=seed)
     doc["comm"] = {**doc.get("comm", {}), **comm}
@@ -245,9 +245,10 @@ def hostile_inputs(work: Path) -> dict[str, Any]:
     from edge.learning.strategies import get_strategy
     from tests.hostile_files import four_gib_bomb, npy_header
 
-    base = {"fleet": "hostile", "agents": {"counts": {"a": 1, "a+b": 1}},
-            "data": {"dataset": "synthetic-pid", "synthetic": {"n_samples": 300, "dim": 6}},
-            "topology": {"kind": "ring"}}
+    base: dict[str, Any] = {
+        "fleet": "hostile", "agents": {"counts": {"a": 1, "a+b": 1}},
+        "data": {"dataset": "synthetic-pid", "synthetic": {"n_samples": 300, "dim": 6}},
+        "topology": {"kind": "ring"}}
     cases: list[tuple[str, str, Callable[[], tuple[int | None, str]]]] = []
 
     def config_case(name: str, text: str | bytes) -> None:

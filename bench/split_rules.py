@@ -39,8 +39,9 @@ from edge.learning.pid import Pid, _largest_remainder, auto_split  # noqa: E402
 
 def _shares(estimates: list[Pid]) -> np.ndarray:
     """Mean R : mean U_m : mean S over the held pairs, as auto_split reads them."""
-    return np.array([[e.redundancy, (e.unique_a + e.unique_b) / 2, e.synergy]
-                     for e in estimates]).mean(axis=0)
+    shares: np.ndarray = np.array([[e.redundancy, (e.unique_a + e.unique_b) / 2, e.synergy]
+                                   for e in estimates]).mean(axis=0)
+    return shares
 
 
 def halfway(estimates: list[Pid], latent: int) -> tuple[int, int, int]:
@@ -110,6 +111,11 @@ def _lower95(mean: float, se: float, n: int) -> float:
     return mean - float(t.ppf(0.95, n - 1)) * se
 
 
+def _best_on(fixed: list[str], acc_of: dict[str, list[float]], seeds: list[int]) -> str:
+    """The fixed ratio with the best mean accuracy over the seeds at positions `seeds`."""
+    return max(fixed, key=lambda k: np.mean([acc_of[k][i] for i in seeds]))
+
+
 def analyse(results: list[dict[str, Any]], estimates: dict[str, Any], settings: list[str],
             scope: str = "overall") -> tuple[dict[str, Any], list[str]]:
     """Per setting and rule: mean, rule - best fixed ratio (in-sample and cross-fitted), its
@@ -131,8 +137,7 @@ def analyse(results: list[dict[str, Any]], estimates: dict[str, Any], settings: 
         mean = {k: float(np.mean(v)) for k, v in acc_of.items()}
         best = max(fixed, key=lambda k: mean[k])
         folds = [list(range(0, len(rows), 2)), list(range(1, len(rows), 2))]
-        best_of_other = [max(fixed, key=lambda k, o=folds[1 - f]: np.mean([acc_of[k][i] for i in o]))
-                         for f in range(2)]
+        best_of_other = [_best_on(fixed, acc_of, folds[1 - f]) for f in range(2)]
         report[s] = {"scope": scope, "seeds": [r["seed"] for r in rows], "best fixed": best,
                      "best fixed per fold (chosen on the other)": best_of_other, "mean": mean,
                      "rules": {}}

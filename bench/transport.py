@@ -17,9 +17,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -28,10 +29,10 @@ sys.path.insert(0, str(REPO))
 
 from broker import codecs, topics  # noqa: E402
 from broker.client import MqttClient, TlsFiles  # noqa: E402
-from broker.codec_spec import parse_codec_spec  # noqa: E402
+from broker.codec_spec import CodecSpec, parse_codec_spec  # noqa: E402
 from broker.credentials import make_credentials, write_credentials  # noqa: E402
 from broker.embedded import free_port  # noqa: E402
-from broker.exchange import UpdateReceiver, UpdateSender  # noqa: E402
+from broker.exchange import Update, UpdateReceiver, UpdateSender  # noqa: E402
 from broker.keys import new_run_id  # noqa: E402
 from broker.mosquitto import MosquittoProcess, MosquittoSettings, write_mosquitto_config  # noqa: E402
 
@@ -39,7 +40,14 @@ SPECS = ["fp32", "fp16", "int8", "choco+int8", "topk:0.05", "topk:0.01", "topk:0
 BRANCH, SIG = "enc/fou", "bench"
 
 
-def _median_time(fn, reps: int) -> float:
+class CodecOptions(TypedDict):
+    """The codec parameters `broker.codecs.encode` takes besides the codec."""
+
+    block_size: int
+    k_fraction: float
+
+
+def _median_time(fn: Callable[[], object], reps: int) -> float:
     times = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -50,7 +58,7 @@ def _median_time(fn, reps: int) -> float:
 
 # --- 1. codec speed ------------------------------------------------------------------------------
 
-def codec_speed(n_elements: int, reps: int) -> list[dict]:
+def codec_speed(n_elements: int, reps: int) -> list[dict[str, Any]]:
     """MB/s of float32 input through encode and decode, for the bare codec and the full exchange."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=n_elements).astype(np.float32)
@@ -58,10 +66,17 @@ def codec_speed(n_elements: int, reps: int) -> list[dict]:
     rows = []
     for text in ["fp32", "fp16", "int8", "topk:0.01"]:
         spec = parse_codec_spec(text)
-        options = {"block_size": spec.block_size, "k_fraction": spec.k_fraction}
+        options: CodecOptions = {"block_size": spec.block_size, "k_fraction": spec.k_fraction}
         payload = codecs.encode(spec.codec, x, **options)
-        enc = _median_time(lambda spec=spec, o=options: codecs.encode(spec.codec, x, **o), reps)
-        dec = _median_time(lambda spec=spec, p=payload: codecs.decode(spec.codec, p, n_elements), reps)
+
+        def encode_once(spec: CodecSpec = spec, o: CodecOptions = options) -> bytes:
+            return codecs.encode(spec.codec, x, **o)
+
+        def decode_once(spec: CodecSpec = spec, p: bytes = payload) -> np.ndarray:
+            return codecs.decode(spec.codec, p, n_elements)
+
+        enc = _median_time(encode_once, reps)
+        dec = _median_time(decode_once, reps)
         # full exchange: codec + framing + sha256 + HMAC + reassembly + verification
         sender = UpdateSender("bench", "a1", text, keyframe_every=0, hmac_key=b"k")
         receiver = UpdateReceiver("bench", lambda b: (SIG, n_elements), hmac_key=b"k")
@@ -70,14 +85,16 @@ def codec_speed(n_elements: int, reps: int) -> list[dict]:
         inputs = [x + np.float32(1e-3 * i) for i in range(reps + 1)]
         state = {"round": 0}
 
-        def full_encode(sender=sender, state=state, inputs=inputs) -> list:
+        def full_encode(sender: UpdateSender = sender, state: dict[str, int] = state,
+                        inputs: list[np.ndarray] = inputs) -> list[tuple[str, bytes]]:
             state["round"] += 1
             return sender.encode(state["round"], BRANCH, SIG, inputs[state["round"] % len(inputs)])
 
         messages = full_encode()
         full_enc = _median_time(full_encode, reps)
 
-        def full_decode(receiver=receiver, messages=messages) -> None:
+        def full_decode(receiver: UpdateReceiver = receiver,
+                        messages: list[tuple[str, bytes]] = messages) -> None:
             # the same update again, into a fresh receiver holding the same reference
             fresh = UpdateReceiver("bench", lambda b: (SIG, n_elements), hmac_key=b"k")
             fresh._references = dict(receiver._references)
@@ -103,7 +120,7 @@ def _mfeat_fou() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1], data[:, -1].astype(np.int64)
 
 
-def model_updates(rounds: int, keyframe_every: int) -> tuple[list[dict], dict]:
+def model_updates(rounds: int, keyframe_every: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train an MLP on mfeat-fou one epoch per round; encode its parameters every round."""
     import torch
 
@@ -126,9 +143,9 @@ def model_updates(rounds: int, keyframe_every: int) -> tuple[list[dict], dict]:
     with torch.no_grad():
         accuracy = float((model(torch.from_numpy(features[test])).argmax(1).numpy() == labels[test]).mean())
     n = snapshots[0].size
-    rows = []
+    rows: list[dict[str, Any]] = []
     for text in SPECS:
-        per_policy = {}
+        per_policy: dict[str, dict[str, float]] = {}
         for label, every in (("steady", 0), (f"K={keyframe_every}", keyframe_every)):
             sender = UpdateSender("bench", "a1", text, keyframe_every=every)
             receiver = UpdateReceiver("bench", lambda b: (SIG, n))
@@ -137,12 +154,13 @@ def model_updates(rounds: int, keyframe_every: int) -> tuple[list[dict], dict]:
                 messages = sender.encode(round_idx, BRANCH, SIG, params)
                 size = sum(len(p) for _, p in messages)
                 wire_bytes.append(size)
-                update = None
+                update: Update | None = None
                 for t, p in messages:
                     update = receiver.feed(t, p) or update
                 assert update is not None, (text, round_idx, receiver.rejections)
                 if not update.keyframe:
                     delta_bytes.append(size)
+            assert update is not None  # the last round's update (snapshots[0] above exists)
             error = float(np.linalg.norm(update.vector - snapshots[-1]) / np.linalg.norm(snapshots[-1]))
             per_policy[label] = {"mean_bytes_per_round": float(np.mean(wire_bytes)),
                                  "update_bytes": float(np.mean(delta_bytes or wire_bytes)),
@@ -160,13 +178,16 @@ def model_updates(rounds: int, keyframe_every: int) -> tuple[list[dict], dict]:
 
 # --- 3. loopback throughput ------------------------------------------------------------------------
 
+Users = dict[str, tuple[str | None, TlsFiles | None]]  # agent -> (password, client TLS files)
+
+
 @dataclass(frozen=True)
 class Stack:
     """How one side connects and signs: URL, credentials or certificate, fleet key, run id."""
 
     name: str  # "raw" | "full" | "secure"
     url: str
-    users: dict[str, tuple[str | None, TlsFiles | None]]  # agent -> (password, client TLS files)
+    users: Users
     fleet_key: bytes | None = None
     run_id: bytes = bytes(16)
 
@@ -267,13 +288,13 @@ def _timed_run(stack: Stack, vector: np.ndarray, messages: list[tuple[str, bytes
             pub.loop_stop()
         else:
             sender = stack.sender()
-            with stack.client("a1") as pub:
+            with stack.client("a1") as client:
                 start = time.monotonic()
                 for round_idx in range(n_updates):
-                    pub.publish_many(sender.encode(round_idx, BRANCH, SIG, vector))
+                    client.publish_many(sender.encode(round_idx, BRANCH, SIG, vector))
                 assert receive_end.poll(120), f"{stack.name} run timed out"
                 end = receive_end.recv()
-                pub.flush(30)
+                client.flush(30)
         assert end is not None, f"{stack.name}: not every update arrived"
         return float(end - start)
     finally:
@@ -302,8 +323,8 @@ def _brokers(tmp: Path) -> tuple[list[MosquittoProcess], Stack, Stack, Stack]:
         tls=TlsFiles(str(pki.ca_cert), str(pki.server_cert), str(pki.server_key)),
         require_client_certificate=True, use_identity_as_username=True), tmp / "secure")
     processes = [MosquittoProcess(plain.conf, plain_port), MosquittoProcess(secure.conf, tls_port, tls=True)]
-    passwords = {a: (credentials.passwords[a], None) for a in agents}
-    certificates = {a: (None, TlsFiles(str(pki.ca_cert), *map(str, pki.clients[a]))) for a in agents}
+    passwords: Users = {a: (credentials.passwords[a], None) for a in agents}
+    certificates: Users = {a: (None, TlsFiles(str(pki.ca_cert), *map(str, pki.clients[a]))) for a in agents}
     url = f"mqtt://127.0.0.1:{plain_port}"
     return (processes, Stack("raw", url, passwords), Stack("full", url, passwords),
             Stack("secure", f"mqtts://localhost:{tls_port}", certificates, credentials.fleet_key,

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -45,32 +46,36 @@ sys.path.insert(0, str(REPO))
 from edge.config.load import load_config  # noqa: E402
 from edge.trial.runner import TrialOptions, run_trial  # noqa: E402
 
+if TYPE_CHECKING:
+    from edge.records import SummaryDoc
+
 MFEAT = REPO / "edge" / "examples" / "mfeat.yaml"
-STC = {"codec": "stc", "topk_fraction": 0.08, "error_feedback": True, "keyframe_every": 0,
-       "keyframe_codec": "int8", "consensus_step": 0.5}
-CODECS = {"fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec": "int8"},
-          # Top-k deltas against the copy receivers hold (error feedback), keyframes only on
-          # first contact or request, sent as int8 (topk's damped consensus step by default):
-          # the low-bandwidth setting.
-          "topk+EF": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True,
-                      "keyframe_every": 0, "keyframe_codec": "int8"},
-          # The config default: an fp32 keyframe every 10 rounds, which dominates the bytes.
-          "topk+EF-kf10": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True},
-          # Sparse ternary compression (Sattler et al. 2019; broker.codecs.encode_stc) of 8% or 15%
-          # of the entries with error feedback, an int8 keyframe on first contact, consensus step
-          # 0.5 (0.3 lost 0.6 points more, 0.7 no better: bench/RESULTS.md).
-          "stc8+EF": STC,
-          "stc8+EF x2": STC,
-          "stc15+EF x2": {**STC, "topk_fraction": 0.15},
-          "fp32 x2": {"codec": "fp32"}}
+STC: dict[str, Any] = {"codec": "stc", "topk_fraction": 0.08, "error_feedback": True,
+                       "keyframe_every": 0, "keyframe_codec": "int8", "consensus_step": 0.5}
+CODECS: dict[str, dict[str, Any]] = {
+    "fp32": {"codec": "fp32"}, "fp16": {"codec": "fp16"}, "int8": {"codec": "int8"},
+    # Top-k deltas against the copy receivers hold (error feedback), keyframes only on
+    # first contact or request, sent as int8 (topk's damped consensus step by default):
+    # the low-bandwidth setting.
+    "topk+EF": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True,
+                "keyframe_every": 0, "keyframe_codec": "int8"},
+    # The config default: an fp32 keyframe every 10 rounds, which dominates the bytes.
+    "topk+EF-kf10": {"codec": "topk", "topk_fraction": 0.02, "error_feedback": True},
+    # Sparse ternary compression (Sattler et al. 2019; broker.codecs.encode_stc) of 8% or 15%
+    # of the entries with error feedback, an int8 keyframe on first contact, consensus step
+    # 0.5 (0.3 lost 0.6 points more, 0.7 no better: bench/RESULTS.md).
+    "stc8+EF": STC,
+    "stc8+EF x2": STC,
+    "stc15+EF x2": {**STC, "topk_fraction": 0.15},
+    "fp32 x2": {"codec": "fp32"}}
 # Local epochs per exchange of a codec row ("x2": rounds halved, two local epochs a round).
 LOCAL_EPOCHS = {"stc8+EF x2": 2, "stc15+EF x2": 2, "fp32 x2": 2}
 # The codec sweep (section 4) by default: fp32 is the reference every row is paired with.
 SWEEP = ("fp32", "topk+EF", "stc8+EF", "fp32 x2", "stc8+EF x2", "stc15+EF x2")
 
 
-def write_config(folder: Path, name: str, agents: int | None, rounds: int, comm: dict,
-                 topology: dict | None = None, local_epochs: int = 1) -> Path:
+def write_config(folder: Path, name: str, agents: int | None, rounds: int, comm: dict[str, Any],
+                 topology: dict[str, Any] | None = None, local_epochs: int = 1) -> Path:
     """The mfeat example with another agent count, round count, codec (and topology, epochs)."""
     doc = yaml.safe_load(MFEAT.read_text())
     doc["training"]["local_epochs"] = local_epochs
@@ -86,7 +91,7 @@ def write_config(folder: Path, name: str, agents: int | None, rounds: int, comm:
     return path
 
 
-def run(config: Path, out: Path) -> tuple[dict, list[dict]]:
+def run(config: Path, out: Path) -> tuple[SummaryDoc | dict[str, Any], list[dict[str, Any]]]:
     """One trial; its summary and metrics rows."""
     result = run_trial(load_config(config), TrialOptions(out=out, config_path=str(config)))
     if result.exit_code != 0:
@@ -100,7 +105,8 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def scaling_row(n_agents: int, summary: dict, rows: list[dict]) -> dict:
+def scaling_row(n_agents: int, summary: SummaryDoc | dict[str, Any], rows: list[dict[str, Any]]
+                ) -> dict[str, Any]:
     """What one fleet size measured. The per-round split uses the steady rounds: round 0 has
     nothing to mix, round 1 absorbs the start-up skew (agents finish importing torch up to tens of
     seconds apart on 2 cores and wait for their neighbours' first update), and the last round
@@ -140,7 +146,7 @@ def scaling_row(n_agents: int, summary: dict, rows: list[dict]) -> dict:
     }
 
 
-def startup_row(n_agents: int, mode: str, summary: dict, wall_s: float) -> dict:
+def startup_row(n_agents: int, mode: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
     """Start-up phases and per-agent memory of one trial (MiB)."""
     agents = summary["strategies"]["parse"]["agents"].values()
     startup = summary["trial"]["startup"]
@@ -157,7 +163,7 @@ def startup_row(n_agents: int, mode: str, summary: dict, wall_s: float) -> dict:
     }
 
 
-def run_startup(work: Path, n_agents: int, rounds: int, isolated: bool) -> dict:
+def run_startup(work: Path, n_agents: int, rounds: int, isolated: bool) -> dict[str, Any]:
     """One `parse-edge trial` process (its own fork server when not isolated)."""
     mode = "isolated" if isolated else "fork server"
     name = f"startup{n_agents}-{'iso' if isolated else 'fork'}"
@@ -173,7 +179,7 @@ def run_startup(work: Path, n_agents: int, rounds: int, isolated: bool) -> dict:
     return startup_row(n_agents, mode, json.loads((out / "summary.json").read_text()), wall_s)
 
 
-def print_startup(rows: list[dict], rounds: int) -> None:
+def print_startup(rows: list[dict[str, Any]], rounds: int) -> None:
     """The start-up table, with the side-by-side ratios per fleet size."""
     print(f"\n## Start-up and memory (mfeat fou+zer, ring, {rounds} rounds; one `parse-edge trial` "
           "per row)\n")
@@ -196,12 +202,12 @@ def print_startup(rows: list[dict], rounds: int) -> None:
                   f"| {fork['uss_mib_mean'] / iso['rss_mib_mean']:.2f} |")
 
 
-def update_bytes_sent(agent: dict) -> float:
+def update_bytes_sent(agent: dict[str, Any]) -> float:
     """Bytes of branch updates an agent sent (update topics only, MQTT headers included)."""
     return sum(float(b.get("sent_bytes", 0)) for b in agent["bytes"]["per_branch"].values())
 
 
-def codec_row(name: str, summary: dict) -> dict:
+def codec_row(name: str, summary: SummaryDoc | dict[str, Any]) -> dict[str, Any]:
     block = summary["strategies"]["parse"]
     agents = block["agents"]
     return {
@@ -224,7 +230,7 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan"))
 
 
-def sweep_one(seed: int, names: list[str], rounds: int) -> list[dict]:
+def sweep_one(seed: int, names: list[str], rounds: int) -> list[dict[str, Any]]:
     """Every codec row of `names` in the simulator on one seed's partitions (paired)."""
     from dataclasses import replace
 
@@ -247,7 +253,7 @@ def sweep_one(seed: int, names: list[str], rounds: int) -> list[dict]:
 
 
 def codec_sweep(names: list[str], seeds: int, rounds: int, workers: int,
-                first_seed: int = 0) -> list[dict]:
+                first_seed: int = 0) -> list[dict[str, Any]]:
     """Per codec: accuracy difference from fp32 (mean, paired SE) and update bytes ratio."""
     from concurrent.futures import ProcessPoolExecutor
 

@@ -101,7 +101,7 @@ def board_python(root: Path) -> Path:
     stdlib = base / "lib" / version
     (root / "bin").mkdir(parents=True, exist_ok=True)
     binary = root / "bin" / version
-    shutil.copy2(Path(sys._base_executable).resolve(), binary)
+    shutil.copy2(Path(getattr(sys, "_base_executable", sys.executable)).resolve(), binary)
     (root / "bin" / "python3").symlink_to(version)
     lib = root / "lib" / version
     (lib / "site-packages").mkdir(parents=True)

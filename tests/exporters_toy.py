@@ -6,7 +6,7 @@ import atexit
 import itertools
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,7 +58,8 @@ class SynergyHead(nn.Module):
         self.head = nn.Linear(slice_dim, n_classes)
 
     def forward(self, *ss: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fuse(torch.cat(ss, dim=-1)))
+        logits: torch.Tensor = self.head(self.fuse(torch.cat(ss, dim=-1)))
+        return logits
 
 
 class ToyAgent(nn.Module):
@@ -75,17 +76,19 @@ class ToyAgent(nn.Module):
         self.head_u = nn.ModuleDict({m: nn.Linear(slice_dim, n_classes) for m in shapes})
         self.head_s = (SynergyHead(len(shapes), slice_dim, n_classes)
                        if len(shapes) > 1 else None)
-        self.export_roles = ("encoder", "head", "fused")  # tests narrow it to save export time
+        # Tests narrow it to save export time.
+        self.export_roles: tuple[str, ...] = ("encoder", "head", "fused")
         self.eval()
 
     def logits(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of the heads that the modalities in `xs` allow (missing ones are dropped)."""
-        total = 0
+        total: torch.Tensor | int = 0
         slices = {m: self.encoders[m](x) for m, x in xs.items()}
         for m, (r, u, _) in slices.items():
             total = total + self.head_r(r) + self.head_u[m](u)
         if self.head_s is not None and len(slices) == len(self.modalities):
             total = total + self.head_s(*(slices[m][2] for m in self.modalities))
+        assert isinstance(total, torch.Tensor), "xs holds none of the agent's modalities"
         return total
 
     def forward(self, xs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -123,24 +126,30 @@ class ToyAgent(nn.Module):
         return [s for s in specs if s.role in self.export_roles]
 
 
-SHAPES = {"mlp": {"accel": (12,), "gyro": (9,)}, "conv1d": {"accel": (3, 40), "gyro": (3, 40)}}
+SHAPES: dict[str, dict[str, tuple[int, ...]]] = {"mlp": {"accel": (12,), "gyro": (9,)},
+                                                  "conv1d": {"accel": (3, 40), "gyro": (3, 40)}}
 LABELS = ["walk", "run", "sit", "stand"]
 
 
-def make_case(kind: str, modalities: Sequence[str], n: int = 24, seed: int = 0):
+Norm = dict[str, dict[str, list[float]]]  # modality -> {"mean": [...], "std": [...]}
+
+
+def make_case(kind: str, modalities: Sequence[str], n: int = 24, seed: int = 0
+              ) -> tuple[ToyAgent, dict[str, np.ndarray], Norm, dict[str, tuple[int, ...]]]:
     """(agent, raw inputs, norm stats, input shapes) for an agent of `kind` over `modalities`."""
     shapes = {m: SHAPES[kind][m] for m in modalities}
     agent = ToyAgent(kind, shapes, n_classes=len(LABELS), seed=seed)
     rng = np.random.default_rng(seed)
     raw = {m: (rng.normal(3.0, 2.0, size=(n, *s))).astype(np.float32) for m, s in shapes.items()}
     # Per channel for conv1d windows, per feature for flat vectors: both forms the lead may use.
-    norm = {m: {"mean": raw[m].mean(axis=(0, 2) if kind == "conv1d" else 0).tolist(),
-                "std": (raw[m].std(axis=(0, 2) if kind == "conv1d" else 0) + 1e-6).tolist()}
-            for m in modalities}
+    norm: Norm = {m: {"mean": raw[m].mean(axis=(0, 2) if kind == "conv1d" else 0).tolist(),
+                      "std": (raw[m].std(axis=(0, 2) if kind == "conv1d" else 0) + 1e-6).tolist()}
+                  for m in modalities}
     return agent, raw, norm, shapes
 
 
-def normalised(raw: dict[str, np.ndarray], norm: dict) -> dict[str, np.ndarray]:
+def normalised(raw: dict[str, np.ndarray], norm: Mapping[str, Mapping[str, Sequence[float]]]
+               ) -> dict[str, np.ndarray]:
     """The inputs as the graphs see them, computed here independently of exporters.norm."""
     out = {}
     for m, x in raw.items():
@@ -157,7 +166,8 @@ def torch_logits(agent: ToyAgent, xs: dict[str, np.ndarray]) -> np.ndarray:
         return agent.logits({m: torch.from_numpy(x) for m, x in xs.items()}).numpy()
 
 
-_BUNDLES: dict[tuple, SimpleNamespace] = {}
+# (kind, modalities, quantize, roles) -> the exported bundle
+_BUNDLES: dict[tuple[str, tuple[str, ...], str | None, tuple[str, ...]], SimpleNamespace] = {}
 _ROOT: list[Path] = []
 
 
