@@ -44,7 +44,7 @@ from edge.config.load import load_config
 from edge.config.schema import FleetConfig
 from edge.errors import UserError
 from edge.records import SummaryDoc
-from edge.summary import agent_rows
+from edge.summary import agent_rows, round_ranges
 from edge.trial.console import Console
 from edge.trial.coverage import expected_mixes
 from edge.trial.field_boards import FieldBoards
@@ -219,10 +219,11 @@ class FieldTrialRunner(TrialRunner):
                 rounds = by_agent.get(fault.target, [])
                 trained = {int(r["round"]) for r in rounds}
                 lost = [r for r in range(cfg.training.rounds) if r not in trained]
-                fault.outcome = (f"missed mixes with {fault.target} in rounds "
-                                 f"{fault.missed_mix_rounds or 'none'}; it trained "
+                # The report's row already names the target: say rounds as ranges, not again who.
+                fault.outcome = ("mixes missed in rounds "
+                                 f"{round_ranges(fault.missed_mix_rounds) or 'none'}; it trained "
                                  f"{len(trained)}/{cfg.training.rounds} rounds"
-                                 + (f" (not {lost})" if lost else ""))
+                                 + (f" (not {round_ranges(lost)})" if lost else ""))
         doc["trial"]["field"] = {
             "name": self.field_plan.name, "source": self.spec.source, "hub": self.field_plan.hub,
             "sites": {s.name: {"broker": s.broker_url, "lan": str(s.lan),
