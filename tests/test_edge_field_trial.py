@@ -178,6 +178,10 @@ def test_link_down_for_two_rounds_shows_as_missed_mixes_of_those_rounds(trial):
     line = next(ln for ln in trial["report"].splitlines() if ln.startswith("| link-down"))
     assert f"mixes missed in rounds {r}-{u - 1};" in line  # ranges, as every other round list
     assert line.count(CUT) == 1  # the target is named once, in its own column
+    (down,) = [e for e in trial["doc"]["trial"]["events"]
+               if e["kind"] == "fault" and "link down" in e["detail"]]
+    assert down["agent"] == CUT and CUT not in down["detail"]  # console: "fault: a3: link down"
+    assert f"fault: {CUT}: link down before the updates round {r} mixes" in trial["console"]
 
 
 def test_interface_bytes_match_the_mqtt_counters_within_the_protocol_overhead(trial):

@@ -210,6 +210,25 @@ def test_pid_cli_prints_json_and_the_pooled_oracle_is_labelled(capsys: pytest.Ca
     assert doc["pairs"][0]["planted"] == planted_pid(1, 1, 1, True).as_dict()
 
 
+def test_pid_cli_without_draws_claims_no_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    # Act
+    json_code = main(["pid", str(EXAMPLES / "synthetic.yaml"), "--pooled", "--json", "--k", "8",
+                      "--draws", "0"])
+    doc = json.loads(capsys.readouterr().out)
+    text_code = main(["pid", str(EXAMPLES / "synthetic.yaml"), "--pooled", "--k", "8",
+                      "--draws", "0"])
+    text = capsys.readouterr().out
+    # Assert
+    assert json_code == text_code == 0
+    assert doc["pairs"][0]["low"] is None and doc["pairs"][0]["high"] is None
+    assert doc["pairs"][0]["bootstrap_draws"] == 0
+    assert "no bootstrap interval (--draws 0)" in text and "over 0 draws" not in text
+    assert "[" not in text.splitlines()[3]  # the pair's row: point estimates only
+    # The scope line says what auto would choose, beside what the config actually uses.
+    assert "synergy_scope: auto -> s_m shared" in text
+    assert "the config's model.synergy_scope is combination" in text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--agent", "a0"], "--agent: a0 holds one modality"),
     (["--agent", "zz"], "--agent: unknown agent 'zz'"),

@@ -110,7 +110,11 @@ def test_save_checkpoints_writes_one_per_agent(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--strategy", "fedavg"], "error: --strategy: unknown strategy 'fedavg'; expected one of"),
     (["--strategy", "parse", "--arch", "plain"], "error: --arch: parse needs the sliced"),
-    (["--rounds", "0"], "error: --rounds: expected an integer >= 1"),
+    (["--rounds", "0"], "error: --rounds: expected an integer from 1 to 100000, got 0"),
+    (["--rounds", "100001"], "error: --rounds: expected an integer from 1 to 100000, got 100001"),
+    (["--seed", "-1"], "error: --seed: expected an integer from 0 to 4294967295, got -1"),
+    (["--seed", "4294967296"], "error: --seed: expected an integer from 0 to 4294967295"),
+    (["--seed", "99999999999999999999"], "error: --seed: expected an integer from 0 to"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        argv: list[str], message: str) -> None:

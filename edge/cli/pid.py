@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
-    print(f"PID of the label in bits: BROJA on k-means clusters (k={k}), "
-          f"{100 * options.level:.0f}% bootstrap interval over {draws} draws")
+    interval = (f"{100 * options.level:.0f}% bootstrap interval over {draws} draws" if draws
+                else "no bootstrap interval (--draws 0)")
+    print(f"PID of the label in bits: BROJA on k-means clusters (k={k}), {interval}")
     print(f"estimate: {result.mode}")
     print(f"{'pair':<14} {'R':>18} {'U_a':>18} {'U_b':>18} {'S':>18} {'I(Y;A,B)':>9} {'n':>6}")
     for p in result.pairs:
@@ -84,11 +85,16 @@ def run(args: argparse.Namespace) -> int:
         for m in sorted({x for p in result.pairs for x in (p.a, p.b)}):
             with_m = [f"{p.a}/{p.b}" for p in result.pairs if m in (p.a, p.b)]
             print(f"  {m}: r and u sized from {', '.join(with_m)} (U_{m} against each partner), "
-                  f"s shared by {result.scopes[m].value}")
+                  f"synergy_scope: auto would share s by {result.scopes[m].value}")
     else:
         scopes = ", ".join(f"{m} by {s.value}" for m, s in result.scopes.items())
-        print(f"synergy projections s_m shared: {scopes}")
+        print(f"synergy_scope: auto -> s_m shared {scopes} (the config's model.synergy_scope "
+              f"is {_scope_text(cfg.model.synergy_scope)})")
     return 0
+
+
+def _scope_text(scope: object) -> str:
+    return ", ".join(f"{m}={v}" for m, v in scope.items()) if isinstance(scope, dict) else str(scope)
 
 
 def _cell(point: float, low: float, high: float) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import cast
 
-from edge.config.schema import FleetConfig, Quorum, ScopeName
+from edge.config.schema import MAX_ROUNDS, MAX_SEED, FleetConfig, Quorum, ScopeName
 from edge.errors import UserError
 from edge.learning.strategies import get_strategy
 
@@ -98,14 +98,15 @@ def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | N
     Raises
     ------
     UserError
-        For a round count below one or one that a configured fault does not fit in, an unknown
+        For a round count outside [1, MAX_ROUNDS] or one that a configured fault does not fit
+        in, a seed outside [0, MAX_SEED], an unknown
         strategy, a quorum count outside [1, agents], a start timeout that is not > 0, a split
     that leaves a slice empty, or a synergy scope naming a modality the fleet lacks.
     """
     training = cfg.training
     if rounds is not None:
-        if rounds < 1:
-            raise UserError(f"--rounds: expected an integer >= 1, got {rounds}")
+        if not 1 <= rounds <= MAX_ROUNDS:  # the config's own range (training.rounds)
+            raise UserError(f"--rounds: expected an integer from 1 to {MAX_ROUNDS}, got {rounds}")
         for i, f in enumerate(cfg.faults):
             last = max(f.round, f.return_round or 0) if f.kind in ("leave", "broker-restart") else 0
             if last >= rounds:
@@ -113,6 +114,8 @@ def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | N
                                 f"expected more rounds than that")
         training = replace(training, rounds=rounds)
     if seed is not None:
+        if not 0 <= seed <= MAX_SEED:  # numpy's seed range, as training.seed
+            raise UserError(f"--seed: expected an integer from 0 to {MAX_SEED}, got {seed}")
         training = replace(training, seed=seed)
     if quorum is not None:
         n = len(cfg.agent_specs)

@@ -35,7 +35,7 @@ import numpy as np
 
 from edge.errors import UserError
 
-EXTRA_HINT = "pip install 'parse-edge[pid]'"
+EXTRA_HINT = "pip install 'parse-edge[pid]' (in a checkout: pip install -e '.[pid]')"
 
 
 # --- discretisation: k-means --------------------------------------------------------------------
@@ -219,7 +219,10 @@ class PidEstimate:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready estimate."""
-        return {"bits": self.point.as_dict(), "low": self.low.as_dict(), "high": self.high.as_dict(),
+        # No draws, no interval: null rather than the point estimate posing as its own bounds.
+        bounded = self.draws > 0
+        return {"bits": self.point.as_dict(), "low": self.low.as_dict() if bounded else None,
+                "high": self.high.as_dict() if bounded else None,
                 "total_bits": self.point.total_bits, "n_samples": self.n_samples,
                 "bootstrap_draws": self.draws, "level": self.level}
 

@@ -129,9 +129,8 @@ class FieldTrialRunner(TrialRunner):
                 self._set_link(fault, up=True)
                 fault.status, fault.up_at_s = "injected", round(self.now_s(), 3)
                 fault.note += f"; up after round {reached}"
-                self.event("fault", fault.target if fault.kind == "link-down" else None,
-                           f"{fault.kind} {fault.target}: link back up as the fleet enters "
-                           f"round {fault.up_round} (every agent reported round {reached})")
+                self._fault_event(fault, f"link back up as the fleet enters round "
+                                  f"{fault.up_round} (every agent reported round {reached})")
 
     def _quiet(self, fault: FieldFault) -> bool:
         """Whether the fault's link, and every site's backhaul, carried nothing since the last look.
@@ -168,10 +167,17 @@ class FieldTrialRunner(TrialRunner):
             return
         self._set_link(fault, up=False)
         fault.status, fault.note = "down", f"down after round {reached}"
-        self.event("fault", fault.target if fault.kind == "link-down" else None,
-                   f"{fault.kind} {fault.target}: link down before the updates round "
-                   f"{fault.round} mixes are sent (every agent reported round {reached}); back "
-                   f"as the fleet enters round {fault.up_round}")
+        self._fault_event(fault, f"link down before the updates round {fault.round} mixes "
+                          f"are sent (every agent reported round {reached}); back as the fleet "
+                          f"enters round {fault.up_round}")
+
+    def _fault_event(self, fault: FieldFault, detail: str) -> None:
+        # A board's link fault is the board's event ("fault: a7: link down ..."); a backhaul's
+        # names its site in the text, as no agent is the subject.
+        if fault.kind == "link-down":
+            self.event("fault", fault.target, detail)
+        else:
+            self.event("fault", None, f"{fault.kind} {fault.target}: {detail}")
 
     def _set_link(self, fault: FieldFault, up: bool) -> None:
         if fault.kind == "link-down":
