@@ -209,3 +209,37 @@ def test_listed_agents_inherit_the_fleet_device_and_quorum_resolves_to_a_count()
     assert n == 8 and quorum_count(cfg.training, n) == 8   # "all" by default
     assert [quorum_count(parse_config(_with("training.quorum", q), "q").training, 8)
             for q in (3, 0.5, 0.51, 1.0, "all")] == [3, 4, 5, 8, 8]
+
+
+def test_config_check_takes_a_field_file_and_checks_the_fleet_it_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: the built-in field, and a copy whose boards miss one agent of its fleet
+    field = EXAMPLES / "field-basic-motions.yaml"
+    raw = yaml.safe_load(field.read_text())
+    raw["fleet"] = str(EXAMPLES / "basic-motions.yaml")
+    raw["sites"]["south"]["boards"] = raw["sites"]["south"]["boards"][:-1]
+    short = tmp_path / "short.yaml"
+    short.write_text(yaml.safe_dump(raw))
+    # Execute
+    code = main(["config", "check", str(field), "--no-data"])
+    out = capsys.readouterr().out
+    short_code = main(["config", "check", str(short), "--no-data"])
+    err = capsys.readouterr().err
+    # Assert
+    assert code == 0
+    assert out.startswith(f"field vineyard ({field}): OK, 2 site(s), 8 boards")
+    assert "  site south: a4, a5, a6, a7" in out
+    assert f"config {EXAMPLES / 'basic-motions.yaml'}: OK" in out  # then the fleet's summary
+    assert short_code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {short}: sites: expected a board for every agent")
+
+
+def test_a_field_file_where_a_fleet_config_belongs_is_named_as_such(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    code = main(["simulate", str(EXAMPLES / "field-basic-motions.yaml")])
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {EXAMPLES / 'field-basic-motions.yaml'}: <file>: expected a "
+                          "fleet config, got a field file")

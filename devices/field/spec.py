@@ -79,7 +79,7 @@ class Outage(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> Outage:
         if self.up_round <= self.round:
-            raise ValueError("up_round must be greater than round")
+            raise ValueError(f"expected up_round greater than round {self.round}, got {self.up_round}")
         return self
 
 
@@ -95,7 +95,7 @@ class LinkSpec(_Strict):
     def _disjoint(cls, value: tuple[Outage, ...] | None) -> tuple[Outage, ...] | None:
         for before, after in itertools.pairwise(value or ()):
             if after.round < before.up_round:
-                raise ValueError("outages must be sorted by round and must not overlap")
+                raise ValueError("expected outages sorted by round, none overlapping the one before")
         return value
 
 
@@ -113,7 +113,7 @@ class BoardSpec(_Strict):
     @classmethod
     def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if any(b <= a for a, b in itertools.pairwise(value)):
-            raise ValueError("reboots must be strictly increasing rounds")
+            raise ValueError(f"expected strictly increasing rounds, got {list(value)}")
         return value
 
 
@@ -223,13 +223,52 @@ class FieldSpec:
         return [b.id for site in self.doc.sites.values() for b in site.boards]
 
 
+# pydantic's error types in the fleet config's wording ("expected ..., got ..."), so a user meets
+# one error shape whichever file is wrong (edge.config.typed words the fleet config's).
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "string_type": "a string", "bool_type": "true or false", "bool_parsing": "true or false",
+    "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping",
+    "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+           "less_than": "<"}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """("sites", "south", "boards", 3, "id") -> "sites.south.boards[3].id"."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def _message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
         return "unknown key"
-    if err["type"] == "string_pattern_mismatch":
-        return f"expected a value matching {err['ctx']['pattern']}"
-    msg = str(err["msg"])
-    return msg.removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        return f"expected a value matching {ctx['pattern']}, got {shown}"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        bound_text = f"{bound:g}" if isinstance(bound, (int, float)) else str(bound)
+        return f"expected a number {_BOUNDS[kind]} {bound_text}, got {shown}"
+    if kind in ("too_short", "too_long"):
+        size = "at least" if kind == "too_short" else "at most"
+        return (f"expected {size} {ctx.get('min_length', ctx.get('max_length'))} "
+                f"item(s), got {ctx.get('actual_length')}")
+    if kind in ("string_too_short", "string_too_long"):
+        size = "at least" if kind == "string_too_short" else "at most"
+        return f"expected {size} {ctx.get('min_length', ctx.get('max_length'))} character(s)"
+    if kind == "literal_error":
+        return f"expected one of {ctx['expected']}, got {shown}"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {shown}"
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def parse_field(raw: object, source: str, base: Path) -> FieldSpec:
@@ -253,7 +292,7 @@ def parse_field(raw: object, source: str, base: Path) -> FieldSpec:
         doc = FieldFile.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        where = _where(tuple(err["loc"]))
         raise FieldSpecError(f"{source}: {where or '<top level>'}: {_message(err)}") from None
     return FieldSpec(source, doc, base)
 

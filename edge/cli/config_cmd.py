@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from edge.config.load import load_config
 from edge.config.schema import FleetConfig, quorum_count
 from edge.config.topology import build_graph, edge_count
 from edge.learning.sharing import branches_for, combination
 from edge.learning.strategies import get_strategy
+
+if TYPE_CHECKING:
+    from devices.field.spec import FieldSpec
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
@@ -21,16 +25,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
     check = actions.add_parser(
         "check", help="validate FILE (and load its data) and print a summary",
         description="Validate a fleet config, load every agent's data partition, and print "
-                    "agents by modality set, the topology and the branches each agent holds.")
-    check.add_argument("file", metavar="FILE", help="fleet config (YAML)")
+                    "agents by modality set, the topology and the branches each agent holds. "
+                    "Given a field file (docs/field.md), validate it, check its boards are the "
+                    "agents of the fleet config it names, and check that config.")
+    check.add_argument("file", metavar="FILE", help="fleet config or field file (YAML)")
     check.add_argument("--no-data", action="store_true",
                        help="validate the config only; do not load the data set")
     check.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate, optionally load data, print the summary."""
-    cfg = load_config(args.file)
+    """Validate, optionally load data, print the summary (a field file: it and its fleet)."""
+    from edge.trial.field import field_file_fleet
+
+    fleet_path = field_file_fleet(args.file)  # None: not a field file
+    if fleet_path is not None:
+        from edge.cli.field import check_fleet
+        from edge.trial.field import load_field_spec
+
+        spec = load_field_spec(args.file)
+        check_fleet(spec)
+        print(field_summary(spec))
+    cfg = load_config(fleet_path or args.file)
     sizes: dict[str, tuple[int, int]] = {}
     if not args.no_data:
         from edge.data.fleet_data import agent_data
@@ -38,6 +54,17 @@ def run(args: argparse.Namespace) -> int:
         sizes = {a: (len(d.train.y), len(d.test.y)) for a, d in agent_data(cfg).items()}
     print(summary(cfg, sizes))
     return 0
+
+
+def field_summary(spec: FieldSpec) -> str:
+    """One line per site of a validated field file: its boards, and the hub."""
+    doc = spec.doc
+    lines = [f"field {doc.field} ({spec.source}): OK, {len(doc.sites)} site(s), "
+             f"{len(spec.board_ids)} boards, subnet {doc.subnet}, fleet {spec.fleet_path}"]
+    for name, site in doc.sites.items():
+        hub = " (hub)" if name == doc.hub else ""
+        lines.append(f"  site {name}{hub}: {', '.join(b.id for b in site.boards)}")
+    return "\n".join(lines)
 
 
 def summary(cfg: FleetConfig, sizes: dict[str, tuple[int, int]]) -> str:

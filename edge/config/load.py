@@ -64,7 +64,18 @@ def load_config(path: str | Path | None = None) -> FleetConfig:
         # 2001-02-30, an integer of 5000 digits) and for nesting deeper than the stack.
         raise ConfigError(source, "<file>", f"expected valid YAML values "
                           f"({type(exc).__name__}: {str(exc)[:80]})") from None
+    if is_field_document(raw):
+        # Said plainly rather than as the fleet schema's first complaint ("data: required key
+        # is missing"), which would send the user looking for a key a field file never has.
+        raise ConfigError(source, "<file>", "expected a fleet config, got a field file "
+                          "(docs/field.md): `parse-edge trial FILE` runs it, `parse-edge config "
+                          "check FILE` checks it and the fleet it names")
     return parse_config(raw, source)
+
+
+def is_field_document(raw: object) -> bool:
+    """Whether a parsed YAML document is a field file (the keys `field` and `sites`, no `data`)."""
+    return isinstance(raw, dict) and "field" in raw and "sites" in raw and "data" not in raw
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

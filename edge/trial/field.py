@@ -40,7 +40,7 @@ from devices.field.iproute import FieldCommandError, link_counters
 from devices.field.lifecycle import field_down, field_up, require_root
 from devices.field.plan import FieldPlan
 from devices.field.spec import FieldSpec, FieldSpecError, load_field
-from edge.config.load import load_config
+from edge.config.load import is_field_document, load_config
 from edge.config.schema import FleetConfig
 from edge.errors import UserError
 from edge.records import SummaryDoc
@@ -260,7 +260,7 @@ def field_file_fleet(path: str) -> str | None:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
-    if not (isinstance(doc, dict) and "field" in doc and "sites" in doc):
+    if not is_field_document(doc):
         return None
     return str(load_field_spec(path).fleet_path)
 
