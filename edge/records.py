@@ -140,6 +140,9 @@ class BytesBlock(TypedDict):
 
     total: int
     per_round: float
+    # Round 0 carries what is sent once (a trial's start-up publish check of 256 KiB per agent,
+    # the first keyframes), so total / rounds overstates the steady rate on short runs.
+    per_round_after_0: float | None    # (total - round 0's bytes) / (rounds - 1); None: 1 round
     per_agent: dict[str, int]
 
 

@@ -132,18 +132,25 @@ def history_block(rows: Iterable[MetricsRow]) -> list[HistoryRow]:
     return history
 
 
-def bytes_block(per_agent: Mapping[str, int], rounds: int) -> BytesBlock:
-    """Total, per-round and per-agent bytes."""
+def bytes_block(per_agent: Mapping[str, int], rounds: int,
+                round_0: Mapping[str, int] | None = None) -> BytesBlock:
+    """Total, per-round and per-agent bytes; `round_0`: each agent's bytes of round 0."""
     total = sum(per_agent.values())
+    later = (total - sum(round_0.values())) / (rounds - 1) if round_0 is not None and rounds > 1 \
+        else None
     return {"total": total, "per_round": total / rounds if rounds else 0.0,
-            "per_agent": dict(per_agent)}
+            "per_round_after_0": later, "per_agent": dict(per_agent)}
 
 
 def wire_bytes(rows: Sequence[MetricsRow]) -> dict[str, int]:
-    """Bytes one agent sent and received over the run (process restarts included)."""
+    """Bytes one agent sent and received over the run (process restarts included), and in round 0."""
     return {
         "sent": int(cumulative_total(r["bytes_sent"] for r in rows)),
         "received": int(cumulative_total(r["bytes_received"] for r in rows)),
+        # The running counters as round 0 ended (0 for an agent that joined later).
+        "sent_round_0": next((int(r["bytes_sent"]) for r in rows if int(r["round"]) == 0), 0),
+        "received_round_0": next((int(r["bytes_received"]) for r in rows if int(r["round"]) == 0),
+                                 0),
     }
 
 
@@ -166,8 +173,10 @@ def strategy_block(name: str, arch: str, rows: Sequence[MetricsRow], wall_s: flo
         "arch": arch,
         "accuracy": accuracy_block(final),
         "per_head": per_head_block(final),
-        "bytes_sent": bytes_block({a: t["sent"] for a, t in traffic.items()}, rounds),
-        "bytes_received": bytes_block({a: t["received"] for a, t in traffic.items()}, rounds),
+        "bytes_sent": bytes_block({a: t["sent"] for a, t in traffic.items()}, rounds,
+                                  {a: t["sent_round_0"] for a, t in traffic.items()}),
+        "bytes_received": bytes_block({a: t["received"] for a, t in traffic.items()}, rounds,
+                                      {a: t["received_round_0"] for a, t in traffic.items()}),
         "bytes_dense": bytes_block(dense, rounds),
         "rounds": rounds,
         "rounds_completed": {a: len({int(r["round"]) for r in rs}) for a, rs in per_agent.items()},

@@ -116,6 +116,11 @@ def test_summary_numbers_come_from_the_rows(tmp_path: Path) -> None:
         assert res["cpu_s"] == pytest.approx(totals["cpu_s"])
         assert res["energy_j"] == pytest.approx(totals["energy_j"])
     assert block["bytes_sent"]["total"] == sum(t["bytes_sent"] for t in truth.values())
+    # After round 0: the rest of the total over the other rounds (every agent sent one step in
+    # round 0, so the steady rate is total minus those steps over ROUNDS - 1).
+    round_0 = sum(1000 + 100 * i for i in range(len(truth)))
+    assert block["bytes_sent"]["per_round_after_0"] == pytest.approx(
+        (block["bytes_sent"]["total"] - round_0) / (ROUNDS - 1))
     # Accuracy: each agent's last round, a3 included with the model it left with.
     for agent in truth:
         last = max((r for r in rows if r["agent"] == agent), key=lambda r: r["round"])
@@ -167,6 +172,8 @@ def test_report_names_agents_kinds_faults_and_failures(tmp_path: Path) -> None:
     assert "### a2 (failed, exit status 1)" in report and "RuntimeError: boom" in report
     assert "| a0 | 2.5 | 9 | 1 | 2 |" in report  # the restart, and where it resumed
     assert "estimated:rpi4" in report
+    later = doc["strategies"]["parse"]["bytes_sent"]["per_round_after_0"]
+    assert f"; {later / 1e6:.3f} MB per round after round 0, which also carries" in report
 
 
 def test_record_files_and_plots(tmp_path: Path) -> None:

@@ -173,11 +173,16 @@ def _rounds(rounds: list[int] | None) -> str:
 def _bandwidth(block: StrategyBlock, trial: dict[str, Any]) -> list[str]:
     res = block["agents"]
     sent, received = block["bytes_sent"], block["bytes_received"]
+    later = sent.get("per_round_after_0")  # absent from summaries written before it existed
+    steady = (f"; {_mb(later)} MB per round after round 0, which also carries each agent's "
+              "start-up publish probe (one full chunk, up to 256 KiB: broker/probe.py) and first "
+              "publish; the last round publishes no update" if later is not None else "")
     out = ["## Bandwidth", "",
            f"Bytes on the wire (MQTT payload + header, all topics) measured by each agent: "
            f"{_mb(sent['total'])} MB sent, {_mb(received['total'])} MB received "
-           f"({_mb(sent['per_round'])} MB sent per round). Dense fp32 size of the published "
-           f"branches: {_mb(block['bytes_dense']['per_round'])} MB per round.", ""]
+           f"({_mb(sent['per_round'])} MB sent per round over all rounds{steady}). Dense fp32 "
+           f"size of the published branches: {_mb(block['bytes_dense']['per_round'])} MB per "
+           "round.", ""]
     rows = []
     for agent, r in res.items():
         b = r["bytes"]
