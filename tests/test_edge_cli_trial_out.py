@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.cli.trial import _new_run_folder, _point_latest
+from edge.cli.run_folder import new_run_folder, point_latest
 
 
 def test_default_folders_never_collide_and_latest_moves_to_the_newest(tmp_path: Path) -> None:
@@ -12,10 +12,10 @@ def test_default_folders_never_collide_and_latest_moves_to_the_newest(tmp_path: 
     root = tmp_path / "runs" / "trial"
     outs = []
     for _ in range(3):
-        out = _new_run_folder(root)
+        out = new_run_folder(root)
         out.mkdir(parents=True)
         (out / "summary.json").write_text(str(len(outs)))
-        _point_latest(root, out)
+        point_latest(root, out)
         outs.append(out)
     # Assert: three distinct folders, nothing replaced, latest resolves to the third
     assert len(set(outs)) == 3

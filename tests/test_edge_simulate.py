@@ -149,6 +149,21 @@ def test_an_earlier_summary_is_kept_unless_force(tmp_path: Path,
         json.loads(earlier)["strategies"]["parse"]["accuracy"]
 
 
+def test_without_out_each_run_gets_its_own_folder_and_latest_follows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    config = _write(tmp_path, {**SMALL, "training": {**SMALL["training"], "rounds": 1}})
+    monkeypatch.chdir(tmp_path)
+    # Execute
+    codes = [main(["simulate", str(config), "--quiet"]) for _ in range(2)]
+    # Assert
+    root = tmp_path / "runs" / "simulate"
+    runs = sorted(p for p in root.iterdir() if p.name != "latest")
+    assert codes == [0, 0] and len(runs) == 2
+    assert all((p / "summary.json").is_file() for p in runs)
+    assert (root / "latest").resolve() == runs[-1].resolve()
+
+
 def test_impossible_split_ratio_is_a_one_line_error(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     # Prepare

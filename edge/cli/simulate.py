@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge.cli.run_folder import new_run_folder, point_latest
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import get_strategy, strategy_names
@@ -27,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
     parser.add_argument("--rounds", type=int, default=None, help="override training.rounds")
     parser.add_argument("--seed", type=int, default=None,
                         help="override training.seed (also re-draws the partition)")
-    parser.add_argument("--out", default="runs/simulate", help="output folder (default %(default)s)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default: a new runs/simulate/<UTC time>, with "
+                             "runs/simulate/latest pointing at it)")
     parser.add_argument("--force", action="store_true",
                         help="replace an earlier DIR/summary.json (refused otherwise)")
     parser.add_argument("--save-checkpoints", action="store_true",
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = with_overrides(load_config(args.config), rounds=args.rounds, seed=args.seed)
     names = _strategies(args.strategy, cfg.strategy, args.arch or cfg.model.arch)
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else new_run_folder(DEFAULT_ROOT)
     # Checked before training: a simulation can take minutes, and its record is the only output.
     if (out / "summary.json").exists() and not args.force:
         raise UserError(f"--out {out}: already holds summary.json of an earlier run; "
@@ -59,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<14} accuracy {block['accuracy']['overall']:.3f}  ({kinds})  "
               f"{block['bytes_sent']['per_round'] / 1e6:.3f} MB/round sent ({block.get('codec')})")
     print(f"wrote {out / 'summary.json'} in {time.perf_counter() - started:.1f} s")
+    if args.out is None:
+        point_latest(DEFAULT_ROOT, out)
     return 0
+
+
+DEFAULT_ROOT = Path("runs/simulate")
 
 
 def _strategies(requested: str | None, default: str, arch: str) -> list[str]:

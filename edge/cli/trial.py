@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.cli.options import add_start_options, check_broker_url, networked_strategy
+from edge.cli.run_folder import new_run_folder, point_latest
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         EnergyMeter(mode="measured").close()
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout: expected seconds > 0, got {args.timeout}")
-    out = Path(args.out) if args.out is not None else _new_run_folder(DEFAULT_ROOT)
+    out = Path(args.out) if args.out is not None else new_run_folder(DEFAULT_ROOT)
     opts = TrialOptions(out=out, config_path=fleet_of_field or args.config, broker=args.broker,
                         strategy=args.strategy, rounds=args.rounds, timeout_s=args.timeout,
                         max_restarts=args.max_restarts, plots=not args.no_plots,
@@ -111,26 +111,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed agent: {agent} (see {result.out / 'agents' / agent / 'agent.log'})", file=sys.stderr)
     print(f"wrote {result.out / 'report.md'}")
     if args.out is None:
-        _point_latest(DEFAULT_ROOT, out)
+        point_latest(DEFAULT_ROOT, out)
     return result.exit_code
 
 
 DEFAULT_ROOT = Path("runs/trial")
-
-
-def _new_run_folder(root: Path) -> Path:
-    """A folder for this trial's record that no earlier trial used: runs/trial/<UTC time>."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out, n = root / stamp, 1
-    while out.exists():
-        n += 1
-        out = root / f"{stamp}-{n}"
-    return out
-
-
-def _point_latest(root: Path, out: Path) -> None:
-    """Make runs/trial/latest point at the newest record (replaced atomically by a rename)."""
-    link, tmp = root / "latest", root / ".latest.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(out.name)
-    tmp.replace(link)
