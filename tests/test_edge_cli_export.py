@@ -101,6 +101,11 @@ def test_export_of_a_real_checkpoint_serves_every_subset_like_torch(tmp_path, ca
     assert rc == 0 and f"exported agent {agent}" in out
     ck = load_checkpoint(ckpt)
     manifest = load_manifest(bundle)
+    # Every graph's row ends in its argmax agreement or '-' (not measured), never a blank cell.
+    for g in manifest.graphs:
+        row = next(line for line in out.splitlines() if line.startswith(g.name + " "))
+        last = row.split()[-1]
+        assert last == ("-" if g.argmax_agreement is None else f"{g.argmax_agreement:.3f}"), row
     assert manifest.labels == list(ck.labels) and manifest.modalities == list(ck.modalities)
     assert manifest.meta["agent_id"] == agent
     assert {g.name.removesuffix(".int8") for g in manifest.graphs} >= {

@@ -60,6 +60,8 @@ BAD_CASES = [
      "agents.list[1].id", "duplicate agent id"),
     ("isolated-agent", {**_with("topology", {"kind": "edges", "edges": [["a0", "a1"]]})},
      "topology", "no neighbour"),
+    ("chord-wraps-around", _with("topology", {"kind": "chordal-ring", "chords": [1, 30]}),
+     "topology.chords", "expected offsets from 1 to"),
     ("edge-unknown-agent", _with("topology", {"kind": "edges", "edges": [["a0", "zz"]]}),
      "topology.edges[0]", "known agent ids"),
     ("bad-strategy", _with("strategy", "fedavg"), "strategy", "expected one of"),

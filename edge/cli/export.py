@@ -36,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
           f"(opset {manifest.opset}, {len(manifest.graphs)} graphs)")
     print(f"{'graph':<28} {'prec':<5} {'KB':>8} {'max|diff|':>10} {'argmax=':>8}")
     for g in manifest.graphs:
-        agree = "" if g.argmax_agreement is None else f"{g.argmax_agreement:.3f}"
+        agree = "-" if g.argmax_agreement is None else f"{g.argmax_agreement:.3f}"
         print(f"{g.name:<28} {g.precision:<5} {g.size_bytes / 1024:>8.1f} "
               f"{g.max_abs_diff:>10.2e} {agree:>8}")
+    print("max|diff|: largest output difference from torch (int8: from the fp32 graph) on the "
+          "check inputs; argmax=: share of them where an int8 head picks the torch model's "
+          "class ('-': not measured, as for fp32 graphs)")
     for g in manifest.graphs:
         if g.exporter_note and g.precision == "fp32":
             print(f"note: {g.name} used the {g.exporter} exporter ({g.exporter_note})")
