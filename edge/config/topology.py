@@ -49,10 +49,11 @@ def check_topology(cfg: TopologyConfig, ids: list[str], seed: int, source: str) 
         raise ConfigError(source, "agents", f"expected at least two agents, got {n}")
     if cfg.kind == "chordal-ring" and (not cfg.chords or min(cfg.chords) < 1):
         raise ConfigError(source, "topology.chords", "expected positive chord offsets like [1, 3]")
-    if cfg.kind == "chordal-ring" and max(cfg.chords) >= n:
-        # An offset of n or more wraps around the ring (30 on 8 agents is 6, the same chord as
-        # 2), so the graph would not be the one written.
-        raise ConfigError(source, "topology.chords", f"expected offsets from 1 to {n - 1} for "
+    if cfg.kind == "chordal-ring" and max(cfg.chords) > n:
+        # An offset beyond n wraps around the ring (30 on 8 agents is 6, the same chord as 2),
+        # so the graph would not be the one written. An offset of n itself adds no edge and is
+        # let through: the usual [1, 3] on a fleet of three is the ring.
+        raise ConfigError(source, "topology.chords", f"expected offsets from 1 to {n} for "
                           f"{n} agents, got {max(cfg.chords)}")
     if cfg.kind == "erdos-renyi" and not 0 < cfg.p <= 1:
         raise ConfigError(source, "topology.p", f"expected a probability in (0, 1], got {cfg.p}")
