@@ -82,3 +82,29 @@ def test_narrator_says_each_round_once_when_every_running_agent_reported_it(tmp_
     narrator.watch_rejections(watch)
     assert lines[-1].startswith("[trial    1.0 s] round 1 of 0-2: 1/1 agents, accuracy 0.900 (a 0.900)")
     assert events == [("rejected", "a0", "rejected 3 messages (bad-signature 3)")]
+
+
+def test_narrator_names_the_agents_a_held_round_waits_for_once(tmp_path: Path) -> None:
+    # Prepare: a clock the test moves; a0 reports round 0, a1 does not.
+    import json
+
+    lines: list[str] = []
+    now = [100.0]
+    watch = FleetWatch(tmp_path, ["a0", "a1"])
+    for agent in ("a0", "a1"):
+        (tmp_path / "agents" / agent).mkdir(parents=True)
+    narrator = Narrator(CallbackConsole(lines.append), lambda k, a, d, **x: None,
+                        ["a0", "a1"], 3, 20.0, lambda: 7.0, clock=lambda: now[0])
+    with (tmp_path / "agents" / "a0" / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(_row("a0", "a", 0, 0.5)) + "\n")
+    watch.poll()
+    # Execute: just reported, then held past the waiting threshold, then polled again.
+    narrator.watch_rounds(watch, {"a0", "a1"})
+    quiet = list(lines)
+    now[0] += 6.0
+    narrator.watch_rounds(watch, {"a0", "a1"})
+    narrator.watch_rounds(watch, {"a0", "a1"})
+    # Assert: nothing at first, then one line naming a1 and the deadline; the round stays held.
+    assert quiet == []
+    assert lines == ["[trial    7.0 s] round 0: 1/2 agents reported; waiting for a1 (their "
+                     "neighbours mix without them after the 20 s deadline)"]

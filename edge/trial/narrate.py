@@ -26,6 +26,9 @@ Emit = Callable[..., None]   # emit(kind, agent, detail, **extra)
 # A round's line waits for every running agent; after this long past the first report of the
 # round (plus the round deadline) it is shown with whoever reported.
 ROUND_LINE_GRACE_S = 30.0
+# A round held back this long for a few agents is said to be waiting, once, naming them: a
+# link outage or a slow board otherwise shows as a silent console for up to the deadline.
+WAITING_SAY_S = 5.0
 # After the runner restarted the broker itself, its own reconnect is not news for this long.
 BROKER_QUIET_S = 10.0
 
@@ -72,6 +75,7 @@ class Narrator:
     _quiet_until: float = 0.0
     _next_round: int = 0
     _round_first_seen: dict[int, float] = field(default_factory=dict)
+    _waiting_said: set[int] = field(default_factory=set)
     _rejected: dict[str, dict[str, int]] = field(default_factory=dict)
 
     # --- start-up -------------------------------------------------------------------------------
@@ -188,8 +192,15 @@ class Narrator:
             due = [a for a in running
                    if a not in rows and self._presence.get(a, Presence(True)).first_round <= r
                    and watch.completed.get(a, -1) < r]
-            late = self.clock() - first_seen > self.deadline_s + ROUND_LINE_GRACE_S
+            held_s = self.clock() - first_seen
+            late = held_s > self.deadline_s + ROUND_LINE_GRACE_S
             if due and not late:
+                if held_s > WAITING_SAY_S and r not in self._waiting_said:
+                    self._waiting_said.add(r)
+                    self.console.line(
+                        f"[trial {self._t():6.1f} s] round {r}: {len(rows)}/{len(rows) + len(due)} "
+                        f"agents reported; waiting for {', '.join(sorted(due))} (their "
+                        f"neighbours mix without them after the {self.deadline_s:g} s deadline)")
                 return
             self.console.line(self.round_line(r, rows, watch, len(rows) + len(due)))
             self._next_round += 1
