@@ -245,3 +245,19 @@ def test_a_field_file_where_a_fleet_config_belongs_is_named_as_such(
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {EXAMPLES / 'field-basic-motions.yaml'}: <file>: expected a "
                           "fleet config, got a field file")
+
+
+def test_a_field_file_naming_a_missing_fleet_says_so_from_the_field_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    raw = yaml.safe_load((EXAMPLES / "field-basic-motions.yaml").read_text())
+    raw["fleet"] = "nothere.yaml"
+    field = tmp_path / "field.yaml"
+    field.write_text(yaml.safe_dump(raw))
+    # Execute
+    code = main(["config", "check", str(field), "--no-data"])
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {field}: fleet: expected an existing fleet config file, got "
+                          f"{tmp_path / 'nothere.yaml'}")

@@ -93,9 +93,11 @@ def check_fleet(spec: FieldSpec) -> None:
         Naming the agents without a board, or the boards that are not agents.
     """
     from edge.config.load import load_config
+    from edge.trial.field import check_fleet_file
 
     if spec.fleet_path is None:
         return
+    check_fleet_file(spec)
     cfg = load_config(spec.fleet_path)
     boards, agents = spec.board_ids, cfg.agent_ids
     missing = [a for a in agents if a not in boards]
