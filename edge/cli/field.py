@@ -93,7 +93,6 @@ def check_fleet(spec: FieldSpec) -> None:
         Naming the agents without a board, or the boards that are not agents.
     """
     from edge.config.load import load_config
-    from edge.trial.field import check_fleet_file
 
     if spec.fleet_path is None:
         return
@@ -108,6 +107,20 @@ def check_fleet(spec: FieldSpec) -> None:
     if extra:
         raise UserError(f"{spec.source}: sites: expected agents of fleet {cfg.fleet} "
                         f"({spec.fleet_path}); {', '.join(extra)} are not")
+
+
+def check_fleet_file(spec: FieldSpec) -> None:
+    """Refuse a field file whose `fleet` names no file, in the field file's name.
+
+    Raises
+    ------
+    UserError
+        When `fleet` is set and is not a file (the fleet config's own error would not say who
+        asked for it).
+    """
+    if spec.fleet_path is not None and not spec.fleet_path.is_file():
+        raise UserError(f"{spec.source}: fleet: expected an existing fleet config file, got "
+                        f"{spec.fleet_path} (a relative path is read from the field file's folder)")
 
 
 def field_call(action: str, call: Callable[[], T]) -> T:

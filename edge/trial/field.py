@@ -296,22 +296,11 @@ def load_field_spec(path: str) -> FieldSpec:
     if spec.fleet_path is None:
         raise UserError(f"{spec.source}: fleet: expected the fleet config the boards run "
                         "(a trial needs one)")
+    from edge.cli.field import check_fleet_file
+
     check_fleet_file(spec)
     return spec
 
-
-def check_fleet_file(spec: FieldSpec) -> None:
-    """Refuse a field file whose `fleet` names no file, in the field file's name.
-
-    Raises
-    ------
-    UserError
-        When `fleet` is set and is not a file (the fleet config's own error would not say who
-        asked for it).
-    """
-    if spec.fleet_path is not None and not spec.fleet_path.is_file():
-        raise UserError(f"{spec.source}: fleet: expected an existing fleet config file, got "
-                        f"{spec.fleet_path} (a relative path is read from the field file's folder)")
 
 
 def run_field_trial(field_path: str, opts: TrialOptions, console: Console | None = None,
