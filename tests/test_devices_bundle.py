@@ -211,6 +211,7 @@ def test_cli_bundle_moves_secrets_out_of_the_config_and_carries_the_data(tmp_pat
     (["--agent", "a0", "--out", "x.tar.gz", "--broker", "embedded"], "broker.url: expected"),
     (["--agent", "a0", "--out", "x.tar.gz", "--target-python", "three"], "target python"),
     (["--agent", "a0", "--out", "a0.zip"], "--out a0.zip: expected a file name ending in .tar.gz"),
+    (["--all-agents", "--out", "x.tar.gz"], "--out x.tar.gz: expected a folder name for"),
 ])
 def test_cli_bundle_bad_input_is_one_line_exit_2(tmp_path, capsys, wheel, extra, expected):
     config = _config(tmp_path)

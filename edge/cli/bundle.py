@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.all_agents and not args.out.endswith(".tar.gz"):
         raise UserError(f"--out {args.out}: expected a file name ending in .tar.gz (a bundle "
                         "is a gzipped tar)")
+    if args.all_agents and args.out.endswith((".tar.gz", ".tgz", ".zip")):
+        raise UserError(f"--out {args.out}: expected a folder name for --all-agents (it gets "
+                        "one <agent>.tar.gz per agent)")
     agents = None if args.all_agents else [args.agent]
     write_bundles(args.config, agents, Path(args.out), request)
     return 0

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.cli.run_folder import new_run_folder, point_latest
+from edge.cli.run_folder import check_out_folder, new_run_folder, point_latest
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import get_strategy, strategy_names
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     names = _strategies(args.strategy, cfg.strategy, args.arch or cfg.model.arch)
     out = Path(args.out) if args.out is not None else new_run_folder(DEFAULT_ROOT)
     # Checked before training: a simulation can take minutes, and its record is the only output.
+    check_out_folder(out)
     if (out / "summary.json").exists() and not args.force:
         raise UserError(f"--out {out}: already holds summary.json of an earlier run; "
                         "pass --force to replace it or choose another folder")

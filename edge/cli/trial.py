@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from edge.cli.options import add_start_options, check_broker_url, networked_strategy
-from edge.cli.run_folder import new_run_folder, point_latest
+from edge.cli.run_folder import check_out_folder, new_run_folder, point_latest
 from edge.config.load import load_config
 from edge.errors import UserError
 from edge.learning.strategies import strategy_names
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         EnergyMeter(mode="measured").close()
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout: expected seconds > 0, got {args.timeout}")
+    if args.out is not None:
+        check_out_folder(Path(args.out))
     out = Path(args.out) if args.out is not None else new_run_folder(DEFAULT_ROOT)
     opts = TrialOptions(out=out, config_path=fleet_of_field or args.config, broker=args.broker,
                         strategy=args.strategy, rounds=args.rounds, timeout_s=args.timeout,
