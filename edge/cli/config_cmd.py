@@ -36,17 +36,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: s
 
 def run(args: argparse.Namespace) -> int:
     """Validate, optionally load data, print the summary (a field file: it and its fleet)."""
-    from edge.trial.field import field_file_fleet
+    from edge.trial.field import field_spec_of
 
-    fleet_path = field_file_fleet(args.file)  # None: not a field file
-    if fleet_path is not None:
+    spec = field_spec_of(args.file)  # None: not a field file
+    if spec is not None:
         from edge.cli.field import check_fleet
-        from edge.trial.field import load_field_spec
 
-        spec = load_field_spec(args.file)
         check_fleet(spec)
         print(field_summary(spec))
-    cfg = load_config(fleet_path or args.file)
+    cfg = load_config(spec.fleet_path if spec is not None and spec.fleet_path else args.file)
     sizes: dict[str, tuple[int, int]] = {}
     if not args.no_data:
         from edge.data.fleet_data import agent_data

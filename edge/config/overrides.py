@@ -99,9 +99,9 @@ def with_overrides(cfg: FleetConfig, *, rounds: int | None = None, seed: int | N
     ------
     UserError
         For a round count outside [1, MAX_ROUNDS] or one that a configured fault does not fit
-        in, a seed outside [0, MAX_SEED], an unknown
-        strategy, a quorum count outside [1, agents], a start timeout that is not > 0, a split
-    that leaves a slice empty, or a synergy scope naming a modality the fleet lacks.
+        in, a seed outside [0, MAX_SEED], an unknown strategy, a quorum count outside
+        [1, agents], a start timeout that is not > 0, a split that leaves a slice empty, or a
+        synergy scope naming a modality the fleet lacks.
     """
     training = cfg.training
     if rounds is not None:

@@ -246,13 +246,25 @@ class FieldTrialRunner(TrialRunner):
 def field_file_fleet(path: str) -> str | None:
     """The fleet config a field file names, or None when `path` is not a field file.
 
+    Raises
+    ------
+    UserError
+        For a field file that is invalid or names no fleet.
+    """
+    spec = field_spec_of(path)
+    return None if spec is None else str(spec.fleet_path)
+
+
+def field_spec_of(path: str) -> FieldSpec | None:
+    """The validated field file at `path`, or None when it is not a field file.
+
     A field file is a YAML mapping with the keys `field` and `sites` (docs/field.md); anything
     else is left to the fleet config loader and its errors.
 
     Raises
     ------
     UserError
-        For a field file that is invalid or names no fleet.
+        For a field file that is invalid or names no (existing) fleet.
     """
     import yaml
 
@@ -262,7 +274,7 @@ def field_file_fleet(path: str) -> str | None:
         return None
     if not is_field_document(doc):
         return None
-    return str(load_field_spec(path).fleet_path)
+    return load_field_spec(path)
 
 
 def require_field_root() -> None:
