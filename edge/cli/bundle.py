@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
                             broker_url=args.broker, data_path=args.data_path,
                             target_arch=args.target_arch, target_python=args.target_python,
                             provider=args.provider)
-    # A bundle is a gzipped tar whatever its name; a .zip or .tgz-less name would mislead the
-    # operator copying it by hand (and `tar` on the board guesses nothing from the name).
+    # A bundle is a gzipped tar whatever its name: another extension (a.zip) misleads whoever
+    # copies or unpacks it by hand.
     if not args.all_agents and not args.out.endswith(".tar.gz"):
         raise UserError(f"--out {args.out}: expected a file name ending in .tar.gz (a bundle "
                         "is a gzipped tar)")

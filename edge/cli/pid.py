@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     k = _int("--k", args.k, 2, 64)
     draws = _int("--draws", args.draws, 0, 1000)
     cfg = load_config(args.config)
+    from edge.config.overrides import format_synergy_scope
     from edge.learning.pid import require_dit
     from edge.learning.pid_fleet import PidOptions, agent_pid, fleet_pid, pooled_pid
 
@@ -89,12 +90,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         scopes = ", ".join(f"{m} by {s.value}" for m, s in result.scopes.items())
         print(f"synergy_scope: auto -> s_m shared {scopes} (the config's model.synergy_scope "
-              f"is {_scope_text(cfg.model.synergy_scope)})")
+              f"is {format_synergy_scope(cfg.model.synergy_scope)})")
     return 0
-
-
-def _scope_text(scope: object) -> str:
-    return ", ".join(f"{m}={v}" for m, v in scope.items()) if isinstance(scope, dict) else str(scope)
 
 
 def _cell(point: float, low: float, high: float) -> str:
